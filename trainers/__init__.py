@@ -1,0 +1,1 @@
+"""LoRA training pipelines (TokenSkip controllable CoT, Query-OPT, early exit)."""
