@@ -85,7 +85,7 @@ def compress(
     target = as_text_tokenizer(tokenizer)
     encoding = target.encode(text)
     num_tokens = len(encoding.ids)
-    if num_tokens == 0 or ratio == 1.0:
+    if ratio == 1.0 or not text.strip():
         return CompressionResult(text, num_tokens, num_tokens, ratio, 1.0)
 
     units = segment(text)

@@ -45,4 +45,6 @@ def split_cot(text: str) -> CotParts:
     if start is None:
         return CotParts(reasoning=text, separator="", answer="")
     reasoning = text[:start].rstrip()
-    return CotParts(reasoning=reasoning, separator=text[len(reasoning) : start], answer=text[start:])
+    return CotParts(
+        reasoning=reasoning, separator=text[len(reasoning) : start], answer=text[start:]
+    )

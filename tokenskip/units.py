@@ -80,15 +80,27 @@ def unit_scores(
 
 
 def render(text: str, units: Sequence[Unit], keep: Sequence[bool]) -> str:
-    """Rebuild the text from the kept units, keeping line breaks of dropped ones."""
+    """Rebuild the text from the kept units, keeping line breaks of dropped ones.
+
+    Where a dropped unit was the only thing between two kept ones (``48/2`` without ``/``),
+    a space stands in for it so the neighbours never fuse into a new word (``482``).
+    """
     out: list[str] = []
+    dropped_since_kept = False
     for unit, is_kept in zip(units, keep):
         space = text[unit.start : unit.content_start]
         at_line_start = not out or out[-1].endswith("\n")
         if is_kept:
-            piece = ("" if at_line_start else space) + text[unit.content_start : unit.end]
+            if at_line_start:
+                space = ""
+            elif not space and dropped_since_kept:
+                space = " "
+            piece = space + text[unit.content_start : unit.end]
             if piece:
                 out.append(piece)
-        elif "\n" in space and not at_line_start:
-            out.append("\n")
+            dropped_since_kept = False
+        else:
+            dropped_since_kept = True
+            if "\n" in space and not at_line_start:
+                out.append("\n")
     return "".join(out)

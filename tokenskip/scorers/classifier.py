@@ -20,10 +20,14 @@ from tokenskip.tokens import TextTokenizer
 class TokenClassifierScorer:
     """``softmax(logits)[keep_label]`` per token, in windows of the encoder's length."""
 
-    def __init__(self, model: Any, tokenizer: TextTokenizer, keep_label: int = 1, window: int = 512):
+    def __init__(
+        self, model: Any, tokenizer: TextTokenizer, keep_label: int = 1, window: int = 512
+    ):
         num_labels = int(getattr(model.config, "num_labels", 2))
         if not 0 <= keep_label < num_labels:
-            raise ValueError(f"keep_label {keep_label} is not a label of this model (it has {num_labels})")
+            raise ValueError(
+                f"keep_label {keep_label} is not a label of this model (it has {num_labels})"
+            )
         max_positions = getattr(model.config, "max_position_embeddings", None) or window
         hf = tokenizer.hf
         self._cls = [hf.cls_token_id] if getattr(hf, "cls_token_id", None) is not None else []
@@ -48,9 +52,13 @@ class TokenClassifierScorer:
         return np.concatenate(out).astype(np.float64) if out else np.empty(0, dtype=np.float64)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *, keep_label: int = 1, allow_download: bool = False, **kwargs: Any) -> TokenClassifierScorer:
+    def from_pretrained(
+        cls, name_or_path: str, *, keep_label: int = 1, allow_download: bool = False, **kwargs: Any
+    ) -> TokenClassifierScorer:
         """Load an HF token-classification model and its fast tokenizer."""
         from tokenskip.models import load_token_classifier
 
         model, hf_tokenizer = load_token_classifier(name_or_path, allow_download=allow_download)
-        return cls(model, TextTokenizer(hf_tokenizer, name=name_or_path), keep_label=keep_label, **kwargs)
+        return cls(
+            model, TextTokenizer(hf_tokenizer, name=name_or_path), keep_label=keep_label, **kwargs
+        )

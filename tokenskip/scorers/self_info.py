@@ -20,7 +20,9 @@ from tokenskip.tokens import TextTokenizer
 class SelfInfoScorer:
     """Per-token surprisal in nats from ``model`` (any HF causal LM)."""
 
-    def __init__(self, model: Any, tokenizer: TextTokenizer, window: int = 1024, stride: int | None = None):
+    def __init__(
+        self, model: Any, tokenizer: TextTokenizer, window: int = 1024, stride: int | None = None
+    ):
         max_positions = getattr(model.config, "max_position_embeddings", None) or window
         self.window = max(2, min(window, int(max_positions) - 1))
         self.stride = stride if stride is not None else self.window // 2

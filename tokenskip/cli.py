@@ -1,0 +1,221 @@
+"""The ``tokenskip`` command. Subcommands only parse arguments and wire library calls.
+
+Usage errors and bad input exit with code 2 and one line on stderr; nothing prints a
+traceback unless ``TOKENSKIP_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from tokenskip.errors import InvalidInputError, TokenskipError
+
+EXIT_USAGE = 2
+DEFAULT_MAX_CHARS = 2_000_000
+
+
+def read_text(source: str, max_chars: int) -> str:
+    """UTF-8 text from a file path or ``-`` (stdin), refusing binary and oversized input."""
+    if source == "-":
+        data = sys.stdin.buffer.read()
+        where = "standard input"
+    else:
+        try:
+            with open(source, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise InvalidInputError(f"cannot read {source}: {exc.strerror}") from None
+        where = source
+    if b"\x00" in data:
+        raise InvalidInputError(f"{where} looks binary (it contains NUL bytes); pass UTF-8 text")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(
+            f"{where} is not UTF-8 text (invalid byte at offset {exc.start}); convert it first, "
+            "e.g. iconv -f latin1 -t utf-8"
+        ) from None
+    if len(text) > max_chars:
+        raise InvalidInputError(
+            f"{where} has {len(text):,} characters, over the limit of {max_chars:,}; split it or "
+            "raise --max-chars"
+        )
+    return text
+
+
+def _ratio(value: str) -> float:
+    from tokenskip.compress import check_ratio
+
+    try:
+        return check_ratio(value)
+    except InvalidInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def add_compress_parser(subparsers: Any) -> None:
+    from tokenskip.models import DEFAULT_MODEL
+    from tokenskip.scorers import SCORER_NAMES
+
+    p = subparsers.add_parser(
+        "compress",
+        help="compress text to a keep ratio",
+        description="Compress text to about RATIO of its tokens (target model's tokenizer).",
+    )
+    p.add_argument("file", nargs="?", default="-", help="UTF-8 text file, or - for stdin (default)")
+    p.add_argument(
+        "--ratio", type=_ratio, required=True, help="keep ratio γ in (0, 1]: kept/original tokens"
+    )
+    p.add_argument(
+        "--scorer",
+        choices=SCORER_NAMES,
+        default="heuristic",
+        help="token-importance scorer (default: heuristic)",
+    )
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"target model: tokens are counted in its tokenizer; the self-info scorer uses it (default: {DEFAULT_MODEL})",
+    )
+    p.add_argument(
+        "--scorer-model",
+        default=None,
+        help="model to score with instead of --model (required for --scorer classifier)",
+    )
+    p.add_argument(
+        "--cot",
+        action="store_true",
+        help="treat the input as a reasoning answer: compress only the reasoning, keep the final answer",
+    )
+    p.add_argument(
+        "--no-force",
+        action="store_true",
+        help="turn off force-keep of numbers, operators and the final-answer line",
+    )
+    p.add_argument(
+        "--force-token",
+        action="append",
+        default=[],
+        metavar="WORD",
+        help="also keep every occurrence of WORD (repeatable)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print a JSON object with text, token counts and ratios"
+    )
+    p.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="allow fetching models from the Hugging Face hub",
+    )
+    p.add_argument(
+        "--max-chars",
+        type=_positive_int,
+        default=DEFAULT_MAX_CHARS,
+        help=f"refuse inputs longer than this (default: {DEFAULT_MAX_CHARS:,})",
+    )
+    p.set_defaults(run=run_compress)
+
+
+def run_compress(args: argparse.Namespace) -> int:
+    from tokenskip.compress import compress, compress_cot
+    from tokenskip.force import MATH, NONE, ForceKeep
+    from tokenskip.models import load_model, load_tokenizer
+    from tokenskip.scorers import build_scorer
+    from tokenskip.tokens import TextTokenizer
+
+    if args.scorer == "classifier" and not args.scorer_model:
+        raise InvalidInputError(
+            "--scorer classifier needs --scorer-model (a token-classification model)"
+        )
+    text = read_text(args.file, args.max_chars)
+    force = NONE if args.no_force else MATH
+    if args.force_token:
+        force = ForceKeep(
+            force.numbers, force.operators, tuple(args.force_token), force.answer_line
+        )
+    lm = None
+    if args.scorer == "self-info" and not args.scorer_model:
+        loaded = load_model(args.model, allow_download=args.allow_download)
+        lm, hf_tokenizer = loaded.model, loaded.tokenizer
+    else:
+        hf_tokenizer = load_tokenizer(args.model, allow_download=args.allow_download)
+    tokenizer = TextTokenizer(hf_tokenizer, name=args.model)
+    scorer = build_scorer(
+        args.scorer,
+        tokenizer=tokenizer,
+        lm=lm,
+        scorer_model=args.scorer_model,
+        allow_download=args.allow_download,
+    )
+    run = compress_cot if args.cot else compress
+    result = run(text, args.ratio, tokenizer=tokenizer, scorer=scorer, force=force)
+    if args.json:
+        payload = {**result.to_dict(), "model": args.model, "scorer": args.scorer}
+        print(json.dumps(payload, ensure_ascii=False, indent=2))
+    else:
+        sys.stdout.write(result.text)
+        if result.text and not result.text.endswith("\n"):
+            sys.stdout.write("\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokenskip",
+        description="Make LLM reasoning cheaper without losing answers.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_compress_parser(subparsers)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a hard dependency
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        return args.run(args)
+    except TokenskipError as exc:
+        print(f"tokenskip {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("tokenskip: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("TOKENSKIP_DEBUG"):
+            raise
+        print(
+            f"tokenskip {args.command}: internal error: {type(exc).__name__}: {exc} "
+            "(set TOKENSKIP_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
