@@ -34,7 +34,7 @@ def read_text(source: str, max_chars: int) -> str:
     if b"\x00" in data:
         raise InvalidInputError(f"{where} looks binary (it contains NUL bytes); pass UTF-8 text")
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a byte-order mark is not text
     except UnicodeDecodeError as exc:
         raise InvalidInputError(
             f"{where} is not UTF-8 text (invalid byte at offset {exc.start}); convert it first, "
@@ -206,6 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tokenskip: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader left (e.g. `| head`); point stdout at devnull so the exit flush is quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except Exception as exc:
         if os.environ.get("TOKENSKIP_DEBUG"):
             raise

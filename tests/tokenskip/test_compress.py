@@ -153,3 +153,18 @@ def test_cached_scorer_scores_once_and_returns_copies(tokenizer):
         cached.score(tokenizer.encode(text).ids)
     cached.score(ids)  # evicted by the LRU bound
     assert cached.misses == 5
+
+
+def test_protected_spans_are_kept_verbatim(scorers, tokenizer):
+    text = "Please read https://example.com/a?b=1 and then basically summarise the whole thing."
+    start = text.index("https")
+    end = text.index(" and")
+    result = compress(
+        text,
+        0.3,
+        tokenizer=tokenizer,
+        scorer=scorers["heuristic"],
+        force=NONE,
+        protect=[(start, end)],
+    )
+    assert "https://example.com/a?b=1" in result.text
