@@ -173,6 +173,55 @@ def run_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_serve_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="run the OpenAI-compatible compressing proxy",
+        description="Serve /v1/chat/completions in front of local models and any litellm provider. "
+        "Without --config, serves the embedded model (smollm2) with prompt compression on.",
+    )
+    p.add_argument("--config", default=None, help="YAML config in LiteLLM's model_list form (env: TOKENSKIP_CONFIG)")
+    p.add_argument("--host", default=None, help="interface to bind (default: 127.0.0.1; env: TOKENSKIP_HOST)")
+    p.add_argument("--port", type=_positive_int, default=None, help="port (default: 8000; env: TOKENSKIP_PORT)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="uvicorn worker processes (default: 1)")
+    p.add_argument("--api-key", action="append", default=[], metavar="KEY", help="require this client key (repeatable; env: TOKENSKIP_API_KEYS, comma-separated)")
+    p.add_argument("--ledger-url", default=None, help="SQLAlchemy URL of the savings ledger (default: SQLite in the cache dir)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="server log level")
+    p.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    # Settings travel through the environment so that every uvicorn worker sees the same.
+    if args.config is not None:
+        if not os.path.isfile(args.config):
+            raise InvalidInputError(f"config file {args.config} does not exist")
+        os.environ["TOKENSKIP_CONFIG"] = os.path.abspath(args.config)
+    if args.host is not None:
+        os.environ["TOKENSKIP_HOST"] = args.host
+    if args.port is not None:
+        os.environ["TOKENSKIP_PORT"] = str(args.port)
+    if args.api_key:
+        os.environ["TOKENSKIP_API_KEYS"] = ",".join(args.api_key)
+    if args.ledger_url is not None:
+        os.environ["TOKENSKIP_LEDGER_URL"] = args.ledger_url
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+    import uvicorn
+
+    from proxy.config import Settings, load_config
+
+    settings = Settings()
+    try:
+        load_config(settings)  # fail here, with one line, rather than inside a worker
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
+    uvicorn.run(
+        "proxy.app:create_app", factory=True, host=settings.host, port=settings.port,
+        workers=args.workers, log_level=args.log_level,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokenskip",
@@ -180,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_compress_parser(subparsers)
+    add_serve_parser(subparsers)
     return parser
 
 

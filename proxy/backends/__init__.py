@@ -1,0 +1,1 @@
+"""Backends: where a chat completion is produced (litellm for remote APIs, or in-process)."""

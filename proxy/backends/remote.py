@@ -1,0 +1,176 @@
+"""Remote backends through litellm's Router: any provider, retries, cooldowns, fallbacks.
+
+Deployments come from a LiteLLM-style ``model_list``; routing settings (``num_retries``,
+``timeout``, ``cooldown_time``, ``allowed_fails``, ``fallbacks``) pass straight to the Router.
+Upstream failures become :class:`BackendError` with the status a client should see, and no
+message ever carries a configured secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from proxy.backends.base import BackendError, Completion, Delta
+
+ROUTER_KEYS = {
+    "num_retries",
+    "timeout",
+    "stream_timeout",
+    "cooldown_time",
+    "allowed_fails",
+    "fallbacks",
+    "retry_after",
+    "routing_strategy",
+    "max_fallbacks",
+    "default_fallbacks",
+    "disable_cooldowns",
+    "context_window_fallbacks",
+}
+
+
+def _secrets(model_list: list[dict[str, Any]]) -> list[str]:
+    found = []
+    for entry in model_list:
+        for key, value in entry.get("litellm_params", {}).items():
+            if "key" in key.lower() or "secret" in key.lower() or "token" in key.lower():
+                if isinstance(value, str) and value.startswith("os.environ/"):
+                    value = os.environ.get(value.split("/", 1)[1], "")
+                if isinstance(value, str) and len(value) >= 4:
+                    found.append(value)
+    return found
+
+
+class RemoteBackend:
+    name = "litellm"
+
+    def __init__(
+        self, model_list: list[dict[str, Any]], router_settings: dict[str, Any] | None = None
+    ):
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        import litellm
+
+        settings = dict(router_settings or {})
+        unknown = sorted(set(settings) - ROUTER_KEYS)
+        if unknown:
+            raise ValueError(f"unknown router_settings {unknown}; known: {sorted(ROUTER_KEYS)}")
+        settings.setdefault("num_retries", 2)
+        settings.setdefault("timeout", 60)
+        litellm.suppress_debug_info = True
+        litellm.telemetry = False
+        self.router = litellm.Router(model_list=model_list, **settings)
+        self.litellm_models = {e["model_name"]: e["litellm_params"]["model"] for e in model_list}
+        self._secrets = _secrets(model_list)
+
+    def redact(self, message: str) -> str:
+        for secret in self._secrets:
+            message = message.replace(secret, "***")
+        return message
+
+    def map_error(self, exc: BaseException) -> BackendError:
+        import litellm
+
+        message = self.redact(str(getattr(exc, "message", None) or exc))
+        if isinstance(exc, (litellm.Timeout, asyncio.TimeoutError, TimeoutError)):
+            return BackendError(
+                504, f"upstream timed out: {message}", "upstream_timeout", "timeout"
+            )
+        if isinstance(exc, litellm.ContextWindowExceededError):
+            return BackendError(400, message, "invalid_request_error", "context_length_exceeded")
+        if isinstance(exc, (litellm.AuthenticationError, litellm.PermissionDeniedError)):
+            return BackendError(
+                502,
+                "the upstream provider rejected the gateway's credentials",
+                "upstream_error",
+                "upstream_auth",
+            )
+        if isinstance(exc, litellm.RateLimitError):
+            return BackendError(429, message, "rate_limit_error", "rate_limited")
+        if isinstance(exc, litellm.APIConnectionError):
+            return BackendError(
+                502,
+                f"upstream connection failed: {message}",
+                "upstream_error",
+                "upstream_unavailable",
+            )
+        status = getattr(exc, "status_code", None)
+        if isinstance(status, int) and 400 <= status < 500 and status not in (401, 403, 404, 408):
+            return BackendError(status, message, "invalid_request_error")
+        return BackendError(
+            502, f"upstream error: {message}", "upstream_error", "upstream_unavailable"
+        )
+
+    async def complete(
+        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> Completion:
+        try:
+            response = await self.router.acompletion(model=model, messages=messages, **params)
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise self.map_error(exc) from None
+        choice = response.choices[0]
+        usage = getattr(response, "usage", None)
+        return Completion(
+            text=choice.message.content or "",
+            finish_reason=choice.finish_reason or "stop",
+            prompt_tokens=getattr(usage, "prompt_tokens", None),
+            completion_tokens=getattr(usage, "completion_tokens", None),
+            model=getattr(response, "model", None) or model,
+        )
+
+    async def stream(
+        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> AsyncIterator[Delta]:
+        try:
+            response = await self.router.acompletion(
+                model=model,
+                messages=messages,
+                stream=True,
+                stream_options={"include_usage": True},
+                **params,
+            )
+            finish_reason = None
+            prompt_tokens = completion_tokens = None
+            async for chunk in response:
+                usage = getattr(chunk, "usage", None)
+                if usage is not None and getattr(usage, "prompt_tokens", None) is not None:
+                    prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
+                for choice in chunk.choices or []:
+                    text = getattr(choice.delta, "content", None)
+                    if text:
+                        yield Delta(text=text)
+                    if choice.finish_reason:
+                        finish_reason = choice.finish_reason
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise self.map_error(exc) from None
+        if finish_reason is None:
+            raise BackendError(
+                502,
+                "the upstream stream ended without finishing",
+                "upstream_error",
+                "upstream_incomplete",
+            )
+        yield Delta(
+            finish_reason=finish_reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """USD from litellm's (local) price map, or None when the model is not priced."""
+        import litellm
+
+        try:
+            prompt_cost, completion_cost = litellm.cost_per_token(
+                model=self.litellm_models.get(model, model),
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+            )
+        except Exception:
+            return None
+        return float(prompt_cost + completion_cost)

@@ -1,0 +1,220 @@
+"""The savings ledger: one row per request, in SQLite by default or any SQLAlchemy URL.
+
+Rows are written by a background thread in small batches, so accounting never sits on a
+request's latency path; :meth:`Ledger.flush` waits for everything queued so far. Totals are
+grouped by model and by kind of saving, each labeled measured or estimated.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+log = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+requests_table = sa.Table(
+    "tokenskip_requests",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("ts", sa.Float, nullable=False, index=True),
+    sa.Column("model", sa.String(200), nullable=False, index=True),
+    sa.Column("backend", sa.String(32), nullable=False),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("stream", sa.Boolean, nullable=False),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("prompt_tokens_original", sa.Integer, nullable=False),
+    sa.Column("prompt_tokens_sent", sa.Integer, nullable=False),
+    sa.Column("completion_tokens", sa.Integer, nullable=False),
+    sa.Column("prompt_ratio", sa.Float),
+    sa.Column("cot_ratio", sa.Float),
+    sa.Column("cot_method", sa.String(16), nullable=False),
+    sa.Column("cot_tokens_saved_estimated", sa.Integer, nullable=False),
+    sa.Column("batch_tokens_saved", sa.Integer, nullable=False),
+    sa.Column("tokens_estimated", sa.Boolean, nullable=False),
+    sa.Column("cost_original", sa.Float),
+    sa.Column("cost_actual", sa.Float),
+)
+
+
+@dataclass
+class LedgerRow:
+    """One request's accounting; token counts are in the target tokenizer where known."""
+
+    request_id: str
+    model: str
+    backend: str
+    status: int
+    stream: bool
+    latency_ms: float
+    prompt_tokens_original: int
+    prompt_tokens_sent: int
+    completion_tokens: int
+    cot_method: str = "none"
+    prompt_ratio: float | None = None
+    cot_ratio: float | None = None
+    cot_tokens_saved_estimated: int = 0
+    batch_tokens_saved: int = 0
+    tokens_estimated: bool = False
+    cost_original: float | None = None
+    cost_actual: float | None = None
+    error: str | None = None
+    ts: float = field(default_factory=time.time)
+
+
+def default_url() -> str:
+    from tokenskip.models import cache_dir
+
+    path = cache_dir() / "ledger.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+class Ledger:
+    """Append-only request log with aggregate queries."""
+
+    def __init__(self, url: str | None = None, flush_interval_s: float = 0.05):
+        self.url = url or default_url()
+        try:
+            self.engine = sa.create_engine(self.url, future=True)
+            metadata.create_all(self.engine)
+        except Exception as exc:  # any driver / path problem
+            raise ValueError(f"cannot open the ledger at {self.url}: {exc}") from None
+        self._queue: queue.Queue[LedgerRow | threading.Event | None] = queue.Queue()
+        self._interval = flush_interval_s
+        self._thread = threading.Thread(target=self._writer, name="tokenskip-ledger", daemon=True)
+        self._thread.start()
+
+    def record(self, row: LedgerRow) -> None:
+        """Queue a row; returns at once."""
+        self._queue.put(row)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Block until every row queued before this call is committed."""
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait(timeout)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+        self.engine.dispose()
+
+    def _writer(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch: list[LedgerRow] = []
+            events: list[threading.Event] = []
+            stop = False
+            deadline = time.monotonic() + self._interval
+            while True:
+                if item is None:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    events.append(item)
+                else:
+                    batch.append(item)
+                if stop or events or len(batch) >= 256:
+                    break
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+            if batch:
+                try:
+                    with self.engine.begin() as conn:
+                        conn.execute(requests_table.insert(), [asdict(r) for r in batch])
+                except Exception:  # never take the server down over accounting
+                    log.exception("ledger write of %d rows failed", len(batch))
+            for event in events:
+                event.set()
+            if stop:
+                return
+
+    def rows(self, limit: int = 100) -> list[dict[str, Any]]:
+        self.flush()
+        query = sa.select(requests_table).order_by(requests_table.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def totals(self, since: float | None = None, until: float | None = None) -> dict[str, Any]:
+        """Savings by model and by kind over an optional ``[since, until)`` time window."""
+        self.flush()
+        t = requests_table.c
+        cols = [
+            sa.func.count().label("requests"),
+            sa.func.sum(sa.case((t.status >= 400, 1), else_=0)).label("errors"),
+            sa.func.coalesce(sa.func.sum(t.prompt_tokens_original), 0).label(
+                "prompt_tokens_original"
+            ),
+            sa.func.coalesce(sa.func.sum(t.prompt_tokens_sent), 0).label("prompt_tokens_sent"),
+            sa.func.coalesce(sa.func.sum(t.completion_tokens), 0).label("completion_tokens"),
+            sa.func.coalesce(sa.func.sum(t.cot_tokens_saved_estimated), 0).label(
+                "cot_tokens_saved_estimated"
+            ),
+            sa.func.coalesce(sa.func.sum(t.batch_tokens_saved), 0).label("batch_tokens_saved"),
+            sa.func.sum(t.cost_original).label("cost_original"),
+            sa.func.sum(t.cost_actual).label("cost_actual"),
+            sa.func.max(sa.cast(t.tokens_estimated, sa.Integer)).label("tokens_estimated"),
+        ]
+        where = []
+        if since is not None:
+            where.append(t.ts >= since)
+        if until is not None:
+            where.append(t.ts < until)
+        with self.engine.connect() as conn:
+            total = conn.execute(sa.select(*cols).where(*where)).one()._mapping
+            by_model = conn.execute(
+                sa.select(t.model, *cols).where(*where).group_by(t.model).order_by(t.model)
+            ).all()
+        return {
+            "window": {"since": since, "until": until},
+            "totals": _summary(total),
+            "by_model": [{"model": r.model, **_summary(r._mapping)} for r in by_model],
+            "by_kind": _by_kind(total),
+        }
+
+
+def _summary(m: Any) -> dict[str, Any]:
+    original, sent = int(m["prompt_tokens_original"] or 0), int(m["prompt_tokens_sent"] or 0)
+    cost_original, cost_actual = m["cost_original"], m["cost_actual"]
+    return {
+        "requests": int(m["requests"] or 0),
+        "errors": int(m["errors"] or 0),
+        "prompt_tokens_original": original,
+        "prompt_tokens_sent": sent,
+        "prompt_tokens_saved": original - sent,
+        "completion_tokens": int(m["completion_tokens"] or 0),
+        "cot_tokens_saved_estimated": int(m["cot_tokens_saved_estimated"] or 0),
+        "batch_tokens_saved": int(m["batch_tokens_saved"] or 0),
+        "tokens_estimated": bool(m["tokens_estimated"] or 0),
+        "cost_original": cost_original,
+        "cost_actual": cost_actual,
+        "cost_saved": None
+        if cost_original is None or cost_actual is None
+        else cost_original - cost_actual,
+    }
+
+
+def _by_kind(m: Any) -> dict[str, Any]:
+    return {
+        "prompt_compression": {
+            "tokens_saved": int(m["prompt_tokens_original"] or 0)
+            - int(m["prompt_tokens_sent"] or 0),
+            "measured": True,
+        },
+        "cot_compression": {
+            "tokens_saved": int(m["cot_tokens_saved_estimated"] or 0),
+            "measured": False,
+            "note": "estimated: completion tokens / cot_ratio minus completion tokens",
+        },
+        "query_batching": {"tokens_saved": int(m["batch_tokens_saved"] or 0), "measured": True},
+    }

@@ -1,0 +1,53 @@
+"""Prometheus metrics for one gateway (own registry, so several apps in a process never clash)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "tokenskip_requests",
+            "Chat requests by model and HTTP status",
+            ["model", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tokenskip_request_latency_seconds",
+            "End-to-end request latency",
+            ["model", "stream"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "tokenskip_tokens",
+            "Tokens by direction: prompt_original, prompt_sent, completion",
+            ["model", "direction"],
+            registry=self.registry,
+        )
+        self.saved = Counter(
+            "tokenskip_tokens_saved",
+            "Tokens saved by kind (cot_compression is estimated)",
+            ["model", "kind"],
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "tokenskip_upstream_errors",
+            "Backend failures by model and error code",
+            ["model", "code"],
+            registry=self.registry,
+        )
+        self.compression_seconds = Histogram(
+            "tokenskip_prompt_compression_seconds",
+            "Time spent compressing prompts",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,78 @@
+"""Compression policy: per-model defaults from the config, overridden per request.
+
+Resolution is a pure merge: request ``tokenskip`` fields win over the model's ``tokenskip``
+block, which wins over the gateway defaults. ``enabled: false`` turns everything off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from tokenskip.compress import check_ratio
+from tokenskip.scorers import SCORER_NAMES
+
+SERVED_SCORERS = ("heuristic", "self-info")
+
+
+@dataclass(frozen=True)
+class CompressionPolicy:
+    """What tokenskip does to one request."""
+
+    enabled: bool = True
+    """Master switch; false forwards the request untouched (still accounted)."""
+    prompt_ratio: float | None = 0.7
+    """Keep ratio for long system/user contents; None leaves prompts alone."""
+    prompt_min_tokens: int = 256
+    """Contents shorter than this (target tokens) are never compressed."""
+    cot_ratio: float | None = None
+    """Keep ratio asked of the model's reasoning; None leaves the output alone."""
+    scorer: str = "heuristic"
+    """Prompt scorer: ``heuristic`` (no model, fastest) or ``self-info`` (local LM)."""
+    cot_reference_tokens: int = 300
+    """Typical reasoning length at γ = 1, from which an instruction's token budget derives."""
+    batch: bool = False
+    """Allow merging concurrent requests into one multi-query call."""
+
+    def __post_init__(self) -> None:
+        for name in ("prompt_ratio", "cot_ratio"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    check_ratio(value)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
+        if self.scorer not in SERVED_SCORERS:
+            known = ", ".join(SERVED_SCORERS)
+            hint = " (the classifier scorer is not served)" if self.scorer in SCORER_NAMES else ""
+            raise ValueError(f"scorer must be one of {known}, got {self.scorer!r}{hint}")
+        if self.prompt_min_tokens < 0:
+            raise ValueError(f"prompt_min_tokens must be >= 0, got {self.prompt_min_tokens}")
+        if self.cot_reference_tokens <= 0:
+            raise ValueError(f"cot_reference_tokens must be > 0, got {self.cot_reference_tokens}")
+
+    @classmethod
+    def from_mapping(
+        cls, data: dict[str, Any] | None, base: CompressionPolicy | None = None
+    ) -> CompressionPolicy:
+        """A policy from a config block, unknown keys refused by name."""
+        base = base or cls()
+        if not data:
+            return base
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown tokenskip policy keys {unknown}; known: {sorted(known)}")
+        return replace(base, **data)
+
+    def merged(self, overrides: dict[str, Any]) -> CompressionPolicy:
+        """This policy with a request's non-null overrides applied."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def compresses_prompt(self) -> bool:
+        return self.enabled and self.prompt_ratio is not None and self.prompt_ratio < 1.0
+
+    @property
+    def controls_cot(self) -> bool:
+        return self.enabled and self.cot_ratio is not None

@@ -1,0 +1,398 @@
+"""The chat service: policy → prompt compression → CoT knob → backend → accounting.
+
+Routes hand it a validated request; it returns a response body (or an SSE stream) plus the
+savings headers. Compression runs in a worker thread, never on the event loop. Every request
+routed to a model, failed or cancelled ones included, leaves exactly one ledger row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.backends.base import BackendError, Delta
+from proxy.backends.local import LocalBackend
+from proxy.config import GatewayConfig, ModelEntry
+from proxy.cot import apply_cot_ratio
+from proxy.errors import ProxyError
+from proxy.ledger import Ledger, LedgerRow
+from proxy.metrics import Metrics
+from proxy.prompt import PromptCompression, compress_messages
+from proxy.protocol import ChatCompletionRequest, completion_id, error_body, now
+from tokenskip.models import DEFAULT_MODEL, load_model, load_tokenizer
+from tokenskip.scorers import CachedScorer, HeuristicScorer, SelfInfoScorer
+from tokenskip.tokens import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Counter:
+    """The tokenizer that counts a model's tokens, and whether it is that model's own."""
+
+    tokenizer: TextTokenizer
+    exact: bool
+
+
+@dataclass
+class Prepared:
+    """A request after policy, compression and the CoT knob, ready for its backend."""
+
+    entry: ModelEntry
+    messages: list[dict[str, Any]]
+    params: dict[str, Any]
+    prompt: PromptCompression | None
+    prompt_ratio: float | None
+    cot_ratio: float | None
+    cot_method: str
+    exact: bool
+    started: float
+    request_id: str = field(default_factory=completion_id)
+
+    def headers(self, usage: dict[str, Any] | None = None) -> dict[str, str]:
+        """Savings headers: from the final usage when known (non-streaming), else what is
+        known before generation (streaming: the saving, not yet the upstream's count)."""
+        saved = self.prompt.saved_tokens if self.prompt else 0
+        h = {
+            "x-tokenskip-prompt-tokens-saved": str(saved),
+            "x-tokenskip-cot-method": self.cot_method,
+            "x-tokenskip-tokens-estimated": str(not self.exact).lower(),
+        }
+        if usage is not None:
+            h["x-tokenskip-prompt-tokens-original"] = str(usage["prompt_tokens_original"])
+            h["x-tokenskip-prompt-tokens-saved"] = str(usage["prompt_tokens_saved"])
+            h["x-tokenskip-tokens-estimated"] = str(usage["tokens_estimated"]).lower()
+        return h
+
+
+class ChatService:
+    """Owns the backends, tokenizers, scorers, ledger and metrics of one gateway."""
+
+    def __init__(self, config: GatewayConfig, ledger: Ledger, metrics: Metrics):
+        self.config = config
+        self.ledger = ledger
+        self.metrics = metrics
+        self.local = LocalBackend()
+        self.remote = None
+        self._counters: dict[str, Counter] = {}
+        self._scorers: dict[tuple[str, str], Any] = {}
+        self._self_info_lm: Any = None
+        self._load_local()
+        model_list = config.litellm_model_list()
+        if model_list:
+            from proxy.backends.remote import RemoteBackend
+
+            self.remote = RemoteBackend(model_list, config.router_settings)
+
+    # -- setup ----------------------------------------------------------------------------
+    def _load_local(self) -> None:
+        bases: dict[str, list[ModelEntry]] = {}
+        for entry in self.config.models.values():
+            if entry.is_local:
+                bases.setdefault(entry.local_model, []).append(entry)
+        for base, entries in bases.items():
+            loaded = load_model(base)
+            adapters = {e.name: e.adapter for e in entries if e.adapter}
+            self.local.add_engine(
+                base,
+                loaded.model,
+                loaded.tokenizer,
+                max_batch=self.config.local_max_batch,
+                adapters=adapters,
+            )
+            for e in entries:
+                self.local.serve(e.name, base, e.name if e.adapter else None)
+            if base == DEFAULT_MODEL:
+                self._self_info_lm = loaded.model  # reused by the self-info prompt scorer
+            counter = Counter(TextTokenizer(loaded.tokenizer, name=base), exact=True)
+            for e in entries:
+                self._counters[e.name] = counter
+
+    def close(self) -> None:
+        self.local.close()
+
+    def counter(self, entry: ModelEntry) -> Counter:
+        found = self._counters.get(entry.name)
+        if found is None:
+            name = entry.tokenizer or DEFAULT_MODEL
+            shared = next((c for n, c in self._counters.items() if c.tokenizer.name == name), None)
+            tokenizer = (
+                shared.tokenizer if shared else TextTokenizer(load_tokenizer(name), name=name)
+            )
+            found = self._counters[entry.name] = Counter(
+                tokenizer, exact=entry.tokenizer is not None
+            )
+        return found
+
+    def scorer(self, name: str, counter: Counter) -> Any:
+        key = (name, counter.tokenizer.name)
+        found = self._scorers.get(key)
+        if found is None:
+            if name == "heuristic":
+                found = CachedScorer(HeuristicScorer(counter.tokenizer))
+            else:
+                if self._self_info_lm is None:
+                    self._self_info_lm = load_model(DEFAULT_MODEL).model
+                lm_tokenizer = self.counter_for_model(DEFAULT_MODEL)
+                found = CachedScorer(SelfInfoScorer(self._self_info_lm, lm_tokenizer))
+            self._scorers[key] = found
+        return found
+
+    def counter_for_model(self, name: str) -> TextTokenizer:
+        for c in self._counters.values():
+            if c.tokenizer.name == name:
+                return c.tokenizer
+        return TextTokenizer(load_tokenizer(name), name=name)
+
+    def backend(self, entry: ModelEntry) -> Any:
+        return self.local if entry.is_local else self.remote
+
+    def delimiter(self, entry: ModelEntry) -> str | None:
+        if entry.is_local:
+            return self.local.models[entry.name].delimiter
+        return entry.delimiter
+
+    # -- request path ---------------------------------------------------------------------
+    def _prepare_sync(self, request: ChatCompletionRequest, started: float) -> Prepared:
+        entry = self.config.models.get(request.model)
+        if entry is None:
+            raise ProxyError(
+                404,
+                f"The model '{request.model}' does not exist on this gateway; GET /v1/models lists the served models",
+                code="model_not_found",
+                param="model",
+            )
+        overrides = request.tokenskip.model_dump(exclude_none=True) if request.tokenskip else {}
+        try:
+            policy = entry.policy.merged(overrides)
+        except ValueError as exc:
+            raise ProxyError(400, f"tokenskip: {exc}", param="tokenskip") from None
+        messages = [m.model_dump(exclude_none=True) for m in request.messages]
+        counter = self.counter(entry)
+        prompt = None
+        prompt_ratio = policy.prompt_ratio if policy.compresses_prompt else None
+        if policy.enabled:
+            t0 = time.perf_counter()
+            scorer = self.scorer(policy.scorer, counter) if prompt_ratio is not None else None
+            prompt = compress_messages(
+                messages,
+                ratio=prompt_ratio,
+                min_tokens=policy.prompt_min_tokens,
+                tokenizer=counter.tokenizer,
+                scorer=scorer,
+            )
+            messages = prompt.messages
+            self.metrics.compression_seconds.labels(entry.name).observe(time.perf_counter() - t0)
+        cot_method, cot_ratio = "none", None
+        if policy.controls_cot:
+            cot_ratio = policy.cot_ratio
+            messages, cot_method = apply_cot_ratio(
+                messages,
+                cot_ratio,
+                delimiter=self.delimiter(entry),
+                reference_tokens=policy.cot_reference_tokens,
+            )
+        return Prepared(
+            entry,
+            messages,
+            request.upstream_params(),
+            prompt,
+            prompt_ratio,
+            cot_ratio,
+            cot_method,
+            counter.exact,
+            started,
+        )
+
+    async def prepare(self, request: ChatCompletionRequest) -> Prepared:
+        started = time.perf_counter()
+        entry = self.config.models.get(request.model)
+        if (
+            entry is not None
+            and (not entry.policy.enabled)
+            and not (request.tokenskip and request.tokenskip.enabled)
+        ):
+            return self._prepare_sync(request, started)  # pass-through: nothing heavy to offload
+        return await asyncio.to_thread(self._prepare_sync, request, started)
+
+    def _usage(
+        self, p: Prepared, prompt_tokens: int | None, completion_tokens: int | None, text: str
+    ) -> dict[str, Any]:
+        counter = self.counter(p.entry)
+        exact = p.exact
+        if prompt_tokens is None:
+            prompt_tokens = p.prompt.sent_tokens if p.prompt else 0
+            exact = False
+        if completion_tokens is None:
+            completion_tokens = counter.tokenizer.count(text)
+            exact = False
+        saved = p.prompt.saved_tokens if p.prompt else 0
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_original": prompt_tokens + saved,
+            "prompt_tokens_saved": saved,
+            "tokens_estimated": not exact,
+        }
+
+    def _account(
+        self,
+        p: Prepared,
+        status: int,
+        stream: bool,
+        usage: dict[str, Any] | None,
+        error: str | None = None,
+    ) -> None:
+        latency = time.perf_counter() - p.started
+        model = p.entry.name
+        usage = usage or {
+            "prompt_tokens": p.prompt.sent_tokens if p.prompt else 0,
+            "completion_tokens": 0,
+            "prompt_tokens_saved": p.prompt.saved_tokens if p.prompt else 0,
+            "tokens_estimated": True,
+        }
+        sent, completion = usage["prompt_tokens"], usage["completion_tokens"]
+        saved = usage["prompt_tokens_saved"]
+        cot_saved = (
+            round(completion / p.cot_ratio - completion)
+            if p.cot_ratio and p.cot_method != "none" and status < 400
+            else 0
+        )
+        cost_actual = cost_original = None
+        if self.remote is not None and not p.entry.is_local:
+            cost_actual = self.remote.cost(model, sent, completion)
+            cost_original = self.remote.cost(model, sent + saved, completion + cot_saved)
+        self.ledger.record(
+            LedgerRow(
+                request_id=p.request_id,
+                model=model,
+                backend="local" if p.entry.is_local else "litellm",
+                status=status,
+                stream=stream,
+                latency_ms=latency * 1000,
+                prompt_tokens_original=sent + saved,
+                prompt_tokens_sent=sent,
+                completion_tokens=completion,
+                cot_method=p.cot_method,
+                prompt_ratio=p.prompt_ratio,
+                cot_ratio=p.cot_ratio,
+                cot_tokens_saved_estimated=cot_saved,
+                tokens_estimated=bool(usage.get("tokens_estimated")),
+                cost_original=cost_original,
+                cost_actual=cost_actual,
+                error=error,
+            )
+        )
+        m = self.metrics
+        m.requests.labels(model, str(status)).inc()
+        m.latency.labels(model, str(stream).lower()).observe(latency)
+        m.tokens.labels(model, "prompt_original").inc(sent + saved)
+        m.tokens.labels(model, "prompt_sent").inc(sent)
+        m.tokens.labels(model, "completion").inc(completion)
+        m.saved.labels(model, "prompt_compression").inc(saved)
+        m.saved.labels(model, "cot_compression").inc(cot_saved)
+
+    def _tokenskip_info(self, p: Prepared) -> dict[str, Any]:
+        return {
+            "prompt_ratio": p.prompt_ratio,
+            "prompt_tokens_original": p.prompt.original_tokens if p.prompt else None,
+            "prompt_tokens_sent": p.prompt.sent_tokens if p.prompt else None,
+            "messages_compressed": p.prompt.num_compressed if p.prompt else 0,
+            "cot_ratio": p.cot_ratio,
+            "cot_method": p.cot_method,
+        }
+
+    async def complete(self, p: Prepared) -> dict[str, Any]:
+        backend = self.backend(p.entry)
+        try:
+            result = await backend.complete(p.entry.name, p.messages, p.params)
+        except BackendError as exc:
+            self.metrics.upstream_errors.labels(p.entry.name, exc.code or str(exc.status)).inc()
+            self._account(p, exc.status, False, None, exc.message)
+            raise ProxyError(exc.status, exc.message, exc.type, exc.code) from None
+        except asyncio.CancelledError:
+            self._account(p, 499, False, None, "client disconnected")
+            raise
+        usage = self._usage(p, result.prompt_tokens, result.completion_tokens, result.text)
+        self._account(p, 200, False, usage)
+        return {
+            "id": p.request_id,
+            "object": "chat.completion",
+            "created": now(),
+            "model": p.entry.name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result.text},
+                    "finish_reason": result.finish_reason,
+                }
+            ],
+            "usage": usage,
+            "tokenskip": self._tokenskip_info(p),
+        }
+
+    async def stream(self, p: Prepared, include_usage: bool) -> AsyncIterator[str]:
+        """SSE lines: a role chunk, content chunks, a finish chunk, optional usage, [DONE]."""
+        created = now()
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+            body = {
+                "id": p.request_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": p.entry.name,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+        backend = self.backend(p.entry)
+        parts: list[str] = []
+        status, usage, error = 499, None, "client disconnected"
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            last: Delta | None = None
+            # aclosing: if the client leaves, the backend stream is closed (and cancelled) now.
+            async with contextlib.aclosing(
+                backend.stream(p.entry.name, p.messages, p.params)
+            ) as deltas:
+                async for delta in deltas:
+                    if delta.finish_reason is not None:
+                        last = delta
+                        break
+                    parts.append(delta.text)
+                    yield chunk({"content": delta.text})
+            if last is None:
+                raise BackendError(
+                    502,
+                    "the backend stream ended without finishing",
+                    "upstream_error",
+                    "upstream_incomplete",
+                )
+            usage = self._usage(p, last.prompt_tokens, last.completion_tokens, "".join(parts))
+            yield chunk({}, last.finish_reason)
+            if include_usage:
+                body = {
+                    "id": p.request_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": p.entry.name,
+                    "choices": [],
+                    "usage": usage,
+                    "tokenskip": self._tokenskip_info(p),
+                }
+                yield f"data: {json.dumps(body)}\n\n"
+            yield "data: [DONE]\n\n"
+            status, error = 200, None
+        except BackendError as exc:
+            self.metrics.upstream_errors.labels(p.entry.name, exc.code or str(exc.status)).inc()
+            status, error = exc.status, exc.message
+            yield f"data: {json.dumps(error_body(exc.message, exc.type, exc.code))}\n\n"
+        finally:
+            self._account(p, status, True, usage, error)
