@@ -13,26 +13,34 @@ import torch
 
 
 def make_wordpiece_tokenizer(corpus: Iterable[str], vocab_size: int = 400) -> Any:
-    """A BERT-style fast tokenizer trained on ``corpus`` (lower-cased WordPiece, [CLS]/[SEP])."""
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
+    """A BERT-style fast tokenizer over ``corpus`` (lower-cased WordPiece, [CLS]/[SEP]).
+
+    The vocabulary is built deterministically (every character, then the most frequent words,
+    ties broken alphabetically), so the same corpus gives the same ids in every process;
+    the tokenizers trainer breaks frequency ties differently from run to run.
+    """
+    import re
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    words: Counter[str] = Counter()
+    for text in corpus:
+        words.update(re.findall(r"\w+|[^\w\s]", normalizer.normalize_str(text)))
+    chars = sorted({ch for word in words for ch in word})
+    vocab_list = specials + chars + ["##" + ch for ch in chars]
+    for word, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab_list) >= vocab_size:
+            break
+        if len(word) > 1:
+            vocab_list.append(word)
+    tok = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(vocab_list)}, unk_token="[UNK]"))
+    tok.normalizer = normalizer
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(
-        list(corpus), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
-    )
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]

@@ -1,0 +1,66 @@
+import pytest
+import yaml
+
+from proxy.config import Settings, load_config, parse_config
+
+CONFIG = """
+model_list:
+  - model_name: gpt-mini
+    litellm_params: {model: openai/gpt-4o-mini, api_key: os.environ/FAKE_KEY}
+    tokenskip: {prompt_ratio: 0.6, cot_ratio: 0.8, tokenizer: smollm2}
+  - model_name: tuned
+    litellm_params: {model: hosted_vllm/tuned, api_base: "http://127.0.0.1:9/v1"}
+    tokenskip: {delimiter: "<|eot_id|>"}
+  - model_name: local
+    local: {model: smollm2}
+router_settings: {num_retries: 1, timeout: 5}
+general_settings: {master_key: sk-master}
+tokenskip_settings: {api_keys: [sk-a], defaults: {prompt_ratio: 0.9}, local_max_batch: 4}
+"""
+
+
+def test_litellm_style_config_parses(monkeypatch):
+    monkeypatch.setenv("TOKENSKIP_API_KEYS", "sk-env")
+    cfg = parse_config(yaml.safe_load(CONFIG), Settings())
+    assert set(cfg.models) == {"gpt-mini", "tuned", "local"}
+    assert cfg.models["gpt-mini"].policy.prompt_ratio == 0.6
+    assert cfg.models["gpt-mini"].tokenizer == "smollm2"
+    assert cfg.models["tuned"].policy.prompt_ratio == 0.9  # gateway default
+    assert cfg.models["tuned"].delimiter == "<|eot_id|>"
+    assert cfg.models["local"].is_local
+    assert set(cfg.api_keys) == {"sk-env", "sk-a", "sk-master"}
+    assert cfg.local_max_batch == 4
+    router_list = cfg.litellm_model_list()
+    assert [m["model_name"] for m in router_list] == ["gpt-mini", "tuned"]
+    assert "tokenskip" not in router_list[0]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.update(model_list=[]), "non-empty model_list"),
+        (lambda d: d["model_list"].append({"model_name": "local", "local": {"model": "x"}}), "duplicate"),
+        (lambda d: d["model_list"].append({"model_name": "both", "local": {"model": "x"}, "litellm_params": {"model": "y"}}), "exactly one"),
+        (lambda d: d["model_list"][0]["tokenskip"].update(prompt_ratio=2), "prompt_ratio"),
+        (lambda d: d["tokenskip_settings"].update(bogus=1), "unknown tokenskip_settings"),
+    ],
+)
+def test_bad_configs_name_the_problem(mutate, message):
+    data = yaml.safe_load(CONFIG)
+    mutate(data)
+    with pytest.raises(ValueError, match=message):
+        parse_config(data, Settings())
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ValueError, match="cannot read config"):
+        load_config(Settings(config=tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model_list: [unclosed")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(Settings(config=bad))
+
+
+def test_no_config_serves_the_local_model():
+    cfg = load_config(Settings(local_model="smollm2"))
+    assert list(cfg.models) == ["smollm2"] and cfg.models["smollm2"].is_local

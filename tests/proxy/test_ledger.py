@@ -1,0 +1,43 @@
+import time
+
+import pytest
+
+from proxy.ledger import Ledger, LedgerRow
+
+
+def row(model, original, sent, status=200, **kw):
+    return LedgerRow(request_id="r", model=model, backend="litellm", status=status, stream=False, latency_ms=1.0, prompt_tokens_original=original, prompt_tokens_sent=sent, completion_tokens=10, **kw)
+
+
+def test_totals_by_model_and_kind_and_window(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    ledger.record(row("a", 100, 60, cost_original=1.0, cost_actual=0.6, cot_tokens_saved_estimated=5))
+    ledger.record(row("a", 50, 50, status=502))
+    ledger.record(row("b", 10, 10, ts=time.time() - 3600))
+    totals = ledger.totals()
+    assert totals["totals"]["requests"] == 3 and totals["totals"]["errors"] == 1
+    assert totals["totals"]["prompt_tokens_saved"] == 40
+    a = next(m for m in totals["by_model"] if m["model"] == "a")
+    assert a["cost_saved"] == pytest.approx(0.4)
+    assert totals["by_kind"]["prompt_compression"] == {"tokens_saved": 40, "measured": True}
+    assert totals["by_kind"]["cot_compression"]["tokens_saved"] == 5
+    assert totals["by_kind"]["cot_compression"]["measured"] is False
+    recent = ledger.totals(since=time.time() - 60)
+    assert recent["totals"]["requests"] == 2
+    assert len(ledger.rows()) == 3
+    ledger.close()
+
+
+def test_ledger_survives_a_restart(tmp_path):
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    first = Ledger(url)
+    first.record(row("a", 10, 5))
+    first.close()
+    second = Ledger(url)
+    assert second.totals()["totals"]["prompt_tokens_saved"] == 5
+    second.close()
+
+
+def test_an_unusable_url_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="cannot open the ledger"):
+        Ledger("notadb://x")
