@@ -61,7 +61,7 @@ class RemoteBackend:
         litellm.suppress_debug_info = True
         litellm.telemetry = False
         self.router = litellm.Router(model_list=model_list, **settings)
-        self.litellm_models = {e["model_name"]: e["litellm_params"]["model"] for e in model_list}
+        self.params = {e["model_name"]: dict(e["litellm_params"]) for e in model_list}
         self._secrets = _secrets(model_list)
 
     def redact(self, message: str) -> str:
@@ -162,12 +162,20 @@ class RemoteBackend:
         )
 
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
-        """USD from litellm's (local) price map, or None when the model is not priced."""
+        """USD for a call: the deployment's own prices if configured (``input_cost_per_token``
+        / ``output_cost_per_token`` in litellm_params), else litellm's local price map, else
+        None when the model is not priced."""
         import litellm
 
+        params = self.params.get(model, {})
+        if "input_cost_per_token" in params or "output_cost_per_token" in params:
+            return float(
+                prompt_tokens * float(params.get("input_cost_per_token", 0.0))
+                + completion_tokens * float(params.get("output_cost_per_token", 0.0))
+            )
         try:
             prompt_cost, completion_cost = litellm.cost_per_token(
-                model=self.litellm_models.get(model, model),
+                model=params.get("model", model),
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
             )

@@ -39,8 +39,16 @@ def test_litellm_style_config_parses(monkeypatch):
     ("mutate", "message"),
     [
         (lambda d: d.update(model_list=[]), "non-empty model_list"),
-        (lambda d: d["model_list"].append({"model_name": "local", "local": {"model": "x"}}), "duplicate"),
-        (lambda d: d["model_list"].append({"model_name": "both", "local": {"model": "x"}, "litellm_params": {"model": "y"}}), "exactly one"),
+        (
+            lambda d: d["model_list"].append({"model_name": "local", "local": {"model": "x"}}),
+            "duplicate",
+        ),
+        (
+            lambda d: d["model_list"].append(
+                {"model_name": "both", "local": {"model": "x"}, "litellm_params": {"model": "y"}}
+            ),
+            "exactly one",
+        ),
         (lambda d: d["model_list"][0]["tokenskip"].update(prompt_ratio=2), "prompt_ratio"),
         (lambda d: d["tokenskip_settings"].update(bogus=1), "unknown tokenskip_settings"),
     ],

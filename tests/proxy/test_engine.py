@@ -10,11 +10,23 @@ from proxy.local.engine import Engine, GenerationRequest
 from proxy.local.runner import Runner
 from tokenskip.models import load_model
 
-QUESTIONS = ["What is 2+3?", "Name a color.", "Say hello in French.", "What is the capital of Italy?"]
+QUESTIONS = [
+    "What is 2+3?",
+    "Name a color.",
+    "Say hello in French.",
+    "What is the capital of Italy?",
+]
 
 
 def chat_ids(tokenizer, question):
-    return list(tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True, return_dict=False))
+    return list(
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+        )
+    )
 
 
 def run_all(engine, requests, timeout=120):
@@ -47,14 +59,23 @@ def test_batched_greedy_equals_single_and_hf_generate(engine, smol):
     for p, single, batched in zip(prompts, singles, batch):
         assert batched.output_ids == single.output_ids
         with torch.inference_mode():
-            hf = smol.model.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False)[0, len(p):].tolist()
-        assert single.output_ids == [t for t in hf if t not in engine.runner.eos_ids][: len(single.output_ids)]
+            hf = smol.model.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False)[
+                0, len(p) :
+            ].tolist()
+        assert (
+            single.output_ids
+            == [t for t in hf if t not in engine.runner.eos_ids][: len(single.output_ids)]
+        )
         assert single.text == smol.tokenizer.decode(single.output_ids, skip_special_tokens=True)
 
 
 def test_streamed_deltas_add_up_to_the_text(engine, smol):
     deltas = []
-    r = GenerationRequest(prompt_ids=chat_ids(smol.tokenizer, "Count from one to five."), max_new_tokens=20, on_delta=deltas.append)
+    r = GenerationRequest(
+        prompt_ids=chat_ids(smol.tokenizer, "Count from one to five."),
+        max_new_tokens=20,
+        on_delta=deltas.append,
+    )
     run_all(engine, [r])
     assert len(deltas) > 1 and "".join(deltas) == r.text
 
@@ -85,7 +106,9 @@ def test_sampling_is_reproducible_with_a_seed(engine, smol):
 
 def test_context_overflow_is_refused_before_queueing(engine):
     with pytest.raises(ValueError, match="exceeds the model's context"):
-        engine.submit(GenerationRequest(prompt_ids=[1] * 100, max_new_tokens=engine.runner.max_positions))
+        engine.submit(
+            GenerationRequest(prompt_ids=[1] * 100, max_new_tokens=engine.runner.max_positions)
+        )
 
 
 def test_cancelled_request_leaves_its_batch(engine, smol):
@@ -103,7 +126,12 @@ def test_lora_adapters_by_name(tmp_path):
 
     fresh = load_model("smollm2")  # a private copy: peft injects layers into the model in place
     torch.manual_seed(0)
-    lora = get_peft_model(fresh.model, LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora = get_peft_model(
+        fresh.model,
+        LoraConfig(
+            r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+        ),
+    )
     lora.save_pretrained(tmp_path / "ad")
     (tmp_path / "ad" / "tokenskip.json").write_text(json.dumps({"delimiter": "<|im_end|>"}))
     base_model = lora.unload()  # back to the plain model
@@ -112,10 +140,15 @@ def test_lora_adapters_by_name(tmp_path):
     engine = Engine(runner)
     try:
         p = chat_ids(fresh.tokenizer, "What is 2+3?")
-        base, tuned = GenerationRequest(prompt_ids=p, max_new_tokens=8), GenerationRequest(prompt_ids=p, max_new_tokens=8, adapter="ts")
+        base, tuned = (
+            GenerationRequest(prompt_ids=p, max_new_tokens=8),
+            GenerationRequest(prompt_ids=p, max_new_tokens=8, adapter="ts"),
+        )
         run_all(engine, [base, tuned])
         with torch.inference_mode(), runner.model.disable_adapter():
-            hf = runner.model.generate(torch.tensor([p]), max_new_tokens=8, do_sample=False)[0, len(p):].tolist()
+            hf = runner.model.generate(torch.tensor([p]), max_new_tokens=8, do_sample=False)[
+                0, len(p) :
+            ].tolist()
         assert base.output_ids == [t for t in hf if t not in runner.eos_ids][: len(base.output_ids)]
         assert tuned.output_ids != base.output_ids
         with pytest.raises(ValueError, match="unknown adapter"):

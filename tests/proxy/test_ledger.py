@@ -6,12 +6,25 @@ from proxy.ledger import Ledger, LedgerRow
 
 
 def row(model, original, sent, status=200, **kw):
-    return LedgerRow(request_id="r", model=model, backend="litellm", status=status, stream=False, latency_ms=1.0, prompt_tokens_original=original, prompt_tokens_sent=sent, completion_tokens=10, **kw)
+    return LedgerRow(
+        request_id="r",
+        model=model,
+        backend="litellm",
+        status=status,
+        stream=False,
+        latency_ms=1.0,
+        prompt_tokens_original=original,
+        prompt_tokens_sent=sent,
+        completion_tokens=10,
+        **kw,
+    )
 
 
 def test_totals_by_model_and_kind_and_window(tmp_path):
     ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
-    ledger.record(row("a", 100, 60, cost_original=1.0, cost_actual=0.6, cot_tokens_saved_estimated=5))
+    ledger.record(
+        row("a", 100, 60, cost_original=1.0, cost_actual=0.6, cot_tokens_saved_estimated=5)
+    )
     ledger.record(row("a", 50, 50, status=502))
     ledger.record(row("b", 10, 10, ts=time.time() - 3600))
     totals = ledger.totals()

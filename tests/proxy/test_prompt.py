@@ -53,7 +53,13 @@ def test_long_contents_are_compressed_and_protected_parts_survive(tokenizer, sco
 
 def test_short_contents_and_multimodal_parts(tokenizer, scorer):
     messages = [
-        {"role": "user", "content": [{"type": "text", "text": FILLER * 5}, {"type": "image_url", "image_url": {"url": "x"}}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": FILLER * 5},
+                {"type": "image_url", "image_url": {"url": "x"}},
+            ],
+        },
         {"role": "user", "content": "short question?"},
     ]
     out = compress_messages(messages, ratio=0.5, min_tokens=64, tokenizer=tokenizer, scorer=scorer)
@@ -79,8 +85,15 @@ def test_cot_knob_uses_the_tokenskip_format_for_tuned_models():
 
 
 def test_cot_knob_instructs_other_models_with_a_budget():
-    out, method = apply_cot_ratio([{"role": "system", "content": "Be helpful."}, {"role": "user", "content": "Q"}], 0.5, delimiter=None, reference_tokens=300)
+    out, method = apply_cot_ratio(
+        [{"role": "system", "content": "Be helpful."}, {"role": "user", "content": "Q"}],
+        0.5,
+        delimiter=None,
+        reference_tokens=300,
+    )
     assert method == "instruction"
     assert out[0]["content"].startswith("Be helpful.") and "at most 150 tokens" in out[0]["content"]
-    out, method = apply_cot_ratio([{"role": "user", "content": "Q"}], 1.0, delimiter=None, reference_tokens=300)
+    out, method = apply_cot_ratio(
+        [{"role": "user", "content": "Q"}], 1.0, delimiter=None, reference_tokens=300
+    )
     assert method == "none" and out == [{"role": "user", "content": "Q"}]

@@ -1,0 +1,238 @@
+"""A small OpenAI-compatible chat-completions upstream for tests.
+
+`make_upstream_app()` returns a FastAPI app serving POST /v1/chat/completions (and
+/chat/completions) in OpenAI's wire format: JSON, or SSE when `stream` is true
+(`data: {chunk}` events ending with `data: [DONE]`, plus a usage chunk with empty
+`choices` when `stream_options.include_usage` is set). The request's `model` picks the
+behaviour (litellm strips the provider prefix, so `openai/ok` arrives as `ok`):
+
+    ok       answers "echo: " + the last user message; usage counts whitespace-separated
+             words (prompt: all message contents; completion: the answer). Streams one
+             chunk per word, spaces kept, so the pieces join to the non-stream answer.
+    fail500  HTTP 500, OpenAI error body "upstream exploded".
+    stall    sleeps 60 s (less once the client has gone), then like ok: for client timeouts.
+    drop     stream: role chunk and two content chunks, then the connection is cut
+             mid-body (no final chunk, no [DONE]); non-stream: HTTP 500.
+    flaky    HTTP 500 on the first call after a reset, then like ok.
+    slow     sleeps 0.3 s, then like ok.
+    other    HTTP 404, code "model_not_found".
+
+GET /_calls -> {"total", "by_model", "last_body", "last_auth"}; POST /_reset clears them
+and re-arms flaky. With `api_key`, a request without `Authorization: Bearer <api_key>`
+gets 401 (still recorded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+STALL_S = 60.0
+SLOW_S = 0.3
+MODELS = ("ok", "fail500", "stall", "drop", "flaky", "slow")
+
+
+class UpstreamDropped(RuntimeError):
+    """Raised inside the `drop` stream so uvicorn cuts the connection mid-body."""
+
+
+def error_response(status: int, message: str, type_: str, code: str | None = None) -> JSONResponse:
+    """An error in OpenAI's shape."""
+    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+def content_text(content: Any) -> str:
+    """A message's text: a plain string, or the text parts of a content list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return ""
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def echo_answer(messages: list[dict[str, Any]]) -> tuple[str, dict[str, int]]:
+    """The `ok` answer and its usage."""
+    users = [m for m in messages if m.get("role") == "user"]
+    answer = "echo: " + (content_text(users[-1].get("content")) if users else "")
+    prompt = sum(words(content_text(m.get("content"))) for m in messages)
+    completion = words(answer)
+    usage = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    return answer, usage
+
+
+def stream_pieces(answer: str) -> list[str]:
+    """One piece per word, trailing whitespace kept: "".join(pieces) == answer."""
+    return re.findall(r"\S+\s*|\s+", answer)
+
+
+def sse(obj: Any) -> bytes:
+    return f"data: {json.dumps(obj)}\n\n".encode()
+
+
+async def stall(request: Request) -> None:
+    """Sleep up to STALL_S, stopping early once the client has gone (so shutdown is quick)."""
+    deadline = time.monotonic() + STALL_S
+    while time.monotonic() < deadline and not await request.is_disconnected():
+        await asyncio.sleep(0.05)
+
+
+class _Calls:
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.by_model: Counter[str] = Counter()
+        self.last_body: Any = None
+        self.last_auth: str | None = None
+        self.flaky_failed = False
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "total": sum(self.by_model.values()),
+            "by_model": dict(self.by_model),
+            "last_body": self.last_body,
+            "last_auth": self.last_auth,
+        }
+
+
+def make_upstream_app(api_key: str | None = None) -> FastAPI:
+    """A fresh fake upstream (own call records). `api_key`: the only Bearer key accepted."""
+    app = FastAPI(title="fake OpenAI upstream")
+    calls = _Calls()
+
+    @app.get("/_calls")
+    async def get_calls() -> dict[str, Any]:
+        return calls.snapshot()
+
+    @app.post("/_reset")
+    async def reset() -> dict[str, bool]:
+        calls.reset()
+        return {"ok": True}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in MODELS]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions")
+    @app.post("/chat/completions")
+    async def chat_completions(request: Request):
+        auth = request.headers.get("authorization")
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        model = str(body.get("model", "")) if isinstance(body, dict) else ""
+        calls.by_model[model] += 1
+        calls.last_body = body
+        calls.last_auth = auth
+
+        if api_key is not None and auth != f"Bearer {api_key}":
+            return error_response(
+                401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+            )
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return error_response(
+                400, "A JSON body with `messages` is required.", "invalid_request_error"
+            )
+        stream = bool(body.get("stream"))
+
+        if model == "fail500":
+            return error_response(500, "upstream exploded", "server_error")
+        if model == "flaky" and not calls.flaky_failed:
+            calls.flaky_failed = True
+            return error_response(500, "upstream exploded (flaky)", "server_error")
+        if model == "drop" and not stream:
+            return error_response(500, "upstream dropped", "server_error")
+        if model not in MODELS:
+            return error_response(
+                404,
+                f"The model `{model}` does not exist.",
+                "invalid_request_error",
+                "model_not_found",
+            )
+        if model == "stall":
+            await stall(request)
+        elif model == "slow":
+            await asyncio.sleep(SLOW_S)
+
+        answer, usage = echo_answer(body["messages"])
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        if not stream:
+            return {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": answer},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": usage,
+            }
+
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            obj: dict[str, Any] = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            }
+            if include_usage:
+                obj["usage"] = None
+            return sse(obj)
+
+        async def events() -> AsyncIterator[bytes]:
+            yield chunk({"role": "assistant", "content": ""})
+            for i, piece in enumerate(stream_pieces(answer)):
+                if model == "drop" and i == 2:
+                    raise UpstreamDropped("fake upstream dropped the stream on purpose")
+                yield chunk({"content": piece})
+                await asyncio.sleep(0)
+            if model == "drop":  # answers shorter than three words still get cut
+                raise UpstreamDropped("fake upstream dropped the stream on purpose")
+            yield chunk({}, "stop")
+            if include_usage:
+                yield sse(
+                    {
+                        "id": completion_id,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [],
+                        "usage": usage,
+                    }
+                )
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
