@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
         try:
             yield
         finally:
-            service.close()
+            await service.aclose()
             ledger.close()
 
     app = FastAPI(title="tokenskip proxy", version="0.1.0", lifespan=lifespan)

@@ -12,8 +12,13 @@ model_list:                       # LiteLLM's form; existing LiteLLM configs loa
 router_settings: {num_retries: 2, timeout: 30, cooldown_time: 30, fallbacks: [{a: [b]}]}
 general_settings: {master_key: sk-...}          # LiteLLM's key setting is honoured
 tokenskip_settings: {api_keys: [sk-...], ledger_url: sqlite:///ledger.db,
-                     defaults: {prompt_ratio: 0.7}, local_max_batch: 8}
+                     defaults: {prompt_ratio: 0.7}, local_max_batch: 8,
+                     direct_openai_compatible: true}
 ```
+
+OpenAI-protocol deployments (``openai/`` or ``hosted_vllm/`` with an ``api_base``) are served
+by the direct backend, without litellm's per-call overhead; ``direct_openai_compatible: false``
+sends them through litellm too.
 
 A model's ``tokenskip`` block holds policy keys (see :class:`CompressionPolicy`), plus
 ``tokenizer`` (the model or path whose tokenizer counts its tokens exactly; without it counts
@@ -32,6 +37,7 @@ from typing import Any
 import yaml
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from proxy.backends.direct import is_direct
 from proxy.policy import CompressionPolicy
 
 
@@ -84,6 +90,8 @@ class ModelEntry:
     delimiter: str | None = None
     """TokenSkip delimiter of a remote TokenSkip-tuned model."""
     model_info: dict[str, Any] = field(default_factory=dict)
+    backend: str = "local"
+    """Which backend serves it: ``local``, ``direct`` (OpenAI protocol, no litellm) or ``litellm``."""
 
     @property
     def is_local(self) -> bool:
@@ -98,12 +106,14 @@ class GatewayConfig:
     ledger_url: str | None = None
     local_max_batch: int = 8
     defaults: CompressionPolicy = field(default_factory=CompressionPolicy)
+    fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Models to try, in order, when a model's deployment fails (5xx, 429, timeout)."""
 
     def litellm_model_list(self) -> list[dict[str, Any]]:
-        """Remote entries in the exact form litellm's Router takes."""
+        """The litellm-served entries in the exact form litellm's Router takes."""
         out = []
         for entry in self.models.values():
-            if entry.litellm_params is not None:
+            if entry.backend == "litellm":
                 item = {"model_name": entry.name, "litellm_params": dict(entry.litellm_params)}
                 if entry.model_info:
                     item["model_info"] = dict(entry.model_info)
@@ -111,7 +121,7 @@ class GatewayConfig:
         return out
 
 
-def _entry(raw: Any, index: int, defaults: CompressionPolicy) -> ModelEntry:
+def _entry(raw: Any, index: int, defaults: CompressionPolicy, direct_ok: bool) -> ModelEntry:
     where = f"model_list[{index}]"
     if not isinstance(raw, dict) or not isinstance(raw.get("model_name"), str):
         raise ValueError(f"{where}: each entry needs a string model_name")
@@ -148,7 +158,27 @@ def _entry(raw: Any, index: int, defaults: CompressionPolicy) -> ModelEntry:
         tokenizer=tokenizer,
         delimiter=delimiter,
         model_info=dict(raw.get("model_info") or {}),
+        backend="direct" if direct_ok and is_direct(params) else "litellm",
     )
+
+
+def _fallbacks(raw: Any, models: dict[str, ModelEntry]) -> dict[str, tuple[str, ...]]:
+    """LiteLLM's ``fallbacks: [{model: [fallback, ...]}, ...]``, every name checked."""
+    out: dict[str, tuple[str, ...]] = {}
+    for item in raw or []:
+        if not isinstance(item, dict):
+            raise ValueError(
+                "router_settings.fallbacks must be a list of {model: [fallbacks]} mappings"
+            )
+        for model, targets in item.items():
+            targets = [targets] if isinstance(targets, str) else list(targets or [])
+            for name in [model, *targets]:
+                if name not in models:
+                    raise ValueError(
+                        f"router_settings.fallbacks names '{name}', which is not in model_list"
+                    )
+            out[model] = tuple(targets)
+    return out
 
 
 def parse_config(data: dict[str, Any], settings: Settings | None = None) -> GatewayConfig:
@@ -160,12 +190,13 @@ def parse_config(data: dict[str, Any], settings: Settings | None = None) -> Gate
         defaults = CompressionPolicy.from_mapping(ts.pop("defaults", None))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"tokenskip_settings.defaults: {exc}") from None
+    direct_ok = bool(ts.pop("direct_openai_compatible", True))
     raw_models = data.get("model_list")
     if not isinstance(raw_models, list) or not raw_models:
         raise ValueError("the config needs a non-empty model_list")
     models: dict[str, ModelEntry] = {}
     for i, raw in enumerate(raw_models):
-        entry = _entry(raw, i, defaults)
+        entry = _entry(raw, i, defaults, direct_ok)
         if entry.name in models:
             raise ValueError(
                 f"model_list[{i}]: duplicate model_name '{entry.name}' (load balancing over several deployments is not supported yet)"
@@ -183,9 +214,11 @@ def parse_config(data: dict[str, Any], settings: Settings | None = None) -> Gate
     max_batch = int(ts.pop("local_max_batch", settings.local_max_batch))
     if ts:
         raise ValueError(f"unknown tokenskip_settings keys {sorted(ts)}")
+    router_settings = dict(data.get("router_settings") or {})
     return GatewayConfig(
         models=models,
-        router_settings=dict(data.get("router_settings") or {}),
+        router_settings=router_settings,
+        fallbacks=_fallbacks(router_settings.get("fallbacks"), models),
         api_keys=tuple(k for k in keys if k),
         ledger_url=ledger_url,
         local_max_batch=max_batch,

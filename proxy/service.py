@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.backends.base import BackendError, Delta
+from proxy.backends.direct import DirectBackend
 from proxy.backends.local import LocalBackend
+from proxy.backends.upstream import cost
 from proxy.config import GatewayConfig, ModelEntry
 from proxy.cot import apply_cot_ratio
 from proxy.errors import ProxyError
@@ -54,6 +56,8 @@ class Prepared:
     exact: bool
     started: float
     request_id: str = field(default_factory=completion_id)
+    served: ModelEntry | None = None
+    """The entry that actually answered (differs from ``entry`` after a fallback)."""
 
     def headers(self, usage: dict[str, Any] | None = None) -> dict[str, str]:
         """Savings headers: from the final usage when known (non-streaming), else what is
@@ -80,6 +84,7 @@ class ChatService:
         self.metrics = metrics
         self.local = LocalBackend()
         self.remote = None
+        self.direct = None
         self._counters: dict[str, Counter] = {}
         self._scorers: dict[tuple[str, str], Any] = {}
         self._self_info_lm: Any = None
@@ -89,6 +94,9 @@ class ChatService:
             from proxy.backends.remote import RemoteBackend
 
             self.remote = RemoteBackend(model_list, config.router_settings)
+        direct = {e.name: e.litellm_params for e in config.models.values() if e.backend == "direct"}
+        if direct:
+            self.direct = DirectBackend(direct, config.router_settings)
 
     # -- setup ----------------------------------------------------------------------------
     def _load_local(self) -> None:
@@ -114,8 +122,10 @@ class ChatService:
             for e in entries:
                 self._counters[e.name] = counter
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         self.local.close()
+        if self.direct is not None:
+            await self.direct.aclose()
 
     def counter(self, entry: ModelEntry) -> Counter:
         found = self._counters.get(entry.name)
@@ -151,7 +161,18 @@ class ChatService:
         return TextTokenizer(load_tokenizer(name), name=name)
 
     def backend(self, entry: ModelEntry) -> Any:
-        return self.local if entry.is_local else self.remote
+        return {"local": self.local, "direct": self.direct, "litellm": self.remote}[entry.backend]
+
+    def chain(self, entry: ModelEntry) -> list[ModelEntry]:
+        """The model, then its fallbacks in order."""
+        return [entry] + [
+            self.config.models[name] for name in self.config.fallbacks.get(entry.name, ())
+        ]
+
+    def _upstream_failed(self, entry: ModelEntry, exc: BackendError) -> bool:
+        """Count a failure; True if a fallback may be tried for it."""
+        self.metrics.upstream_errors.labels(entry.name, exc.code or str(exc.status)).inc()
+        return exc.status >= 500 or exc.status == 429
 
     def delimiter(self, entry: ModelEntry) -> str | None:
         if entry.is_local:
@@ -265,15 +286,16 @@ class ChatService:
             if p.cot_ratio and p.cot_method != "none" and status < 400
             else 0
         )
+        served = p.served or p.entry
         cost_actual = cost_original = None
-        if self.remote is not None and not p.entry.is_local:
-            cost_actual = self.remote.cost(model, sent, completion)
-            cost_original = self.remote.cost(model, sent + saved, completion + cot_saved)
+        if served.litellm_params is not None and status < 400:
+            cost_actual = cost(served.litellm_params, sent, completion)
+            cost_original = cost(served.litellm_params, sent + saved, completion + cot_saved)
         self.ledger.record(
             LedgerRow(
                 request_id=p.request_id,
                 model=model,
-                backend="local" if p.entry.is_local else "litellm",
+                backend=served.backend,
                 status=status,
                 stream=stream,
                 latency_ms=latency * 1000,
@@ -310,23 +332,27 @@ class ChatService:
         }
 
     async def complete(self, p: Prepared) -> dict[str, Any]:
-        backend = self.backend(p.entry)
-        try:
-            result = await backend.complete(p.entry.name, p.messages, p.params)
-        except BackendError as exc:
-            self.metrics.upstream_errors.labels(p.entry.name, exc.code or str(exc.status)).inc()
-            self._account(p, exc.status, False, None, exc.message)
-            raise ProxyError(exc.status, exc.message, exc.type, exc.code) from None
-        except asyncio.CancelledError:
-            self._account(p, 499, False, None, "client disconnected")
-            raise
+        chain = self.chain(p.entry)
+        for i, entry in enumerate(chain):
+            try:
+                result = await self.backend(entry).complete(entry.name, p.messages, p.params)
+                p.served = entry
+                break
+            except BackendError as exc:
+                if self._upstream_failed(entry, exc) and i + 1 < len(chain):
+                    continue
+                self._account(p, exc.status, False, None, exc.message)
+                raise ProxyError(exc.status, exc.message, exc.type, exc.code) from None
+            except asyncio.CancelledError:
+                self._account(p, 499, False, None, "client disconnected")
+                raise
         usage = self._usage(p, result.prompt_tokens, result.completion_tokens, result.text)
         self._account(p, 200, False, usage)
         return {
             "id": p.request_id,
             "object": "chat.completion",
             "created": now(),
-            "model": p.entry.name,
+            "model": p.served.name,
             "choices": [
                 {
                     "index": 0,
@@ -337,6 +363,23 @@ class ChatService:
             "usage": usage,
             "tokenskip": self._tokenskip_info(p),
         }
+
+    async def _deltas(self, p: Prepared) -> AsyncIterator[Delta]:
+        """The backend's deltas, falling back to the next model only before any output."""
+        chain = self.chain(p.entry)
+        for i, entry in enumerate(chain):
+            started = False
+            try:
+                async with contextlib.aclosing(
+                    self.backend(entry).stream(entry.name, p.messages, p.params)
+                ) as deltas:
+                    async for delta in deltas:
+                        started, p.served = True, entry
+                        yield delta
+                return
+            except BackendError as exc:
+                if not self._upstream_failed(entry, exc) or started or i + 1 == len(chain):
+                    raise
 
     async def stream(self, p: Prepared, include_usage: bool) -> AsyncIterator[str]:
         """SSE lines: a role chunk, content chunks, a finish chunk, optional usage, [DONE]."""
@@ -352,16 +395,13 @@ class ChatService:
             }
             return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
-        backend = self.backend(p.entry)
         parts: list[str] = []
         status, usage, error = 499, None, "client disconnected"
         try:
             yield chunk({"role": "assistant", "content": ""})
             last: Delta | None = None
             # aclosing: if the client leaves, the backend stream is closed (and cancelled) now.
-            async with contextlib.aclosing(
-                backend.stream(p.entry.name, p.messages, p.params)
-            ) as deltas:
+            async with contextlib.aclosing(self._deltas(p)) as deltas:
                 async for delta in deltas:
                     if delta.finish_reason is not None:
                         last = delta
@@ -391,7 +431,6 @@ class ChatService:
             yield "data: [DONE]\n\n"
             status, error = 200, None
         except BackendError as exc:
-            self.metrics.upstream_errors.labels(p.entry.name, exc.code or str(exc.status)).inc()
             status, error = exc.status, exc.message
             yield f"data: {json.dumps(error_body(exc.message, exc.type, exc.code))}\n\n"
         finally:

@@ -1,7 +1,8 @@
 """Remote backends through litellm's Router: any provider, retries, cooldowns, fallbacks.
 
 Deployments come from a LiteLLM-style ``model_list``; routing settings (``num_retries``,
-``timeout``, ``cooldown_time``, ``allowed_fails``, ``fallbacks``) pass straight to the Router.
+``timeout``, ``cooldown_time``, ``allowed_fails``) pass straight to the Router. Fallbacks are
+run by the gateway, since they may lead to a local or direct deployment.
 Upstream failures become :class:`BackendError` with the status a client should see, and no
 message ever carries a configured secret.
 """
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from proxy.backends.base import BackendError, Completion, Delta
+from proxy.backends.upstream import redact, secrets_of
 
 ROUTER_KEYS = {
     "num_retries",
@@ -31,18 +33,6 @@ ROUTER_KEYS = {
 }
 
 
-def _secrets(model_list: list[dict[str, Any]]) -> list[str]:
-    found = []
-    for entry in model_list:
-        for key, value in entry.get("litellm_params", {}).items():
-            if "key" in key.lower() or "secret" in key.lower() or "token" in key.lower():
-                if isinstance(value, str) and value.startswith("os.environ/"):
-                    value = os.environ.get(value.split("/", 1)[1], "")
-                if isinstance(value, str) and len(value) >= 4:
-                    found.append(value)
-    return found
-
-
 class RemoteBackend:
     name = "litellm"
 
@@ -56,23 +46,19 @@ class RemoteBackend:
         unknown = sorted(set(settings) - ROUTER_KEYS)
         if unknown:
             raise ValueError(f"unknown router_settings {unknown}; known: {sorted(ROUTER_KEYS)}")
+        # Fallbacks may cross backends (local, direct, litellm), so the gateway runs them.
+        settings.pop("fallbacks", None)
         settings.setdefault("num_retries", 2)
         settings.setdefault("timeout", 60)
         litellm.suppress_debug_info = True
         litellm.telemetry = False
         self.router = litellm.Router(model_list=model_list, **settings)
-        self.params = {e["model_name"]: dict(e["litellm_params"]) for e in model_list}
-        self._secrets = _secrets(model_list)
-
-    def redact(self, message: str) -> str:
-        for secret in self._secrets:
-            message = message.replace(secret, "***")
-        return message
+        self._secrets = secrets_of([e["litellm_params"] for e in model_list])
 
     def map_error(self, exc: BaseException) -> BackendError:
         import litellm
 
-        message = self.redact(str(getattr(exc, "message", None) or exc))
+        message = redact(str(getattr(exc, "message", None) or exc), self._secrets)
         if isinstance(exc, (litellm.Timeout, asyncio.TimeoutError, TimeoutError)):
             return BackendError(
                 504, f"upstream timed out: {message}", "upstream_timeout", "timeout"
@@ -160,25 +146,3 @@ class RemoteBackend:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
         )
-
-    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
-        """USD for a call: the deployment's own prices if configured (``input_cost_per_token``
-        / ``output_cost_per_token`` in litellm_params), else litellm's local price map, else
-        None when the model is not priced."""
-        import litellm
-
-        params = self.params.get(model, {})
-        if "input_cost_per_token" in params or "output_cost_per_token" in params:
-            return float(
-                prompt_tokens * float(params.get("input_cost_per_token", 0.0))
-                + completion_tokens * float(params.get("output_cost_per_token", 0.0))
-            )
-        try:
-            prompt_cost, completion_cost = litellm.cost_per_token(
-                model=params.get("model", model),
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-            )
-        except Exception:
-            return None
-        return float(prompt_cost + completion_cost)

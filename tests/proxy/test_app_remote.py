@@ -32,8 +32,14 @@ def upstream():
         yield url
 
 
+@pytest.fixture(scope="module", params=["direct", "litellm"])
+def mode(request):
+    """Every test runs through the direct OpenAI-protocol backend and through litellm."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def proxy(upstream, tmp_path_factory):
+def proxy(upstream, tmp_path_factory, mode):
     base = {"api_base": upstream + "/v1", "api_key": SECRET}
 
     def deployment(name, model, **extra):
@@ -66,6 +72,7 @@ def proxy(upstream, tmp_path_factory):
             "fallbacks": [{"bad-with-fallback": ["ok"]}],
             "retry_after": 0,
         },
+        "tokenskip_settings": {"direct_openai_compatible": mode == "direct"},
     }
     ledger = tmp_path_factory.mktemp("ledger") / "ledger.sqlite"
     settings = Settings(ledger_url=f"sqlite:///{ledger}")
@@ -117,13 +124,13 @@ def test_counts_without_the_models_tokenizer_are_labeled_estimates(client):
     assert r.usage.tokens_estimated is True
 
 
-def test_prompt_compression_is_forwarded_and_priced(client, upstream, proxy):
+def test_prompt_compression_is_forwarded_and_priced(client, upstream, proxy, mode):
     messages = [{"role": "system", "content": LONG}, {"role": "user", "content": "Summarise."}]
     r = client.chat.completions.create(model="ok", messages=messages)
     sent = calls(upstream)["last_body"]["messages"][0]["content"]
     assert len(sent) < len(LONG) and r.usage.prompt_tokens_saved > 0
     row = proxy[1].state.ledger.rows(1)[0]
-    assert row["model"] == "ok" and row["backend"] == "litellm" and row["status"] == 200
+    assert row["model"] == "ok" and row["backend"] == mode and row["status"] == 200
     assert row["cost_actual"] == pytest.approx(
         r.usage.prompt_tokens * 1e-6 + r.usage.completion_tokens * 2e-6
     )

@@ -31,7 +31,7 @@ def test_litellm_style_config_parses(monkeypatch):
     assert set(cfg.api_keys) == {"sk-env", "sk-a", "sk-master"}
     assert cfg.local_max_batch == 4
     router_list = cfg.litellm_model_list()
-    assert [m["model_name"] for m in router_list] == ["gpt-mini", "tuned"]
+    assert [m["model_name"] for m in router_list] == ["gpt-mini"]  # "tuned" is served directly
     assert "tokenskip" not in router_list[0]
 
 
@@ -72,3 +72,18 @@ def test_config_file_errors(tmp_path):
 def test_no_config_serves_the_local_model():
     cfg = load_config(Settings(local_model="smollm2"))
     assert list(cfg.models) == ["smollm2"] and cfg.models["smollm2"].is_local
+
+
+def test_backends_and_fallbacks_are_resolved():
+    data = yaml.safe_load(CONFIG)
+    data["router_settings"]["fallbacks"] = [{"gpt-mini": ["tuned", "local"]}]
+    cfg = parse_config(data, Settings())
+    assert cfg.models["gpt-mini"].backend == "litellm"  # no api_base: a real provider via litellm
+    assert cfg.models["tuned"].backend == "direct"
+    assert cfg.models["local"].backend == "local"
+    assert cfg.fallbacks == {"gpt-mini": ("tuned", "local")}
+    data["tokenskip_settings"]["direct_openai_compatible"] = False
+    assert parse_config(data, Settings()).models["tuned"].backend == "litellm"
+    data["router_settings"]["fallbacks"] = [{"gpt-mini": ["nope"]}]
+    with pytest.raises(ValueError, match="'nope', which is not in model_list"):
+        parse_config(data, Settings())
