@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -141,7 +143,7 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
                 media_type="text/event-stream",
                 headers=headers,
             )
-        result = await service.complete(prepared)
+        result = await until_disconnected(request, service.complete(prepared))
         return JSONResponse(result, headers=prepared.headers(result["usage"]))
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
@@ -175,6 +177,21 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
         return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     return BodySizeLimit(app, settings.max_body_bytes)  # type: ignore[return-value]
+
+
+async def until_disconnected(request: Request, work: Awaitable[Any], poll_s: float = 0.25) -> Any:
+    """Await ``work``, cancelling it if the client goes away first (frees a local batch slot
+    or an upstream connection). A request that finishes within ``poll_s`` never polls."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=poll_s)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise ProxyError(499, "the client closed the connection", code="client_closed")
 
 
 def _when(value: str | None, name: str) -> float | None:

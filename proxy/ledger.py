@@ -84,7 +84,9 @@ class Ledger:
     def __init__(self, url: str | None = None, flush_interval_s: float = 0.05):
         self.url = url or default_url()
         try:
-            self.engine = sa.create_engine(self.url, future=True)
+            # Several workers may share one SQLite file: wait for its lock instead of failing.
+            connect_args = {"timeout": 30} if self.url.startswith("sqlite") else {}
+            self.engine = sa.create_engine(self.url, connect_args=connect_args)
             metadata.create_all(self.engine)
         except Exception as exc:  # any driver / path problem
             raise ValueError(f"cannot open the ledger at {self.url}: {exc}") from None

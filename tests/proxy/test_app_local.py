@@ -169,9 +169,26 @@ def test_concurrent_clients_are_batched_and_all_answered(client, proxy):
     assert engine.max_batch_seen > 1
 
 
+def last_id(app):
+    rows = app.state.ledger.rows(1)
+    return rows[0]["id"] if rows else 0
+
+
+def wait_for_row(app, after_id, timeout=30):
+    """The first ledger row written after ``after_id`` (rows are written off the request path)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rows = [r for r in app.state.ledger.rows(5) if r["id"] > after_id]
+        if rows:
+            return min(rows, key=lambda r: r["id"])
+        time.sleep(0.1)
+    raise AssertionError("no ledger row appeared")
+
+
 def test_client_disconnect_cancels_generation(proxy):
     url, app = proxy
     engine = app.state.service.local.engines["smollm2"]
+    before = last_id(app)
     body = ask("Write a very long story about a dragon.", max_tokens=400, stream=True)
     with (
         httpx.Client(timeout=60) as http,
@@ -185,14 +202,10 @@ def test_client_disconnect_cancels_generation(proxy):
         lines = resp.iter_lines()
         for _ in range(4):
             next(lines)
-    # the engine must be free again long before 400 tokens could have been generated
-    deadline = time.time() + 30
-    while time.time() < deadline and (
-        engine._pending or app.state.ledger.rows(1)[0]["status"] != 499
-    ):
-        time.sleep(0.2)
-    row = app.state.ledger.rows(1)[0]
+    row = wait_for_row(app, before)
     assert row["status"] == 499 and row["stream"] is True
+    assert row["completion_tokens"] == 0 or row["completion_tokens"] < 400
+    assert not engine._pending
     quick = httpx.post(
         url + "/v1/chat/completions",
         json=ask("Hi", max_tokens=4),
@@ -276,3 +289,28 @@ def test_models_health_metrics_and_savings(proxy, client):
         headers={"authorization": f"Bearer {KEY}"},
     )
     assert bad.status_code == 400
+
+
+def test_non_streamed_request_is_cancelled_when_the_client_leaves(proxy):
+    url, app = proxy
+    engine = app.state.service.local.engines["smollm2"]
+    before = last_id(app)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            url + "/v1/chat/completions",
+            json=ask("Write a very long story about a dragon.", max_tokens=400),
+            headers={"authorization": f"Bearer {KEY}"},
+            timeout=1.5,
+        )
+    row = wait_for_row(app, before)
+    assert row["status"] == 499 and row["stream"] is False
+    # 400 tokens take well over 15 s on this CPU; a cancelled request ends near the 1.5 s timeout
+    assert row["latency_ms"] < 8000
+    assert not engine._pending
+    quick = httpx.post(
+        url + "/v1/chat/completions",
+        json=ask("Hi", max_tokens=4),
+        headers={"authorization": f"Bearer {KEY}"},
+        timeout=60,
+    )
+    assert quick.status_code == 200
