@@ -7,7 +7,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint bench clean
+.PHONY: install serve demo test lint bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet triton
 	touch $(STAMP)
 
+serve: $(STAMP)
+	$(VENV)/bin/tokenskip serve $(ARGS)
+
 demo: $(STAMP)
 	$(VENV)/bin/tokenskip compress --scorer self-info --ratio 0.6 --cot --json examples/gsm8k_solution.txt
 	$(VENV)/bin/tokenskip compress --scorer self-info --ratio 0.6 --cot examples/gsm8k_solution.txt
@@ -36,6 +39,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/compress.py
+	$(PY) bench/proxy.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
