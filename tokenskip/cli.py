@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_compress_parser(subparsers)
     add_serve_parser(subparsers)
+    from evaluation.cli import add_eval_parser
+
+    add_eval_parser(subparsers)
     return parser
 
 

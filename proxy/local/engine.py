@@ -44,6 +44,7 @@ class GenerationRequest:
     error: BaseException | None = None
     submitted_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
+    finished_at: float | None = None
 
 
 class Engine:
@@ -117,6 +118,7 @@ class Engine:
 
     def _finish(self, request: GenerationRequest, reason: str) -> None:
         request.finish_reason = reason
+        request.finished_at = time.perf_counter()
         if request.on_done is not None:
             request.on_done(request)
 

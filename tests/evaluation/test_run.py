@@ -1,0 +1,202 @@
+"""The evaluation runner on hand-made generations: metrics, baselines, resume, reports.
+
+A scripted generator stands in for the model here (what is tested is the bookkeeping, not a
+model); the end-to-end run on the real embedded model is in test_end_to_end.py.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from evaluation import gsm8k
+from evaluation.cache import GenerationCache
+from evaluation.generate import Generation
+from evaluation.report import render_markdown, write_reports
+from evaluation.run import EvalConfig, Runner
+from tokenskip.errors import InvalidInputError
+
+PROBLEMS = [
+    {"question": "Tom has 3 apples and buys 4 more. How many?", "answer": "3 + 4 = 7\n#### 7"},
+    {"question": "A box holds 6 eggs. How many in 2 boxes?", "answer": "6 * 2 = 12\n#### 12"},
+    {
+        "question": "Sam had 10 dollars and spent 4. How much is left?",
+        "answer": "10 - 4 = 6\n#### 6",
+    },
+]
+
+
+class Scripted:
+    """Answers from a script: long, correct reasoning at the base; wrong and short elsewhere."""
+
+    name = "scripted"
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.calls = 0
+
+    def generate(self, prompts, max_new_tokens, on_result=None):
+        out = []
+        for i, prompt in enumerate(prompts):
+            self.calls += 1
+            question = prompt.messages[-1]["content"]
+            answer = {"Tom": 7, "A box": 12, "Sam": 6}[
+                next(k for k in ("Tom", "A box", "Sam") if k in question)
+            ]
+            concise = any("concisely" in m["content"] for m in prompt.messages)
+            reasoning = (
+                "We add the numbers."
+                if concise
+                else "First we read the problem carefully and then we work out the numbers step by step."
+            )
+            text = f"{reasoning}\n#### {answer if not concise else answer + 1}"
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            g = Generation(
+                self.tokenizer.decode(ids[:max_new_tokens]),
+                min(len(ids), max_new_tokens),
+                len(ids) <= max_new_tokens,
+                0.01,
+                tuple(ids[:max_new_tokens]),
+            )
+            if on_result:
+                on_result(i, g)
+            out.append(g)
+        return out
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "test.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
+    return path
+
+
+def make_runner(tmp_path, data_file, tokenizer, **kw):
+    config = EvalConfig(
+        data=str(data_file),
+        out_dir=str(tmp_path / "out"),
+        methods=("original", "instruction", "truncation"),
+        ratios=(1.0, 0.5),
+        budgets=(8, 64),
+        latency_samples=1,
+        **kw,
+    )
+    generator = Scripted(tokenizer.hf)
+    runner = Runner(
+        config, generator, tokenizer, gsm8k.load_gsm8k(str(data_file)), (), None, progress=False
+    )
+    return runner, generator
+
+
+def row(result, method, ratio):
+    return next(r for r in result["rows"] if r["method"] == method and r["ratio"] == ratio)
+
+
+def test_metrics_on_hand_made_generations(tmp_path, data_file, tokenizer):
+    runner, _ = make_runner(tmp_path, data_file, tokenizer)
+    result = runner.run()
+    original = row(result, "original", 1.0)["budgets"]
+    assert original["64"]["accuracy"] == 1.0 and original["64"]["cut_off"] == 0.0
+    assert (
+        original["8"]["cut_off"] == 1.0 and original["8"]["accuracy"] == 0.0
+    )  # the answer never fits in 8 tokens
+    assert original["64"]["achieved_ratio"] == pytest.approx(1.0)
+    concise = row(result, "instruction", 0.5)["budgets"]["64"]
+    assert concise["accuracy"] == 0.0  # the script answers wrongly when told to be concise
+    assert concise["cot_tokens_mean"] < original["64"]["cot_tokens_mean"]
+    assert 0 < concise["achieved_ratio"] < 1
+    assert concise["output_tokens_saved_per_sample"] > 0
+    truncated = row(result, "truncation", 0.5)["budgets"]["64"]
+    assert (
+        truncated["accuracy"] == 0.0
+        and truncated["output_tokens_mean"] < original["64"]["output_tokens_mean"]
+    )
+    assert result["skipped_methods"] == {}
+    assert {s["method"] for s in result["samples"]} == {"original", "instruction", "truncation"}
+
+
+def test_rerun_resumes_from_the_cache(tmp_path, data_file, tokenizer):
+    runner, generator = make_runner(tmp_path, data_file, tokenizer)
+    first = runner.run()
+    calls = generator.calls
+    assert calls > 0
+    again, generator2 = make_runner(tmp_path, data_file, tokenizer)
+    second = again.run()
+    assert generator2.calls == 0
+    assert [r["budgets"] for r in first["rows"]] == [r["budgets"] for r in second["rows"]]
+    assert "cache" in second["rows"][0]["throughput"]["note"]
+
+
+def test_a_cut_cache_line_reruns_only_that_sample(tmp_path, data_file, tokenizer):
+    runner, generator = make_runner(tmp_path, data_file, tokenizer)
+    runner.run()
+    cache = Path(tmp_path / "out" / "cache.jsonl")
+    lines = cache.read_text().splitlines()
+    cache.write_text(
+        "\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2]
+    )  # crash mid-write
+    assert GenerationCache(cache).num_corrupt == 1
+    again, generator2 = make_runner(tmp_path, data_file, tokenizer)
+    again.run()
+    assert generator2.calls == 1
+
+
+def test_reports_render_from_json(tmp_path, data_file, tokenizer):
+    runner, _ = make_runner(tmp_path, data_file, tokenizer)
+    result = runner.run()
+    meta = {
+        "model": "scripted",
+        "adapter": None,
+        "tokenizer": "smollm2",
+        "dataset": {"source": str(data_file), "split": "test", "n": 3, "sha256": "ab" * 32},
+        "config": {"budgets": [8, 64], "shots": 0, "price_per_1k_output": 0.0006},
+        "command": "test",
+        "hardware": {"cpu_count": 2, "cuda": None},
+        "versions": {"torch": "x", "transformers": "y"},
+        "git_commit": "abc",
+    }
+    run = {"meta": meta, **result}
+    paths = write_reports(run, tmp_path / "report")
+    md = paths["markdown"].read_text()
+    assert "| original | 1 |" in md and "| instruction | 0.5 |" in md and "acc@64" in md
+    assert md == render_markdown(json.loads(paths["json"].read_text()))
+    for name in ("frontier", "ratios"):
+        png = paths[name].read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"ratios": (0.5, 1.5)}, "ratio"),
+        ({"methods": ("magic",)}, "unknown methods"),
+        ({"budgets": (0,)}, "budgets"),
+        ({"limit": 0}, "limit"),
+        ({"adapter": "/no/such/adapter"}, "adapter_config.json"),
+    ],
+)
+def test_bad_configs_fail_before_any_work(kw, message):
+    with pytest.raises(InvalidInputError, match=message):
+        EvalConfig(**kw)
+
+
+def test_inapplicable_methods_are_reported_not_silently_dropped(tmp_path, data_file, tokenizer):
+    config = EvalConfig(
+        data=str(data_file),
+        out_dir=str(tmp_path / "o"),
+        methods=("original", "tokenskip", "prompt-compression"),
+        ratios=(1.0,),
+        budgets=(64,),
+        latency_samples=0,
+    )
+    runner = Runner(
+        config,
+        Scripted(tokenizer.hf),
+        tokenizer,
+        gsm8k.load_gsm8k(str(data_file)),
+        (),
+        None,
+        progress=False,
+    )
+    result = runner.run()
+    assert set(result["skipped_methods"]) == {"tokenskip", "prompt-compression"}
