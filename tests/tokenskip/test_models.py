@@ -4,7 +4,6 @@ paths, and the errors a user sees when a model cannot be found. Everything runs 
 from __future__ import annotations
 
 import re
-import socket
 import sys
 from pathlib import Path
 
@@ -27,28 +26,6 @@ from tokenskip.models import (
 
 EMBED_KEY = "model.embed_tokens.weight"
 SAMPLE = "Natalia sold 48/2 = 24 clips in May.\n#### 72"
-
-
-@pytest.fixture
-def network_attempts(monkeypatch) -> list[tuple]:
-    """Refuse (and record) every DNS lookup and connection, so a test can assert none happened.
-
-    The hub is in offline mode as under ``make test`` (HF_HUB_OFFLINE=1), whatever the caller's
-    environment says, so the result does not depend on how pytest was started.
-    """
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    attempts: list[tuple] = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise OSError("network access attempted in an offline test")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    return attempts
 
 
 @pytest.fixture
