@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -88,6 +89,7 @@ class ChatService:
         self._counters: dict[str, Counter] = {}
         self._scorers: dict[tuple[str, str], Any] = {}
         self._self_info_lm: Any = None
+        self._lazy_lock = threading.RLock()
         self._load_local()
         model_list = config.litellm_model_list()
         if model_list:
@@ -116,8 +118,10 @@ class ChatService:
             )
             for e in entries:
                 self.local.serve(e.name, base, e.name if e.adapter else None)
-            if base == DEFAULT_MODEL:
-                self._self_info_lm = loaded.model  # reused by the self-info prompt scorer
+            if base == DEFAULT_MODEL and not adapters:
+                # Reused by the self-info prompt scorer; not when adapters are injected into
+                # it, since the engine switches them while the scorer may be running.
+                self._self_info_lm = loaded.model
             counter = Counter(TextTokenizer(loaded.tokenizer, name=base), exact=True)
             for e in entries:
                 self._counters[e.name] = counter
@@ -128,6 +132,13 @@ class ChatService:
             await self.direct.aclose()
 
     def counter(self, entry: ModelEntry) -> Counter:
+        found = self._counters.get(entry.name)
+        if found is not None:
+            return found
+        with self._lazy_lock:  # worker threads may ask at once: load each tokenizer once
+            return self._counter_locked(entry)
+
+    def _counter_locked(self, entry: ModelEntry) -> Counter:
         found = self._counters.get(entry.name)
         if found is None:
             name = entry.tokenizer or DEFAULT_MODEL
@@ -142,6 +153,13 @@ class ChatService:
 
     def scorer(self, name: str, counter: Counter) -> Any:
         key = (name, counter.tokenizer.name)
+        found = self._scorers.get(key)
+        if found is not None:
+            return found
+        with self._lazy_lock:
+            return self._scorer_locked(name, counter, key)
+
+    def _scorer_locked(self, name: str, counter: Counter, key: tuple[str, str]) -> Any:
         found = self._scorers.get(key)
         if found is None:
             if name == "heuristic":
