@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -31,6 +32,26 @@ def redact(message: str, secrets: list[str]) -> str:
     return message
 
 
+@functools.lru_cache(maxsize=4096)
+def unit_prices(model: str) -> tuple[float, float] | None:
+    """USD per prompt and per completion token from litellm's local price map, looked up
+    once per model (the lookup costs ~0.07 ms, too much for every request). Probed at 1,000
+    tokens, so tiered prices that start at long contexts are not applied."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    try:
+        prompt_cost, _ = litellm.cost_per_token(
+            model=model, prompt_tokens=1000, completion_tokens=0
+        )
+        _, completion_cost = litellm.cost_per_token(
+            model=model, prompt_tokens=0, completion_tokens=1000
+        )
+    except Exception:
+        return None
+    return prompt_cost / 1000, completion_cost / 1000
+
+
 def cost(params: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> float | None:
     """USD for a call: the deployment's own prices (``input_cost_per_token`` /
     ``output_cost_per_token``) if configured, else litellm's local price map, else None."""
@@ -39,15 +60,7 @@ def cost(params: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> 
             prompt_tokens * float(params.get("input_cost_per_token", 0.0))
             + completion_tokens * float(params.get("output_cost_per_token", 0.0))
         )
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import litellm
-
-    try:
-        prompt_cost, completion_cost = litellm.cost_per_token(
-            model=params.get("model", ""),
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-        )
-    except Exception:
+    prices = unit_prices(str(params.get("model", "")))
+    if prices is None:
         return None
-    return float(prompt_cost + completion_cost)
+    return prompt_tokens * prices[0] + completion_tokens * prices[1]
