@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -18,6 +19,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from proxy.config import GatewayConfig, Settings, get_settings, load_config
 from proxy.errors import ProxyError, install_handlers, validation_message
@@ -89,11 +91,16 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
         ledger = Ledger(config.ledger_url)
         service = ChatService(config, ledger, metrics)
         app.state.service, app.state.ledger, app.state.metrics = service, ledger, metrics
+        # Models and tokenizers are loaded: move them out of the collector's sight, so full
+        # collections under load do not walk millions of long-lived objects (p99 stalls).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
             await service.aclose()
             ledger.close()
+            gc.unfreeze()  # hand everything back to the collector before the process exits
 
     app = FastAPI(title="tokenskip proxy", version="0.1.0", lifespan=lifespan)
     install_handlers(app)
@@ -122,7 +129,10 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     async def chat_completions(
         request: Request, service: ChatService = Depends(service_of)
     ) -> Response:
-        raw = await request.body()
+        try:
+            raw = await request.body()
+        except ClientDisconnect:
+            return Response(status_code=499)  # the client left while sending; nothing to answer
         try:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:

@@ -99,6 +99,8 @@ class ChatService:
         direct = {e.name: e.litellm_params for e in config.models.values() if e.backend == "direct"}
         if direct:
             self.direct = DirectBackend(direct, config.router_settings)
+        for entry in config.models.values():
+            self.counter(entry)  # load tokenizers now, not on a request's event loop
 
     # -- setup ----------------------------------------------------------------------------
     def _load_local(self) -> None:
