@@ -37,7 +37,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-bench: $(STAMP)
+# LiteLLM's own proxy, for the side-by-side overhead benchmark only (never a dependency).
+BENCH_STAMP := .bench-venv/.installed
+$(BENCH_STAMP):
+	$(PYTHON) -m venv .bench-venv
+	.bench-venv/bin/pip install --quiet 'litellm[proxy]==1.106.2'
+	touch $(BENCH_STAMP)
+
+bench: $(STAMP) $(BENCH_STAMP)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) || echo "no wrk: bench/proxy.py falls back to its aiohttp load generator"
 	$(PY) bench/compress.py
 	$(PY) bench/proxy.py
 
