@@ -280,13 +280,9 @@ class DirectBackend:
             ) from None
         finally:
             response.release()
-        if finish is None:
-            raise BackendError(
-                502,
-                "the upstream stream ended without finishing",
-                "upstream_error",
-                "upstream_incomplete",
+        if finish is not None:  # else the service reports the stream as incomplete
+            yield Delta(
+                finish_reason=finish,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
             )
-        yield Delta(
-            finish_reason=finish, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
-        )

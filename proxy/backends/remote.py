@@ -134,15 +134,9 @@ class RemoteBackend:
             raise
         except Exception as exc:
             raise self.map_error(exc) from None
-        if finish_reason is None:
-            raise BackendError(
-                502,
-                "the upstream stream ended without finishing",
-                "upstream_error",
-                "upstream_incomplete",
+        if finish_reason is not None:  # else the service reports the stream as incomplete
+            yield Delta(
+                finish_reason=finish_reason,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
             )
-        yield Delta(
-            finish_reason=finish_reason,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-        )
