@@ -30,9 +30,7 @@ import json
 import os
 import platform
 import re
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -41,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from provenance import command_line, git
 
 from tokenskip import MATH, NONE, ForceKeep, compress_cot
 from tokenskip.scorers import (
@@ -277,23 +276,6 @@ def bench_scorer(
 
 
 # --- metadata ---------------------------------------------------------------------------------
-
-
-def git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return out.stdout.strip()
-
-
-def command_line() -> str:
-    python = Path(sys.executable)
-    if python.is_relative_to(Path.cwd()):
-        python = python.relative_to(Path.cwd())
-    return shlex.join([str(python), *sys.argv])
 
 
 def metadata(

@@ -33,7 +33,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import shlex
 import shutil
 import signal
 import subprocess
@@ -48,6 +47,7 @@ import proxy_compression
 import proxy_concurrency
 import proxy_overhead
 import proxy_report
+from provenance import command_line, git
 from targets import BENCH_VENV, REPO_ROOT
 
 PARTS: dict[str, Callable[[argparse.Namespace, Path], dict[str, Any]]] = {
@@ -63,23 +63,6 @@ DISTRIBUTIONS = (
 
 
 # --- metadata -----------------------------------------------------------------------------------
-
-
-def git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return out.stdout.strip()
-
-
-def command_line() -> str:
-    python = Path(sys.executable)
-    if python.is_relative_to(Path.cwd()):
-        python = python.relative_to(Path.cwd())
-    return shlex.join([str(python), *sys.argv])
 
 
 def now() -> str:
