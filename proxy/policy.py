@@ -31,8 +31,6 @@ class CompressionPolicy:
     """Prompt scorer: ``heuristic`` (no model, fastest) or ``self-info`` (local LM)."""
     cot_reference_tokens: int = 300
     """Typical reasoning length at γ = 1, from which an instruction's token budget derives."""
-    batch: bool = False
-    """Allow merging concurrent requests into one multi-query call."""
 
     def __post_init__(self) -> None:
         for name in ("prompt_ratio", "cot_ratio"):

@@ -25,7 +25,6 @@ class TokenskipOptions(BaseModel):
     )
     cot_ratio: float | None = Field(None, gt=0, le=1, description="keep ratio for the reasoning")
     scorer: Literal["heuristic", "self-info"] | None = Field(None, description="prompt scorer")
-    batch: bool | None = Field(None, description="allow merging into a multi-query call")
 
 
 class ChatMessage(BaseModel):
@@ -77,17 +76,6 @@ class ChatCompletionRequest(BaseModel):
     @property
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
-
-
-class Usage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    prompt_tokens_original: int | None = None
-    prompt_tokens_saved: int | None = None
-    tokens_estimated: bool | None = None
 
 
 def completion_id() -> str:
