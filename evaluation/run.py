@@ -395,11 +395,16 @@ class Runner:
                 }
             rows.append(row)
         samples = [
-            {"method": m, "ratio": r, "budget": b, "index": cfg_s.problem.index, **e}
+            {
+                "method": cfg.method,
+                "ratio": cfg.ratio,
+                "budget": b,
+                "index": sample.problem.index,
+                **e,
+            }
             for cfg in configs
             for b in c.budgets
-            for cfg_s, e in zip(cfg.samples, per_sample[(cfg.method, cfg.ratio, b)])
-            for m, r in [(cfg.method, cfg.ratio)]
+            for sample, e in zip(cfg.samples, per_sample[(cfg.method, cfg.ratio, b)])
         ]
         return {"rows": rows, "skipped_methods": skipped, "samples": samples}
 

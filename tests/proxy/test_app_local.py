@@ -185,6 +185,18 @@ def wait_for_row(app, after_id, timeout=30):
     raise AssertionError("no ledger row appeared")
 
 
+def assert_engine_free(url, engine):
+    """Nothing queued, and a new request is served at once."""
+    assert not engine._pending
+    quick = httpx.post(
+        url + "/v1/chat/completions",
+        json=ask("Hi", max_tokens=4),
+        headers={"authorization": f"Bearer {KEY}"},
+        timeout=60,
+    )
+    assert quick.status_code == 200
+
+
 def test_client_disconnect_cancels_generation(proxy):
     url, app = proxy
     engine = app.state.service.local.engines["smollm2"]
@@ -205,14 +217,7 @@ def test_client_disconnect_cancels_generation(proxy):
     row = wait_for_row(app, before)
     assert row["status"] == 499 and row["stream"] is True
     assert row["completion_tokens"] == 0 or row["completion_tokens"] < 400
-    assert not engine._pending
-    quick = httpx.post(
-        url + "/v1/chat/completions",
-        json=ask("Hi", max_tokens=4),
-        headers={"authorization": f"Bearer {KEY}"},
-        timeout=60,
-    )
-    assert quick.status_code == 200
+    assert_engine_free(url, engine)
 
 
 @pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer wrong"}])
@@ -306,11 +311,4 @@ def test_non_streamed_request_is_cancelled_when_the_client_leaves(proxy):
     assert row["status"] == 499 and row["stream"] is False
     # 400 tokens take well over 15 s on this CPU; a cancelled request ends near the 1.5 s timeout
     assert row["latency_ms"] < 8000
-    assert not engine._pending
-    quick = httpx.post(
-        url + "/v1/chat/completions",
-        json=ask("Hi", max_tokens=4),
-        headers={"authorization": f"Bearer {KEY}"},
-        timeout=60,
-    )
-    assert quick.status_code == 200
+    assert_engine_free(url, engine)
