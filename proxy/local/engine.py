@@ -1,9 +1,11 @@
 """The engine: a queue of generation requests and the step loop that serves them in batches.
 
 Requests arrive from the event loop (``submit``) and are served by one worker thread, so
-model compute never blocks the server. Requests waiting together are batched (same adapter,
-oldest first, up to ``max_batch``); each step emits text deltas through the request's
-callback, and a cancelled request (client gone) leaves its batch at the next step.
+model compute never blocks the server. Batching is continuous: between decode steps,
+finished rows leave the batch and waiting requests for the same adapter join it (oldest
+first, up to ``max_batch`` rows), so a slot never idles behind the longest generation. Each
+step emits text deltas through the request's callback, and a cancelled request (client gone)
+leaves its batch at the next step.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from proxy.local.runner import Runner
+from proxy.local.runner import Batch, Runner
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,9 @@ class GenerationRequest:
     submitted_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     finished_at: float | None = None
+    emitted: int = field(default=0, repr=False)
+    """Characters of ``text`` already sent through ``on_delta``."""
+    generator: torch.Generator | None = field(default=None, repr=False)
 
 
 class Engine:
@@ -59,6 +64,7 @@ class Engine:
         self._cond = threading.Condition()
         self._stopping = False
         self.num_batches = 0
+        """Prefills run: each admits one group of waiting requests into the running batch."""
         self.max_batch_seen = 0
         self._thread = threading.Thread(target=self._loop, name="tokenskip-engine", daemon=True)
         self._thread.start()
@@ -82,39 +88,92 @@ class Engine:
             self._cond.notify()
         self._thread.join(timeout=30)
 
-    def _next_batch(self) -> list[GenerationRequest]:
+    # -- the worker ------------------------------------------------------------------------
+    def _admit(self, adapter: str | None, room: int, wait: bool) -> list[GenerationRequest]:
+        """Up to ``room`` pending requests, oldest first, while they use ``adapter``.
+
+        With nothing running (``wait``) this blocks for work and takes the oldest request's
+        adapter. Admission stops at the first request for another adapter, so the running
+        batch drains and that request is served next: no adapter waits behind a busy one.
+        """
         with self._cond:
-            while not self._pending and not self._stopping:
+            while wait and not self._pending and not self._stopping:
                 self._cond.wait()
-            if self._stopping:
+            if self._stopping or not self._pending:
                 return []
-            adapter = self._pending[0].adapter
-            batch = [r for r in self._pending if r.adapter == adapter][: self.max_batch]
-            for r in batch:
-                self._pending.remove(r)
-            return batch
+            if wait:
+                adapter = self._pending[0].adapter
+            taken: list[GenerationRequest] = []
+            while self._pending and len(taken) < room and self._pending[0].adapter == adapter:
+                taken.append(self._pending.popleft())
+            return taken
 
     def _loop(self) -> None:
+        rows: list[GenerationRequest] = []
+        batch: Batch | None = None
         while True:
-            batch = self._next_batch()
-            if not batch:
+            if self._stopping:
+                self._cancel_all(rows)
                 return
-            live = [r for r in batch if not r.cancelled.is_set()]
-            for r in batch:
-                if r.cancelled.is_set():
-                    self._finish(r, "cancelled")
-            if not live:
-                continue
+            adapter = rows[0].adapter if rows else None
+            can_join = batch is None or batch.resizable
+            new = self._admit(adapter, self.max_batch - len(rows), wait=not rows) if can_join else []
+            if not rows and not new:
+                return  # stopping
             try:
-                self.num_batches += 1
-                self.max_batch_seen = max(self.max_batch_seen, len(live))
-                self._generate(live)
+                new = [r for r in new if not self._finish_if_cancelled(r)]
+                if new:
+                    with self.runner.activate(new[0].adapter):
+                        joined = self.runner.prefill([r.prompt_ids for r in new])
+                    self.num_batches += 1
+                    rows, batch = rows + new, joined if batch is None else batch.merge(joined)
+                self.max_batch_seen = max(self.max_batch_seen, len(rows))
+                if not rows:
+                    continue
+                assert batch is not None
+                rows, batch = self._step(rows, batch)
             except BaseException as exc:  # report to every caller, keep serving
-                log.exception("generation failed for a batch of %d", len(live))
-                for r in live:
+                log.exception("generation failed for a batch of %d", len(rows))
+                for r in rows:
                     if r.finish_reason is None:
                         r.error = exc
                         self._finish(r, "error")
+                rows, batch = [], None
+
+    def _step(self, rows: list[GenerationRequest], batch: Batch) -> tuple[list, Batch | None]:
+        """Sample one token per row, retire finished rows, run the next decode step."""
+        runner = self.runner
+        tokens = torch.full((batch.size,), runner.pad_id, dtype=torch.long)
+        still: list[int] = []
+        for i, request in enumerate(rows):
+            if request.finish_reason is not None or self._finish_if_cancelled(request):
+                continue  # (a finished row rides along only in a cache that cannot drop it)
+            if request.generator is None and request.seed is not None:
+                request.generator = _generator(request.seed)
+            token = _sample(batch.logits[i], request, request.generator)
+            tokens[i] = token
+            if request.first_token_at is None:
+                request.first_token_at = time.perf_counter()
+            if token in runner.eos_ids:
+                self._flush(request, final=True)
+                self._finish(request, "stop")
+                continue
+            request.output_ids.append(token)
+            request.text = runner.tokenizer.decode(request.output_ids, skip_special_tokens=True)
+            reason = _stop_reason(request)
+            self._flush(request, final=reason is not None)
+            if reason is not None:
+                self._finish(request, reason)
+                continue
+            still.append(i)
+        if not still:
+            return [], None
+        if len(still) < len(rows) and batch.resizable:
+            batch = batch.keep(still)
+            tokens = tokens[still]
+            rows = [rows[i] for i in still]
+        with runner.activate(rows[0].adapter):
+            return rows, runner.decode(tokens, batch)
 
     def _finish(self, request: GenerationRequest, reason: str) -> None:
         request.finish_reason = reason
@@ -122,53 +181,31 @@ class Engine:
         if request.on_done is not None:
             request.on_done(request)
 
-    def _generate(self, batch: list[GenerationRequest]) -> None:
-        runner = self.runner
-        tokenizer = runner.tokenizer
-        generators = [_generator(r.seed) for r in batch]
-        with runner.activate(batch[0].adapter):
-            logits, cache, mask, positions = runner.prefill([r.prompt_ids for r in batch])
-            active = list(range(len(batch)))
-            emitted = [0] * len(batch)  # characters of text already sent per row
-            while active:
-                tokens = torch.full((len(batch),), runner.pad_id, dtype=torch.long)
-                for row in active:
-                    tokens[row] = _sample(logits[row], batch[row], generators[row])
-                still = []
-                for row in active:
-                    request = batch[row]
-                    if request.cancelled.is_set():
-                        self._finish(request, "cancelled")
-                        continue
-                    token = int(tokens[row])
-                    if request.first_token_at is None:
-                        request.first_token_at = time.perf_counter()
-                    if token in runner.eos_ids:
-                        self._flush(request, emitted, row, final=True)
-                        self._finish(request, "stop")
-                        continue
-                    request.output_ids.append(token)
-                    request.text = tokenizer.decode(request.output_ids, skip_special_tokens=True)
-                    reason = _stop_reason(request)
-                    self._flush(request, emitted, row, final=reason is not None)
-                    if reason is not None:
-                        self._finish(request, reason)
-                        continue
-                    still.append(row)
-                active = still
-                if active:
-                    logits, cache, mask, positions = runner.decode(tokens, cache, mask, positions)
+    def _cancel_all(self, rows: list[GenerationRequest]) -> None:
+        """On close: nothing in flight or queued is left without an answer."""
+        with self._cond:
+            waiting = list(self._pending)
+            self._pending.clear()
+        for r in rows + waiting:
+            if r.finish_reason is None:
+                self._finish(r, "cancelled")
+
+    def _finish_if_cancelled(self, request: GenerationRequest) -> bool:
+        if request.cancelled.is_set():
+            self._finish(request, "cancelled")
+            return True
+        return False
 
     @staticmethod
-    def _flush(request: GenerationRequest, emitted: list[int], row: int, final: bool) -> None:
+    def _flush(request: GenerationRequest, final: bool) -> None:
         """Send the text not sent yet, holding back a partial UTF-8 character mid-stream."""
         text = request.text
         end = len(text)
         if not final and text.endswith("\ufffd"):
             end = len(text.rstrip("\ufffd"))
-        if end > emitted[row] and request.on_delta is not None:
-            request.on_delta(text[emitted[row] : end])
-        emitted[row] = max(emitted[row], end)
+        if end > request.emitted and request.on_delta is not None:
+            request.on_delta(text[request.emitted : end])
+        request.emitted = max(request.emitted, end)
 
 
 def _generator(seed: int | None) -> torch.Generator | None:

@@ -78,10 +78,8 @@ class Runner:
         return contextlib.nullcontext()
 
     @torch.inference_mode()
-    def prefill(
-        self, prompts: list[list[int]]
-    ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
-        """Run the prompts; returns last logits (batch, vocab), cache, mask, next positions."""
+    def prefill(self, prompts: list[list[int]]) -> Batch:
+        """Run the prompts; the returned batch holds each row's next-token logits."""
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -91,19 +89,83 @@ class Runner:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (batch, width)
         ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        return out.logits[:, -1].float(), out.past_key_values, mask, positions[:, -1] + 1
+        return Batch(out.logits[:, -1].float(), out.past_key_values, mask, positions[:, -1] + 1)
 
     @torch.inference_mode()
-    def decode(
-        self, tokens: torch.Tensor, cache: Any, mask: torch.Tensor, positions: torch.Tensor
-    ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
-        """One step for every row: tokens (batch,) → logits (batch, vocab)."""
-        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)  # (batch, width + 1)
+    def decode(self, tokens: torch.Tensor, batch: Batch) -> Batch:
+        """One step for every row: tokens (batch,) → the next logits (batch, vocab)."""
+        mask = torch.cat([batch.mask, batch.mask.new_ones((batch.size, 1))], dim=-1)
         out = self.model(
             input_ids=tokens.view(-1, 1).to(self.device),
             attention_mask=mask,
-            position_ids=positions.view(-1, 1),
-            past_key_values=cache,
+            position_ids=batch.positions.view(-1, 1),
+            past_key_values=batch.cache,
             use_cache=True,
         )
-        return out.logits[:, -1].float(), out.past_key_values, mask, positions + 1
+        return Batch(out.logits[:, -1].float(), out.past_key_values, mask, batch.positions + 1)
+
+
+@dataclass
+class Batch:
+    """Rows in flight: next-token logits, KV cache, attention mask (left-padded), positions.
+
+    Rows leave (:meth:`keep`) and join (:meth:`merge`) between steps, which is what lets the
+    engine refill a slot the moment a row finishes instead of waiting for the longest row.
+    """
+
+    logits: torch.Tensor  # (batch, vocab)
+    cache: Any
+    mask: torch.Tensor  # (batch, width)
+    positions: torch.Tensor  # (batch,)
+
+    @property
+    def size(self) -> int:
+        return int(self.mask.shape[0])
+
+    @property
+    def resizable(self) -> bool:
+        """Whether rows can be dropped and added: a plain dynamic cache of full-attention layers."""
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+
+        return type(self.cache) is DynamicCache and all(
+            type(layer) is DynamicLayer for layer in self.cache.layers
+        )
+
+    def keep(self, rows: list[int]) -> Batch:
+        """Only ``rows`` stay; padding columns no row uses any more are cut off the left."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
+        mask = self.mask[index]
+        used = mask.any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else mask.shape[1]
+        for layer in self.cache.layers:
+            if layer.keys is not None and layer.keys.numel():
+                layer.keys = layer.keys[index, :, start:]
+                layer.values = layer.values[index, :, start:]
+        return Batch(self.logits[index], self.cache, mask[:, start:], self.positions[index])
+
+    def merge(self, other: Batch) -> Batch:
+        """This batch's rows followed by ``other``'s, left-padded to a common width."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(theirs.keys, width)])
+            mine.values = torch.cat(
+                [_pad_left(mine.values, width), _pad_left(theirs.values, width)]
+            )
+        mask = torch.cat([_pad_left(self.mask, width), _pad_left(other.mask, width)])
+        return Batch(
+            torch.cat([self.logits, other.logits]),
+            self.cache,
+            mask,
+            torch.cat([self.positions, other.positions]),
+        )
+
+
+def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Zero-pad the sequence axis (-1 for masks, -2 for KV of shape (b, heads, seq, dim))."""
+    axis = -1 if t.dim() == 2 else -2
+    missing = width - t.shape[axis]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[axis] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=axis)

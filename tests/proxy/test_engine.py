@@ -121,6 +121,59 @@ def test_cancelled_request_leaves_its_batch(engine, smol):
     assert keep.finish_reason == "length" and len(keep.output_ids) == 10
 
 
+def test_requests_join_and_leave_a_running_batch_without_changing_outputs(engine, smol):
+    """Continuous batching: a request arriving mid-generation joins the running batch, a short
+    row leaves it early, and every greedy output equals the request served alone."""
+    long_p, short_p, late_p = (
+        chat_ids(smol.tokenizer, q)
+        for q in ("Write a long story about a dragon.", "What is 2+3?", "Name three fruits.")
+    )
+    alone = {}
+    for name, p, n in (("long", long_p, 40), ("short", short_p, 4), ("late", late_p, 12)):
+        r = GenerationRequest(prompt_ids=p, max_new_tokens=n)
+        run_all(engine, [r])
+        alone[name] = r.output_ids
+
+    late = GenerationRequest(prompt_ids=late_p, max_new_tokens=12)
+    submitted = threading.Event()
+
+    def on_delta(_: str) -> None:  # from the worker: the long row is mid-generation
+        if len(long.output_ids) == 10 and not submitted.is_set():
+            submitted.set()
+            engine.submit(late)
+
+    long = GenerationRequest(prompt_ids=long_p, max_new_tokens=40, on_delta=on_delta)
+    short = GenerationRequest(prompt_ids=short_p, max_new_tokens=4)
+    done = threading.Semaphore(0)
+    for r in (long, short, late):
+        r.on_done = lambda _: done.release()
+    before = engine.num_batches
+    engine.submit(long)
+    engine.submit(short)
+    for _ in range(3):
+        assert done.acquire(timeout=120)
+    assert submitted.is_set()
+    assert long.output_ids == alone["long"] and len(long.output_ids) == 40
+    assert short.output_ids == alone["short"]
+    assert late.output_ids == alone["late"]
+    assert short.finished_at < late.first_token_at < long.finished_at  # joined mid-run
+    assert engine.num_batches - before in (2, 3)  # long+short (maybe apart), then late
+
+
+def test_close_answers_everything_in_flight_and_queued(smol):
+    engine = Engine(Runner(smol.model, smol.tokenizer), max_batch=1)
+    p = chat_ids(smol.tokenizer, "Write a long story about a dragon.")
+    started = threading.Event()
+    running = GenerationRequest(prompt_ids=p, max_new_tokens=500, on_delta=lambda _: started.set())
+    queued = GenerationRequest(prompt_ids=p, max_new_tokens=5)  # max_batch=1: it waits
+    engine.submit(running)
+    engine.submit(queued)
+    assert started.wait(60)
+    engine.close()
+    assert running.finish_reason == "cancelled" and 0 < len(running.output_ids) < 500
+    assert queued.finish_reason == "cancelled" and queued.output_ids == []
+
+
 def test_lora_adapters_by_name(tmp_path):
     from peft import LoraConfig, get_peft_model
 
