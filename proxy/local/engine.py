@@ -117,7 +117,9 @@ class Engine:
                 return
             adapter = rows[0].adapter if rows else None
             can_join = batch is None or batch.resizable
-            new = self._admit(adapter, self.max_batch - len(rows), wait=not rows) if can_join else []
+            new = (
+                self._admit(adapter, self.max_batch - len(rows), wait=not rows) if can_join else []
+            )
             if not rows and not new:
                 return  # stopping
             try:
