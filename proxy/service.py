@@ -196,7 +196,7 @@ class ChatService:
 
     def delimiter(self, entry: ModelEntry) -> str | None:
         if entry.is_local:
-            return self.local.models[entry.name].delimiter
+            return self.local.models[entry.name].delimiter or entry.delimiter
         return entry.delimiter
 
     # -- request path ---------------------------------------------------------------------

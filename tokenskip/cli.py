@@ -180,13 +180,38 @@ def add_serve_parser(subparsers: Any) -> None:
         description="Serve /v1/chat/completions in front of local models and any litellm provider. "
         "Without --config, serves the embedded model (smollm2) with prompt compression on.",
     )
-    p.add_argument("--config", default=None, help="YAML config in LiteLLM's model_list form (env: TOKENSKIP_CONFIG)")
-    p.add_argument("--host", default=None, help="interface to bind (default: 127.0.0.1; env: TOKENSKIP_HOST)")
-    p.add_argument("--port", type=_positive_int, default=None, help="port (default: 8000; env: TOKENSKIP_PORT)")
-    p.add_argument("--workers", type=_positive_int, default=1, help="uvicorn worker processes (default: 1)")
-    p.add_argument("--api-key", action="append", default=[], metavar="KEY", help="require this client key (repeatable; env: TOKENSKIP_API_KEYS, comma-separated)")
-    p.add_argument("--ledger-url", default=None, help="SQLAlchemy URL of the savings ledger (default: SQLite in the cache dir)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="server log level")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="YAML config in LiteLLM's model_list form (env: TOKENSKIP_CONFIG)",
+    )
+    p.add_argument(
+        "--host", default=None, help="interface to bind (default: 127.0.0.1; env: TOKENSKIP_HOST)"
+    )
+    p.add_argument(
+        "--port", type=_positive_int, default=None, help="port (default: 8000; env: TOKENSKIP_PORT)"
+    )
+    p.add_argument(
+        "--workers", type=_positive_int, default=1, help="uvicorn worker processes (default: 1)"
+    )
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="require this client key (repeatable; env: TOKENSKIP_API_KEYS, comma-separated)",
+    )
+    p.add_argument(
+        "--ledger-url",
+        default=None,
+        help="SQLAlchemy URL of the savings ledger (default: SQLite in the cache dir)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="server log level",
+    )
     p.set_defaults(run=run_serve)
 
 
@@ -216,8 +241,12 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
     uvicorn.run(
-        "proxy.app:create_app", factory=True, host=settings.host, port=settings.port,
-        workers=args.workers, log_level=args.log_level,
+        "proxy.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=args.workers,
+        log_level=args.log_level,
     )
     return 0
 
@@ -233,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     from evaluation.cli import add_eval_parser
 
     add_eval_parser(subparsers)
+    from trainers.cli import add_train_parser
+
+    add_train_parser(subparsers)
     return parser
 
 

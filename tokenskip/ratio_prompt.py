@@ -46,7 +46,10 @@ def check_delimiter(hf_tokenizer: Any, delimiter: str) -> None:
     """Refuse a delimiter the tokenizer cannot encode and decode back unchanged."""
     if not delimiter:
         raise InvalidInputError("the TokenSkip delimiter must be a non-empty string")
-    ids = hf_tokenizer.encode(delimiter, add_special_tokens=False)
+    try:
+        ids = hf_tokenizer.encode(delimiter, add_special_tokens=False)
+    except (TypeError, ValueError) as exc:  # e.g. a lone surrogate the tokenizer refuses
+        raise InvalidInputError(f"delimiter {delimiter!r} cannot be encoded: {exc}") from None
     if not ids or hf_tokenizer.decode(ids) != delimiter:
         raise InvalidInputError(
             f"delimiter {delimiter!r} does not survive this tokenizer (encodes to {ids}); "

@@ -37,7 +37,9 @@ def make_wordpiece_tokenizer(corpus: Iterable[str], vocab_size: int = 400) -> An
             break
         if len(word) > 1:
             vocab_list.append(word)
-    tok = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(vocab_list)}, unk_token="[UNK]"))
+    tok = Tokenizer(
+        models.WordPiece(vocab={t: i for i, t in enumerate(vocab_list)}, unk_token="[UNK]")
+    )
     tok.normalizer = normalizer
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()

@@ -32,9 +32,10 @@ class LocalModel:
 
     @property
     def delimiter(self) -> str | None:
+        runner = self.engine.runner
         if self.adapter is None:
-            return None
-        return self.engine.runner.adapters[self.adapter].delimiter
+            return runner.base_delimiter
+        return runner.adapters[self.adapter].delimiter
 
 
 def _text(content: Any) -> str:

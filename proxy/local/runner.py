@@ -34,6 +34,8 @@ class Runner:
         self.tokenizer = tokenizer
         self.adapters: dict[str, AdapterInfo] = {}
         self.model = model
+        self.base_delimiter = _delimiter_in(getattr(model, "name_or_path", None))
+        """The delimiter of a merged TokenSkip model (``tokenskip.json`` beside its weights)."""
         for name, path in (adapters or {}).items():
             self.load_adapter(name, path)
         self.model.eval()
@@ -53,10 +55,7 @@ class Runner:
         where = Path(path)
         if not (where / "adapter_config.json").is_file():
             raise ValueError(f"adapter '{name}': {path} has no adapter_config.json")
-        meta_file = where / ADAPTER_META
-        delimiter = (
-            json.loads(meta_file.read_text()).get("delimiter") if meta_file.is_file() else None
-        )
+        delimiter = _delimiter_in(where)
         if isinstance(self.model, PeftModel):
             self.model.load_adapter(str(where), adapter_name=name)
         else:
@@ -88,7 +87,13 @@ class Runner:
             mask[row, width - len(prompt) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (batch, width)
         ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,  # only the next token's logits: not (batch, width, vocab)
+        )
         return Batch(out.logits[:, -1].float(), out.past_key_values, mask, positions[:, -1] + 1)
 
     @torch.inference_mode()
@@ -158,6 +163,16 @@ class Batch:
             mask,
             torch.cat([self.positions, other.positions]),
         )
+
+
+def _delimiter_in(directory: str | Path | None) -> str | None:
+    """The TokenSkip delimiter a directory's ``tokenskip.json`` declares, if it has one."""
+    if not directory:
+        return None
+    meta_file = Path(directory) / ADAPTER_META
+    if not meta_file.is_file():
+        return None
+    return json.loads(meta_file.read_text()).get("delimiter")
 
 
 def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:

@@ -1,0 +1,138 @@
+"""``tokenskip train``: argument parsing only; the work is in the stage functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _grid(value: str) -> tuple[float, ...]:
+    from trainers.cot_data import check_grid
+
+    try:
+        return check_grid(tuple(float(v) for v in value.split(",") if v.strip()))
+    except ValueError as exc:  # float() on junk, or a γ outside (0, 1]
+        raise argparse.ArgumentTypeError(f"{value!r}: {exc}") from None
+
+
+def _positive(kind: type) -> Any:
+    def parse(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
+        if number <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+        return number
+
+    return parse
+
+
+def add_train_parser(subparsers: Any) -> None:
+    from tokenskip.scorers import SCORER_NAMES
+
+    p = subparsers.add_parser("train", help="LoRA training pipelines")
+    sub = p.add_subparsers(dest="train_command", required=True, metavar="PIPELINE")
+    t = sub.add_parser(
+        "tokenskip",
+        help="teach a model to compress its CoT to a ratio γ written in the prompt",
+        description="Collect CoTs, compress them at a γ grid, build ratio-prompt examples and "
+        "fine-tune a LoRA (TokenSkip). Rerunning with the same settings resumes.",
+    )
+    t.add_argument("--model", default="smollm2", help="base model (default: smollm2)")
+    t.add_argument("--out", default=None, help="run directory (default: runs/tokenskip-MODEL)")
+    t.add_argument("--data", default=None, help="GSM8K JSONL file/dir or openai/gsm8k")
+    t.add_argument("--split", default="train")
+    t.add_argument("--limit", type=_positive(int), default=None, help="first N problems only")
+    t.add_argument(
+        "--cot-source",
+        choices=("model", "reference"),
+        default="model",
+        help="CoTs from the model's own greedy answers (kept when correct) or the dataset's "
+        "reference solutions (for models too weak to solve enough problems)",
+    )
+    t.add_argument("--max-cot-tokens", type=_positive(int), default=500)
+    t.add_argument("--collect-max-new-tokens", type=_positive(int), default=512)
+    t.add_argument("--collect-batch-size", type=_positive(int), default=16)
+    t.add_argument("--grid", type=_grid, default=(0.5, 0.6, 0.7, 0.8, 0.9), help="γ values")
+    t.add_argument("--scorer", choices=SCORER_NAMES, default="self-info")
+    t.add_argument("--scorer-model", default=None, help="model to score with (classifier)")
+    t.add_argument("--delimiter", default=None, help="TokenSkip delimiter (default: the eos token)")
+    t.add_argument(
+        "--no-original",
+        action="store_true",
+        help="draw γ from the grid only (default: the grid plus 1.0, as in the paper)",
+    )
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--lora-r", type=_positive(int), default=8)
+    t.add_argument("--lora-alpha", type=_positive(int), default=16)
+    t.add_argument("--lora-dropout", type=float, default=0.05)
+    t.add_argument("--lr", type=_positive(float), default=5e-5)
+    t.add_argument("--epochs", type=_positive(float), default=3.0)
+    t.add_argument("--max-steps", type=_positive(int), default=None, help="overrides --epochs")
+    t.add_argument("--batch-size", type=_positive(int), default=4)
+    t.add_argument("--grad-accum", type=_positive(int), default=1)
+    t.add_argument("--max-length", type=_positive(int), default=2048)
+    t.add_argument("--save-steps", type=_positive(int), default=50)
+    t.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
+    t.add_argument(
+        "--on-bad-record",
+        choices=("raise", "skip"),
+        default="raise",
+        help="a malformed dataset line stops the run (default) or is skipped and reported",
+    )
+    t.add_argument("--merge", action="store_true", help="also write base + adapter merged")
+    t.add_argument("--allow-download", action="store_true", help="allow hub downloads")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(run=run_train_tokenskip)
+
+
+def run_train_tokenskip(args: argparse.Namespace) -> int:
+    from trainers.sft import LoraSettings
+    from trainers.tokenskip_run import TokenSkipConfig, run_tokenskip
+
+    out = args.out or str(Path("runs") / f"tokenskip-{Path(args.model).name}")
+    lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)
+    config = TokenSkipConfig(
+        model=args.model,
+        out_dir=out,
+        data=args.data,
+        split=args.split,
+        limit=args.limit,
+        cot_source=args.cot_source,
+        max_cot_tokens=args.max_cot_tokens,
+        collect_max_new_tokens=args.collect_max_new_tokens,
+        collect_batch_size=args.collect_batch_size,
+        grid=args.grid,
+        scorer=args.scorer,
+        scorer_model=args.scorer_model,
+        delimiter=args.delimiter,
+        include_original=not args.no_original,
+        seed=args.seed,
+        lora=lora,
+        learning_rate=args.lr,
+        epochs=args.epochs,
+        max_steps=args.max_steps or -1,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        max_length=args.max_length,
+        save_steps=args.save_steps,
+        precision=args.precision,
+        on_bad_record=args.on_bad_record,
+        allow_download=args.allow_download,
+    )
+    meta = run_tokenskip(config, merge=args.merge, progress=not args.no_progress)
+    t = meta["training"]
+    summary = {
+        "adapter": t["adapter"],
+        "merged": meta.get("merged"),
+        "examples": t["examples"],
+        "steps": t["steps"],
+        "train_loss": t["train_loss"],
+        "gamma_counts": meta["data"]["build"]["gamma_counts"],
+        "delimiter": meta["delimiter"],
+    }
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0

@@ -1,0 +1,294 @@
+"""LoRA supervised fine-tuning on prompt/completion pairs, loss on the completion only.
+
+Shared by every training pipeline here. The input is a JSONL file of ``{"prompt": ...,
+"completion": ...}`` records whose prompt is already in the model's chat format; the output
+is a peft adapter directory. Training resumes from the newest checkpoint in
+``<out>/checkpoints`` and runs unchanged under ``accelerate launch`` on several GPUs (the HF
+Trainer handles the distribution).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tokenskip.errors import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class LoraSettings:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    """peft's ``all-linear`` = every linear layer but the output head."""
+
+    def __post_init__(self) -> None:
+        if self.r <= 0 or self.alpha <= 0:
+            raise InvalidInputError(f"LoRA r and alpha must be positive, got {self.r}/{self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InvalidInputError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class SFTConfig:
+    """How to fine-tune (defaults: the TokenSkip paper's LoRA recipe)."""
+
+    model: str
+    """Base model: embedded name, local HF directory, .gguf, or a hub id in the local cache."""
+    train_file: str
+    """JSONL of {"prompt", "completion"} records."""
+    out_dir: str
+    """Receives ``checkpoints/`` and ``adapter/``."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    learning_rate: float = 5e-5
+    epochs: float = 3.0
+    max_steps: int = -1
+    """Stop after this many optimizer steps (overrides ``epochs`` when > 0)."""
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_length: int = 2048
+    """Longer examples are cut at the end (the completion's tail loses its loss)."""
+    warmup_ratio: float = 0.1
+    scheduler: str = "cosine"
+    seed: int = 0
+    save_steps: int = 50
+    logging_steps: int = 10
+    save_total_limit: int = 2
+    precision: str = "auto"
+    """``auto`` (bf16 where the GPU supports it, else fp32), ``bf16``, ``fp16`` or ``fp32``."""
+    allow_download: bool = False
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0:
+            raise InvalidInputError(f"learning rate must be positive, got {self.learning_rate}")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise InvalidInputError("give a positive number of epochs or max_steps")
+        for name in ("batch_size", "grad_accum", "max_length", "save_steps", "logging_steps"):
+            if getattr(self, name) <= 0:
+                raise InvalidInputError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise InvalidInputError(f"warmup ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise InvalidInputError(f"precision must be auto, bf16, fp16 or fp32: {self.precision}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def read_pairs(path: str | Path) -> list[dict[str, str]]:
+    """The prompt/completion records of a JSONL file; a bad line is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"training file not found: {path}")
+    pairs = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or not all(
+            isinstance(record.get(k), str) and record.get(k) for k in ("prompt", "completion")
+        ):
+            raise InvalidInputError(
+                f"{path}:{number}: expected non-empty string fields 'prompt' and 'completion'"
+            )
+        pairs.append(record)
+    if not pairs:
+        raise InvalidInputError(f"{path} holds no training examples")
+    return pairs
+
+
+def tokenize_pair(tokenizer: Any, prompt: str, completion: str, max_length: int) -> dict:
+    """input_ids and labels with the prompt masked out of the loss.
+
+    The prompt and the completion are encoded apart (the prompt ends at the assistant header,
+    so the boundary is a clean token boundary) and neither gets extra special tokens: the
+    chat template already wrote them.
+    """
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    completion_ids = tokenizer.encode(completion, add_special_tokens=False)
+    ids = (prompt_ids + completion_ids)[:max_length]
+    labels = ([IGNORE_INDEX] * len(prompt_ids) + completion_ids)[:max_length]
+    return {"input_ids": ids, "labels": labels}
+
+
+class PairCollator:
+    """Right-pads a batch; padding is masked out of attention and loss."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[row, :n] = torch.tensor(f["input_ids"])
+            labels[row, :n] = torch.tensor(f["labels"])
+            mask[row, :n] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def _precision(choice: str) -> dict[str, bool]:
+    import torch
+
+    if choice == "auto":
+        choice = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return {"bf16": choice == "bf16", "fp16": choice == "fp16"}
+
+
+def last_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete ``checkpoint-N`` under ``<out>/checkpoints``, if any."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    where = Path(out_dir) / "checkpoints"
+    if not where.is_dir():
+        return None
+    found = get_last_checkpoint(str(where))
+    return Path(found) if found else None
+
+
+def train_lora(
+    config: SFTConfig, *, callbacks: list[Any] | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Fine-tune a LoRA on ``config.train_file``; returns a summary (steps, losses, paths).
+
+    The adapter lands in ``<out>/adapter``. An interrupted run resumes from its last
+    checkpoint when called again with the same config.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    from tokenskip.models import load_model
+
+    pairs = read_pairs(config.train_file)
+    loaded = load_model(config.model, allow_download=config.allow_download)
+    tokenizer = loaded.tokenizer
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    examples = [
+        tokenize_pair(tokenizer, p["prompt"], p["completion"], config.max_length) for p in pairs
+    ]
+    truncated = sum(1 for e in examples if len(e["input_ids"]) == config.max_length)
+    if all(all(label == IGNORE_INDEX for label in e["labels"]) for e in examples):
+        raise InvalidInputError(
+            f"every example's completion falls beyond max_length={config.max_length}"
+        )
+
+    model = loaded.model
+    model.config.use_cache = False
+    lora = config.lora
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            task_type="CAUSAL_LM",
+        ),
+    )
+    trainable, total = model.get_nb_trainable_parameters()
+
+    out = Path(config.out_dir)
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.scheduler,
+        warmup_steps=config.warmup_ratio,  # a float < 1 is a share of the total steps
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        logging_steps=config.logging_steps,
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        report_to="none",
+        remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=not progress,
+        **_precision(config.precision),
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=_ListDataset(examples),
+        data_collator=PairCollator(pad_id),
+        callbacks=callbacks or [],
+    )
+    resume = last_checkpoint(out)
+    if resume is not None:
+        log.info("resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    adapter_dir = out / "adapter"
+    if trainer.is_world_process_zero():
+        model.save_pretrained(str(adapter_dir))
+        tokenizer.save_pretrained(str(adapter_dir))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {
+        "adapter": str(adapter_dir),
+        "examples": len(examples),
+        "truncated_examples": truncated,
+        "steps": trainer.state.global_step,
+        "epochs": round(float(trainer.state.epoch or 0.0), 4),
+        "resumed_from": str(resume) if resume else None,
+        "train_loss": round(float(result.training_loss), 6)
+        if not math.isnan(result.training_loss)
+        else None,
+        "first_logged_loss": losses[0] if losses else None,
+        "last_logged_loss": losses[-1] if losses else None,
+        "trainable_params": int(trainable),
+        "total_params": int(total),
+        "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 2),
+    }
+
+
+class _ListDataset:
+    """A map-style dataset over a list (what the Trainer's DataLoader needs)."""
+
+    def __init__(self, items: list[dict[str, list[int]]]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        return self.items[index]
+
+
+def merge_adapter(base_model: str, adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write base + LoRA merged into one plain model directory (no peft needed to load it)."""
+    from peft import PeftModel
+
+    from tokenskip.models import load_model
+
+    loaded = load_model(base_model)
+    merged = PeftModel.from_pretrained(loaded.model, str(adapter_dir)).merge_and_unload()
+    out = Path(out_dir)
+    merged.save_pretrained(str(out))
+    loaded.tokenizer.save_pretrained(str(out))
+    return out
