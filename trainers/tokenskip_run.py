@@ -17,6 +17,7 @@ apply the ratio knob (its ``delimiter``), plus what produced the adapter.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -156,23 +157,9 @@ def claim_run_dir(config: TokenSkipConfig) -> None:
     marker.write_text(json.dumps(mine, indent=2) + "\n")
 
 
-def run_tokenskip(
-    config: TokenSkipConfig,
-    *,
-    merge: bool = False,
-    progress: bool = True,
-    callbacks: list[Any] | None = None,
-) -> dict[str, Any]:
-    """All stages; returns the adapter's metadata (also written to ``adapter/tokenskip.json``)."""
-    from evaluation.report import provenance
-    from tokenskip.models import load_tokenizer
-    from tokenskip.ratio_prompt import check_delimiter, default_delimiter
-
-    hf = load_tokenizer(config.model, allow_download=config.allow_download)
-    delimiter = config.delimiter or default_delimiter(hf)
-    check_delimiter(hf, delimiter)  # before any long work
+def prepare_data(config: TokenSkipConfig, hf: Any, progress: bool) -> dict[str, Any]:
+    """Stages 1-3 (each resumes); returns their summaries."""
     claim_run_dir(config)
-    started = time.time()
     collected = collect_cots(config.collect(), progress=progress, tokenizer=hf)
     if collected["kept"] == 0:
         raise InvalidInputError(
@@ -181,7 +168,53 @@ def run_tokenskip(
         )
     compressed = compress_cots(config.compress(), progress=progress)
     built = build_examples(config.build(), tokenizer=hf)
+    return {"collect": collected, "compress": compressed, "build": built}
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _on_main_process_first(prepare: Any, out_dir: str) -> dict[str, Any]:
+    """Under ``accelerate launch``, rank 0 prepares the data while the others wait, then they
+    read its summary; a single process just prepares."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return prepare()
+    from accelerate import PartialState
+
+    state = PartialState()
+    summary = Path(out_dir) / "data.json"
+    if state.is_main_process:
+        data = prepare()
+        summary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    state.wait_for_everyone()
+    return data if state.is_main_process else json.loads(summary.read_text())
+
+
+def run_tokenskip(
+    config: TokenSkipConfig,
+    *,
+    merge: bool = False,
+    progress: bool = True,
+    callbacks: list[Any] | None = None,
+) -> dict[str, Any]:
+    """All stages; returns the adapter's metadata (also written to ``adapter/tokenskip.json``).
+
+    Runs unchanged under ``accelerate launch`` (data preparation on rank 0 only; the Trainer
+    distributes training; rank 0 writes the artifacts and the others return ``{}``).
+    """
+    from evaluation.report import provenance
+    from tokenskip.models import load_tokenizer
+    from tokenskip.ratio_prompt import check_delimiter, default_delimiter
+
+    hf = load_tokenizer(config.model, allow_download=config.allow_download)
+    delimiter = config.delimiter or default_delimiter(hf)
+    check_delimiter(hf, delimiter)  # before any long work
+    started = time.time()
+    data = _on_main_process_first(lambda: prepare_data(config, hf, progress), config.out_dir)
     trained = train_lora(config.sft(), callbacks=callbacks, progress=progress)
+    if not _is_main_process():
+        return {}
     meta = {
         "format": META_FORMAT,
         "base_model": config.model,
@@ -193,7 +226,7 @@ def run_tokenskip(
         "cot_source": config.cot_source,
         "prompt": "chat template; user turn = question + DELIM + γ + DELIM (nothing at γ=1.0); "
         "system turn = evaluation.gsm8k.INSTRUCTION",
-        "data": {"collect": collected, "compress": compressed, "build": built},
+        "data": data,
         "training": {**trained, "config": asdict(config.sft())},
         "wall_s": round(time.time() - started, 1),
         **provenance(),

@@ -188,3 +188,41 @@ def test_cli_refuses_a_bad_delimiter_before_any_work(tmp_path, capsys):
     assert code == 2
     assert "delimiter" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_proxy_serves_the_trained_adapter_and_merged_model_with_the_ratio_knob(trained):
+    import openai
+
+    from proxy.app import create_app
+    from proxy.config import Settings, parse_config
+    from tests.proxy.servers import serve
+
+    tmp, _, _ = trained
+    settings = Settings(ledger_url=f"sqlite:///{tmp / 'ledger.sqlite'}")
+    config = parse_config(
+        {
+            "model_list": [
+                {
+                    "model_name": "ts-adapter",
+                    "local": {"model": "smollm2", "adapter": str(tmp / "run" / "adapter")},
+                },
+                {"model_name": "ts-merged", "local": {"model": str(tmp / "run" / "merged")}},
+                {"model_name": "plain", "local": {"model": "smollm2"}},
+            ]
+        },
+        settings,
+    )
+    with serve(create_app(settings, config)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=120)
+        for model, method in (
+            ("ts-adapter", "tokenskip"),
+            ("ts-merged", "tokenskip"),
+            ("plain", "instruction"),
+        ):
+            reply = client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": "What is 6*7?"}],
+                max_tokens=4,
+                extra_body={"tokenskip": {"cot_ratio": 0.5}},
+            )
+            assert reply.model_extra["tokenskip"]["cot_method"] == method, model
