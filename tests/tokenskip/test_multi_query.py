@@ -1,0 +1,107 @@
+"""Query-OPT prompt building and robust, never-guessing answer parsing."""
+
+import json
+
+import pytest
+
+from tokenskip.errors import InvalidInputError
+from tokenskip.multi_query import (
+    BEGIN,
+    END,
+    Query,
+    build_messages,
+    format_answers,
+    make_queries,
+    parse_answers,
+    queries_block,
+)
+
+
+def test_queries_are_numbered_and_checked():
+    assert make_queries(["a?", "b?"]) == [Query(1, "a?"), Query(2, "b?")]
+    assert make_queries([{"id": 7, "query": "x?"}, {"query": "y?"}]) == [
+        Query(7, "x?"),
+        Query(2, "y?"),
+    ]
+    with pytest.raises(InvalidInputError, match="non-empty list"):
+        make_queries([])
+    with pytest.raises(InvalidInputError, match=r"duplicate query ids: \[3\]"):
+        make_queries([{"id": 3, "query": "a"}, {"id": 3, "query": "b"}])
+    with pytest.raises(InvalidInputError, match="query 2 is empty"):
+        make_queries(["a", "  "])
+    with pytest.raises(InvalidInputError, match="id must be"):
+        make_queries([{"id": "x", "query": "a"}])
+    with pytest.raises(InvalidInputError, match="expected a string"):
+        make_queries([42])
+
+
+def test_prompt_puts_the_context_first_then_numbered_queries():
+    qs = make_queries(["How many apples?", "Who is Tom?"])
+    [msg] = build_messages("Tom has 3 apples.", qs)
+    assert msg["role"] == "user"
+    assert msg["content"].startswith("Tom has 3 apples.\n\n")
+    assert msg["content"].endswith("1. How many apples?\n2. Who is Tom?")
+    assert BEGIN in msg["content"] and END in msg["content"] and "2 questions" in msg["content"]
+    shared = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Doc."},
+        {"role": "assistant", "content": "Read."},
+    ]
+    messages = build_messages(shared, qs)
+    assert messages[:3] == shared and messages[3] == {"role": "user", "content": queries_block(qs)}
+    with pytest.raises(InvalidInputError):
+        build_messages("   ", qs)
+
+
+def test_round_trip_of_the_trained_format():
+    text = format_answers([(1, "7"), (2, 'He said "hi"\nthen left')])
+    parsed = parse_answers(text, [1, 2])
+    assert parsed.complete and parsed.answers == {1: "7", 2: 'He said "hi"\nthen left'}
+
+
+@pytest.mark.parametrize(
+    "text, answers, missing",
+    [
+        # code fence and chatter around it; a string id; a numeric answer; a trailing comma
+        (
+            'Sure!\n```json\n[{"id": 1, "answer": "7"}, {"id": "2", "answer": 12},]\n```\nDone.',
+            {1: "7", 2: "12"},
+            [],
+        ),
+        # markers win over another array elsewhere in the text
+        ('[1, 2] <answers>[{"id": 1, "answer": "yes"}]</answers>', {1: "yes"}, [2]),
+        # a raw newline inside a string
+        (
+            '<answers>[{"id": 1, "answer": "a\nb"}, {"id": 2, "answer": "c"}]</answers>',
+            {1: "a\nb", 2: "c"},
+            [],
+        ),
+        # cut off mid-answer: the truncated answer is dropped, not completed
+        ('<answers>[{"id": 1, "answer": "7"}, {"id": 2, "answer": "1', {1: "7"}, [2]),
+        # the object form {"answers": [...]}
+        ('{"answers": [{"id": 2, "answer": "b"}]}', {2: "b"}, [1]),
+        # unknown ids and non-objects are ignored; the asked ids stay missing
+        ('[{"id": 9, "answer": "x"}, "junk", {"id": 1, "answer": ""}]', {}, [1, 2]),
+        # two different answers for one id: neither is trusted
+        (
+            '[{"id": 1, "answer": "7"}, {"id": 1, "answer": "8"}, {"id": 2, "answer": "z"}]',
+            {2: "z"},
+            [1],
+        ),
+        # no JSON at all
+        ("I think the answers are 7 and 8.", {}, [1, 2]),
+        ("", {}, [1, 2]),
+        # a broken array: complete pairs are salvaged, the rest is missing
+        ('[{"id": 1, "answer": "7"} {"id": 2 "answer": "8"}', {1: "7"}, [2]),
+    ],
+)
+def test_damaged_responses_are_read_or_reported_missing(text, answers, missing):
+    parsed = parse_answers(text, [1, 2])
+    assert parsed.answers == answers
+    assert parsed.missing == missing
+    assert parsed.complete == (not missing)
+
+
+def test_answers_are_matched_by_id_not_position():
+    text = json.dumps([{"id": 3, "answer": "c"}, {"id": 1, "answer": "a"}])
+    assert parse_answers(text, [1, 3]).answers == {1: "a", 3: "c"}

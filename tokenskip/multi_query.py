@@ -1,0 +1,253 @@
+"""Query-OPT: many queries over one context in one call (Laskar et al., 2024).
+
+The prompt puts the context first (so provider prompt caching still applies to it), then the
+numbered queries, and asks for a JSON array of ``{"id", "answer"}`` objects between two
+markers. :func:`parse_answers` reads such a response robustly (code fences, text around the
+markers, trailing commas, a missing closing bracket, raw newlines inside strings) and matches
+answers to queries by id. What cannot be read is reported as missing, never guessed: an id
+given twice with different answers, an answer without a usable id, or no array at all.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenskip.errors import InvalidInputError
+
+BEGIN = "<answers>"
+END = "</answers>"
+
+INSTRUCTION = (
+    "Answer each of the {n} questions below about the text above. Reply with only a JSON "
+    'array of objects with the question\'s number as "id" and your answer as "answer", '
+    "one object per question in order, between {begin} and {end}, for example:\n"
+    '{begin}[{{"id": 1, "answer": "..."}}, {{"id": 2, "answer": "..."}}]{end}'
+)
+
+
+@dataclass(frozen=True)
+class Query:
+    id: int
+    text: str
+
+
+def make_queries(queries: Sequence[str | dict[str, Any] | Query]) -> list[Query]:
+    """Number plain strings 1..N; keep explicit ids; refuse empty lists and duplicate ids."""
+    if not queries:
+        raise InvalidInputError("queries must be a non-empty list")
+    out: list[Query] = []
+    for i, q in enumerate(queries, start=1):
+        if isinstance(q, Query):
+            out.append(q)
+        elif isinstance(q, str):
+            out.append(Query(i, q))
+        elif isinstance(q, dict) and isinstance(q.get("query"), str):
+            qid = q.get("id", i)
+            if isinstance(qid, bool) or not isinstance(qid, int) or qid < 0:
+                raise InvalidInputError(
+                    f"query {i}: id must be a non-negative integer, got {qid!r}"
+                )
+            out.append(Query(qid, q["query"]))
+        else:
+            raise InvalidInputError(
+                f"query {i}: expected a string or an object with a string 'query', got {q!r}"
+            )
+        if not out[-1].text.strip():
+            raise InvalidInputError(f"query {i} is empty")
+    ids = [q.id for q in out]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise InvalidInputError(f"duplicate query ids: {dupes}")
+    return out
+
+
+def queries_block(queries: Sequence[Query]) -> str:
+    """The instruction and the numbered queries: what follows the shared context."""
+    head = INSTRUCTION.format(n=len(queries), begin=BEGIN, end=END)
+    lines = [f"{q.id}. {q.text.strip()}" for q in queries]
+    return head + "\n\n" + "\n".join(lines)
+
+
+def build_messages(
+    context: str | list[dict[str, Any]], queries: Sequence[Query]
+) -> list[dict[str, Any]]:
+    """Chat messages for one multi-query call.
+
+    ``context`` is either a text (it becomes the first user turn's opening, followed by the
+    queries block) or a list of messages shared by every query (system prompt, few-shot
+    turns, a document); the queries block is then one more user turn after them.
+    """
+    block = queries_block(queries)
+    if isinstance(context, str):
+        if not context.strip():
+            raise InvalidInputError("context must be a non-empty string")
+        return [{"role": "user", "content": f"{context.rstrip()}\n\n{block}"}]
+    return [dict(m) for m in context] + [{"role": "user", "content": block}]
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+@dataclass
+class ParsedAnswers:
+    answers: dict[int, str] = field(default_factory=dict)
+    """Answers matched to a requested id."""
+    missing: list[int] = field(default_factory=list)
+    """Requested ids without a trustworthy answer: retry these on their own."""
+    problems: list[str] = field(default_factory=list)
+    """What was wrong with the response, for logs and reports."""
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
+
+
+def _candidates(text: str) -> list[str]:
+    """Places a JSON array may be, best first."""
+    found = []
+    start = text.find(BEGIN)
+    if start >= 0:
+        rest = text[start + len(BEGIN) :]
+        end = rest.find(END)
+        found.append(rest[:end] if end >= 0 else rest)
+    found.extend(m.group(1) for m in _FENCE.finditer(text))
+    first = text.find("[")
+    if first >= 0:
+        last = text.rfind("]")
+        found.append(text[first : last + 1] if last > first else text[first:])
+    return found
+
+
+def _repair(s: str) -> str:
+    """Fix the usual small damage: fences, trailing commas, raw newlines in strings, and a
+    truncated end. A truncated last element is dropped, not completed: ``"answer": "1`` may
+    have been going to say ``"12"``."""
+    s = re.sub(r"^```(?:json)?|```$", "", s.strip()).strip()
+    out: list[str] = []
+    in_str = escaped = False
+    depth: list[str] = []
+    last_complete = None  # length of ``out`` after the last complete top-level element
+    for ch in s:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_str = False
+            elif ch == "\n":
+                out.append("\\n")
+                continue
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth.append("]" if ch == "[" else "}")
+        elif ch in "]}" and depth:
+            depth.pop()
+            if len(depth) == 1:
+                last_complete = len(out) + 1
+        out.append(ch)
+    if in_str or len(depth) > 1:  # cut inside an element
+        if not s.startswith("[") or last_complete is None:
+            return "[]" if s.startswith("[") else s
+        out, depth = out[:last_complete], ["]"]
+    out.extend(reversed(depth))
+    return re.sub(r",\s*([\]}])", r"\1", "".join(out))
+
+
+def _load_array(text: str) -> list[Any] | None:
+    for candidate in _candidates(text):
+        for attempt in (candidate, _repair(candidate)):
+            try:
+                value = json.loads(attempt)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict) and isinstance(value.get("answers"), list):
+                value = value["answers"]
+            if isinstance(value, list):
+                return value
+    return None
+
+
+_OBJECT = re.compile(r'\{\s*"id"\s*:\s*"?(\d+)"?\s*,\s*"answer"\s*:\s*("(?:[^"\\]|\\.)*"|-?[\d.]+)')
+
+
+def _salvage(text: str) -> list[Any]:
+    """Last resort for an array too damaged to load: the complete ``{"id", "answer"}`` pairs."""
+    items = []
+    for m in _OBJECT.finditer(text):
+        try:
+            items.append({"id": int(m.group(1)), "answer": json.loads(m.group(2))})
+        except json.JSONDecodeError:
+            continue
+    return items
+
+
+def _id_of(item: dict[str, Any]) -> int | None:
+    value = item.get("id")
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def _answer_text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, bool) or value is None:
+        return None if value is None else json.dumps(value)
+    if isinstance(value, (int, float)):
+        return json.dumps(value)
+    return None
+
+
+def parse_answers(text: str, ids: Sequence[int]) -> ParsedAnswers:
+    """Answers by id from a multi-query response; unmatched ids are ``missing``."""
+    result = ParsedAnswers()
+    items = _load_array(text or "")
+    if items is None:
+        items = _salvage(text or "")
+        result.problems.append(
+            "no JSON array found" if not items else "damaged JSON: complete pairs salvaged"
+        )
+    wanted = set(ids)
+    seen: dict[int, str | None] = {}
+    for item in items:
+        if not isinstance(item, dict):
+            result.problems.append(f"not an object: {item!r}"[:120])
+            continue
+        qid, answer = _id_of(item), _answer_text(item.get("answer"))
+        if qid is None or qid not in wanted:
+            result.problems.append(f"unknown id: {item.get('id')!r}"[:120])
+            continue
+        if answer is None or not answer:
+            result.problems.append(f"id {qid}: no usable answer")
+            continue
+        if qid in seen and seen[qid] != answer:
+            seen[qid] = None  # two different answers for one id: trust neither
+            result.problems.append(f"id {qid}: answered twice, differently")
+            continue
+        seen[qid] = answer
+    for qid in ids:
+        answer = seen.get(qid)
+        if answer is None:
+            result.missing.append(qid)
+        else:
+            result.answers[qid] = answer
+    return result
+
+
+def format_answers(answers: Sequence[tuple[int, str]]) -> str:
+    """The reply a model should give (what Query-OPT training teaches)."""
+    body = json.dumps([{"id": i, "answer": a} for i, a in answers], ensure_ascii=False)
+    return f"{BEGIN}{body}{END}"
