@@ -25,6 +25,13 @@ from proxy.config import GatewayConfig, Settings, get_settings, load_config
 from proxy.errors import ProxyError, install_handlers, validation_message
 from proxy.ledger import Ledger
 from proxy.metrics import Metrics
+from proxy.multi_query import (
+    Batcher,
+    MultiQuery,
+    MultiQueryRequest,
+    batched_completion,
+    batched_stream,
+)
 from proxy.protocol import ChatCompletionRequest, error_body
 from proxy.service import ChatService
 
@@ -91,6 +98,8 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
         ledger = Ledger(config.ledger_url)
         service = ChatService(config, ledger, metrics)
         app.state.service, app.state.ledger, app.state.metrics = service, ledger, metrics
+        app.state.multi_query = MultiQuery(service)
+        app.state.batcher = Batcher(app.state.multi_query)
         # Models and tokenizers are loaded: move them out of the collector's sight, so full
         # collections under load do not walk millions of long-lived objects (p99 stalls).
         gc.collect()
@@ -144,6 +153,19 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
         except ValidationError as exc:
             message, param = validation_message(exc.errors())
             raise ProxyError(422, message, param=param) from None
+        batcher: Batcher = request.app.state.batcher
+        if batcher.settings(body.model) is not None:
+            answer = await until_disconnected(request, batcher.submit(body))
+            if answer is not None:
+                if body.stream:
+                    return StreamingResponse(
+                        batched_stream(body, answer),
+                        media_type="text/event-stream",
+                        headers={"cache-control": "no-cache", "x-tokenskip-batched": "true"},
+                    )
+                return JSONResponse(
+                    batched_completion(body, answer), headers={"x-tokenskip-batched": "true"}
+                )
         prepared = await service.prepare(body)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -155,6 +177,25 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
             )
         result = await until_disconnected(request, service.complete(prepared))
         return JSONResponse(result, headers=prepared.headers(result["usage"]))
+
+    @app.post("/v1/multi_query", dependencies=[Depends(authorize)])
+    async def multi_query(request: Request) -> Response:
+        """Many queries over one context in one call (Query-OPT); one answer per query."""
+        try:
+            data = json.loads(await request.body())
+        except ClientDisconnect:
+            return Response(status_code=499)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ProxyError(
+                400, f"the request body is not valid JSON: {exc}", code="invalid_json"
+            ) from None
+        try:
+            body = MultiQueryRequest.model_validate(data)
+        except ValidationError as exc:
+            message, param = validation_message(exc.errors())
+            raise ProxyError(422, message, param=param) from None
+        mq: MultiQuery = request.app.state.multi_query
+        return JSONResponse(await until_disconnected(request, mq.run(body)))
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def models() -> dict[str, Any]:

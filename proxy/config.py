@@ -38,7 +38,7 @@ import yaml
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from proxy.backends.direct import is_direct
-from proxy.policy import CompressionPolicy
+from proxy.policy import BatchSettings, CompressionPolicy
 
 
 class Settings(BaseSettings):
@@ -90,6 +90,8 @@ class ModelEntry:
     delimiter: str | None = None
     """TokenSkip delimiter of a remote TokenSkip-tuned model."""
     model_info: dict[str, Any] = field(default_factory=dict)
+    batch: BatchSettings | None = None
+    """Transparent query batching (Query-OPT) for this model; None = off."""
     backend: str = "local"
     """Which backend serves it: ``local``, ``direct`` (OpenAI protocol, no litellm) or ``litellm``."""
 
@@ -130,6 +132,7 @@ def _entry(raw: Any, index: int, defaults: CompressionPolicy, direct_ok: bool) -
     tokenizer = block.pop("tokenizer", None)
     delimiter = block.pop("delimiter", None)
     try:
+        batch = BatchSettings.from_mapping(block.pop("batch", None))
         policy = CompressionPolicy.from_mapping(block, defaults)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{where} ({name}): tokenskip: {exc}") from None
@@ -148,6 +151,7 @@ def _entry(raw: Any, index: int, defaults: CompressionPolicy, direct_ok: bool) -
             local_model=str(local["model"]),
             adapter=local.get("adapter"),
             tokenizer=tokenizer,
+            batch=batch,
         )
     if not isinstance(params, dict) or not params.get("model"):
         raise ValueError(f"{where} ({name}): litellm_params needs a model, e.g. openai/gpt-4o-mini")
@@ -158,6 +162,7 @@ def _entry(raw: Any, index: int, defaults: CompressionPolicy, direct_ok: bool) -
         tokenizer=tokenizer,
         delimiter=delimiter,
         model_info=dict(raw.get("model_info") or {}),
+        batch=batch,
         backend="direct" if direct_ok and is_direct(params) else "litellm",
     )
 

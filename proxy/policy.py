@@ -74,3 +74,41 @@ class CompressionPolicy:
     @property
     def controls_cot(self) -> bool:
         return self.enabled and self.cot_ratio is not None
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """A model's transparent batching (its ``tokenskip: {batch: {...}}`` block)."""
+
+    window_ms: float = 20.0
+    """How long the first request of a group waits for others."""
+    max_queries: int = 8
+    """A group is sent as soon as it has this many queries."""
+    min_prefix_tokens: int = 32
+    """Groups whose shared prefix is shorter are not worth merging (sent as they are)."""
+    answer_tokens: int = 256
+    """max_tokens per query in the merged call when a request does not say."""
+    max_context_tokens: int | None = None
+    """The model's window for the merge check (local models: their own; remote: set it)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.window_ms <= 10_000:
+            raise ValueError(f"batch.window_ms must be in [0, 10000], got {self.window_ms}")
+        if self.max_queries < 2:
+            raise ValueError(f"batch.max_queries must be >= 2, got {self.max_queries}")
+        if self.min_prefix_tokens < 0 or self.answer_tokens <= 0:
+            raise ValueError("batch.min_prefix_tokens must be >= 0, answer_tokens > 0")
+
+    @classmethod
+    def from_mapping(cls, data: Any) -> BatchSettings | None:
+        if data is None or data is False:
+            return None
+        if data is True:
+            return cls()
+        if not isinstance(data, dict):
+            raise ValueError("batch must be true, false or a mapping")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown batch keys {unknown}; known: {sorted(known)}")
+        return cls(**data)

@@ -25,6 +25,9 @@ class TokenskipOptions(BaseModel):
     )
     cot_ratio: float | None = Field(None, gt=0, le=1, description="keep ratio for the reasoning")
     scorer: Literal["heuristic", "self-info"] | None = Field(None, description="prompt scorer")
+    batch: bool | None = Field(
+        None, description="false keeps this request out of transparent query batching"
+    )
 
 
 class ChatMessage(BaseModel):

@@ -59,6 +59,8 @@ class Prepared:
     request_id: str = field(default_factory=completion_id)
     served: ModelEntry | None = None
     """The entry that actually answered (differs from ``entry`` after a fallback)."""
+    batch_tokens_saved: int = 0
+    """Input tokens a merged multi-query call saved against one call per query."""
 
     def headers(self, usage: dict[str, Any] | None = None) -> dict[str, str]:
         """Savings headers: from the final usage when known (non-streaming), else what is
@@ -209,7 +211,11 @@ class ChatService:
                 code="model_not_found",
                 param="model",
             )
-        overrides = request.tokenskip.model_dump(exclude_none=True) if request.tokenskip else {}
+        overrides = (
+            request.tokenskip.model_dump(exclude_none=True, exclude={"batch"})
+            if request.tokenskip
+            else {}
+        )
         try:
             policy = entry.policy.merged(overrides)
         except ValueError as exc:
@@ -306,11 +312,14 @@ class ChatService:
             if p.cot_ratio and p.cot_method != "none" and status < 400
             else 0
         )
+        batch_saved = p.batch_tokens_saved if status < 400 else 0
         served = p.served or p.entry
         cost_actual = cost_original = None
         if served.litellm_params is not None and status < 400:
             cost_actual = cost(served.litellm_params, sent, completion)
-            cost_original = cost(served.litellm_params, sent + saved, completion + cot_saved)
+            cost_original = cost(
+                served.litellm_params, sent + saved + batch_saved, completion + cot_saved
+            )
         self.ledger.record(
             LedgerRow(
                 request_id=p.request_id,
@@ -326,6 +335,7 @@ class ChatService:
                 prompt_ratio=p.prompt_ratio,
                 cot_ratio=p.cot_ratio,
                 cot_tokens_saved_estimated=cot_saved,
+                batch_tokens_saved=batch_saved,
                 tokens_estimated=bool(usage.get("tokens_estimated")),
                 cost_original=cost_original,
                 cost_actual=cost_actual,
@@ -340,6 +350,7 @@ class ChatService:
         m.tokens.labels(model, "completion").inc(completion)
         m.saved.labels(model, "prompt_compression").inc(saved)
         m.saved.labels(model, "cot_compression").inc(cot_saved)
+        m.saved.labels(model, "query_batching").inc(batch_saved)
 
     def _tokenskip_info(self, p: Prepared) -> dict[str, Any]:
         return {

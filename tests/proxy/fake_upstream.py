@@ -15,6 +15,11 @@ behaviour (litellm strips the provider prefix, so `openai/ok` arrives as `ok`):
              mid-body (no final chunk, no [DONE]); non-stream: HTTP 500.
     flaky    HTTP 500 on the first call after a reset, then like ok.
     slow     sleeps 0.3 s, then like ok.
+    multi    like ok, but a multi-query prompt (its last user message holds "<answers>" and
+             numbered queries "N. text") gets <answers>[{"id": N, "answer": "echo: text"}, ...]
+             </answers>, in reverse order (answers must be matched by id).
+    multi_garbage   a multi-query prompt gets prose without JSON; single queries like ok.
+    multi_partial   a multi-query prompt gets every answer but the last id's.
     other    HTTP 404, code "model_not_found".
 
 GET /_calls -> {"total", "by_model", "last_body", "last_auth"}; POST /_reset clears them
@@ -38,7 +43,17 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 STALL_S = 60.0
 SLOW_S = 0.3
-MODELS = ("ok", "fail500", "stall", "drop", "flaky", "slow")
+MODELS = (
+    "ok",
+    "fail500",
+    "stall",
+    "drop",
+    "flaky",
+    "slow",
+    "multi",
+    "multi_garbage",
+    "multi_partial",
+)
 
 
 class UpstreamDropped(RuntimeError):
@@ -78,6 +93,20 @@ def echo_answer(messages: list[dict[str, Any]]) -> tuple[str, dict[str, int]]:
         "total_tokens": prompt + completion,
     }
     return answer, usage
+
+
+def multi_answer(model: str, messages: list[dict[str, Any]], single: str) -> str:
+    """The `multi*` answers to a multi-query prompt (see the module docstring)."""
+    last = content_text(messages[-1].get("content")) if messages else ""
+    if "<answers>" not in last:
+        return single
+    queries = re.findall(r"^(\d+)\. (.*)$", last, flags=re.M)
+    if model == "multi_garbage":
+        return "I am not sure how to format that, but the answers are probably fine."
+    if model == "multi_partial":
+        queries = queries[:-1]
+    items = [{"id": int(i), "answer": "echo: " + text} for i, text in reversed(queries)]
+    return "<answers>" + json.dumps(items) + "</answers>"
 
 
 def stream_pieces(answer: str) -> list[str]:
@@ -177,6 +206,10 @@ def make_upstream_app(api_key: str | None = None) -> FastAPI:
             await asyncio.sleep(SLOW_S)
 
         answer, usage = echo_answer(body["messages"])
+        if model.startswith("multi"):
+            answer = multi_answer(model, body["messages"], answer)
+            usage["completion_tokens"] = words(answer)
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         if not stream:

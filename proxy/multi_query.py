@@ -1,0 +1,483 @@
+"""Query-OPT in the gateway: ``POST /v1/multi_query`` and transparent query batching.
+
+Both put a shared context once and several queries after it into one upstream call
+(:mod:`tokenskip.multi_query` builds and parses it). Whatever the merged answer does not give
+back cleanly is answered by a call of its own, so every query gets exactly one answer, its
+own. The merged call's ledger row carries the input tokens it saved (kind ``query_batching``)
+against one call per query.
+
+Transparent batching (a model's ``tokenskip: {batch: {...}}``): chat requests that arrive
+within ``window_ms`` of each other and differ only in their last user message (same model,
+same earlier messages, same sampling parameters) are merged, up to ``max_queries``; each
+caller gets its answer as a normal chat completion (or stream). A request that cannot be
+merged, or whose answer does not come back, takes the normal path unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from proxy.errors import ProxyError
+from proxy.policy import BatchSettings
+from proxy.protocol import ChatCompletionRequest, ChatMessage, completion_id, now
+from tokenskip.errors import InvalidInputError
+from tokenskip.multi_query import Query, build_messages, make_queries, parse_answers
+
+if TYPE_CHECKING:
+    from proxy.config import ModelEntry
+    from proxy.service import ChatService
+
+log = logging.getLogger(__name__)
+
+
+class QueryItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: int = Field(ge=0)
+    query: str = Field(min_length=1)
+
+
+class MultiQueryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    context: str | list[ChatMessage] = Field(
+        description="a text, or the messages every query shares (system prompt, document, shots)"
+    )
+    queries: list[str | QueryItem] = Field(min_length=1, max_length=256)
+    max_tokens: int | None = Field(None, gt=0, description="per answer")
+    temperature: float | None = Field(None, ge=0, le=2)
+
+
+@dataclass
+class Merged:
+    """A merged call's outcome."""
+
+    answers: dict[int, str]
+    missing: list[int]
+    problems: list[str]
+    prompt_tokens: int
+    """As the upstream reported it (billed)."""
+    completion_tokens: int
+    counted_prompt_tokens: int
+    """The merged prompt counted by the gateway, in the same units as ``separate``."""
+    separate_prompt_tokens: int
+    """What one call per query would have sent, counted the same way."""
+
+
+def _content(m: dict[str, Any]) -> str:
+    c = m.get("content")
+    if isinstance(c, list):
+        return "".join(p.get("text", "") for p in c if isinstance(p, dict))
+    return c or ""
+
+
+class MultiQuery:
+    """Merged calls over the chat service (its routing, fallbacks and accounting)."""
+
+    def __init__(self, service: ChatService):
+        self.service = service
+
+    # -- counting and limits --------------------------------------------------------------
+    def count(self, entry: ModelEntry, messages: list[dict[str, Any]]) -> int:
+        """Prompt tokens of ``messages`` in the model's chat template where it is known."""
+        tok = self.service.counter(entry).tokenizer
+        hf = getattr(tok, "hf", None)
+        if hf is not None and getattr(hf, "chat_template", None):
+            chat = [{"role": m["role"], "content": _content(m)} for m in messages]
+            return len(
+                hf.apply_chat_template(
+                    chat, add_generation_prompt=True, tokenize=True, return_dict=False
+                )
+            )
+        return sum(tok.count(_content(m)) + 4 for m in messages)
+
+    def window(self, entry: ModelEntry, settings: BatchSettings | None) -> int | None:
+        if settings is not None and settings.max_context_tokens:
+            return settings.max_context_tokens
+        if entry.is_local:
+            return self.service.local.models[entry.name].engine.runner.max_positions
+        limit = (entry.model_info or {}).get("max_input_tokens")
+        return int(limit) if limit else None
+
+    @staticmethod
+    def single(context: str | list[dict[str, Any]], query: Query) -> list[dict[str, Any]]:
+        """The messages of one query asked on its own."""
+        if isinstance(context, str):
+            return [{"role": "user", "content": f"{context.rstrip()}\n\n{query.text}"}]
+        return [dict(m) for m in context] + [{"role": "user", "content": query.text}]
+
+    # -- calls ----------------------------------------------------------------------------
+    async def merged(
+        self,
+        entry: ModelEntry,
+        context: str | list[dict[str, Any]],
+        queries: list[Query],
+        *,
+        answer_tokens: int,
+        params: dict[str, Any],
+        settings: BatchSettings | None = None,
+    ) -> Merged | None:
+        """One call for all ``queries``; None when the merged prompt would not fit."""
+        messages = build_messages(context, queries)
+        prompt_tokens = self.count(entry, messages)
+        separate = sum(self.count(entry, self.single(context, q)) for q in queries)
+        max_tokens = answer_tokens * len(queries) + 16 * len(queries) + 32  # JSON framing
+        limit = self.window(entry, settings)
+        if limit is not None and prompt_tokens + max_tokens > limit:
+            log.info(
+                "not merging %d queries: %d + %d tokens > %d",
+                len(queries),
+                prompt_tokens,
+                max_tokens,
+                limit,
+            )
+            return None
+        request = ChatCompletionRequest.model_validate(
+            {
+                "model": entry.name,
+                "messages": messages,
+                "max_tokens": max_tokens,
+                "tokenskip": {"enabled": False},
+                **params,
+            }
+        )
+        prepared = await self.service.prepare(request)
+        prepared.batch_tokens_saved = max(0, separate - prompt_tokens)
+        result = await self.service.complete(prepared)
+        text = result["choices"][0]["message"]["content"] or ""
+        parsed = parse_answers(text, [q.id for q in queries])
+        if parsed.missing:
+            log.info("merged answer lacks ids %s: %s", parsed.missing, parsed.problems[:3])
+        usage = result["usage"]
+        return Merged(
+            parsed.answers,
+            parsed.missing,
+            parsed.problems,
+            usage["prompt_tokens"],
+            usage["completion_tokens"],
+            prompt_tokens,
+            separate,
+        )
+
+    async def one(
+        self, entry: ModelEntry, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> dict[str, Any]:
+        request = ChatCompletionRequest.model_validate(
+            {"model": entry.name, "messages": messages, "tokenskip": {"enabled": False}, **params}
+        )
+        return await self.service.complete(await self.service.prepare(request))
+
+    # -- POST /v1/multi_query -------------------------------------------------------------
+    async def run(self, body: MultiQueryRequest) -> dict[str, Any]:
+        entry = self.service.config.models.get(body.model)
+        if entry is None:
+            raise ProxyError(
+                404,
+                f"The model '{body.model}' does not exist on this gateway",
+                code="model_not_found",
+                param="model",
+            )
+        try:
+            queries = make_queries(
+                [q.model_dump() if isinstance(q, QueryItem) else q for q in body.queries]
+            )
+        except InvalidInputError as exc:
+            raise ProxyError(400, str(exc), param="queries") from None
+        context: str | list[dict[str, Any]]
+        if isinstance(body.context, str):
+            if not body.context.strip():
+                raise ProxyError(400, "context must be a non-empty string", param="context")
+            context = body.context
+        else:
+            context = [m.model_dump(exclude_none=True) for m in body.context]
+        answer_tokens = body.max_tokens or 256
+        params = {"temperature": body.temperature} if body.temperature is not None else {}
+        started = time.perf_counter()
+        merged = None
+        if len(queries) > 1:
+            merged = await self.merged(
+                entry,
+                context,
+                queries,
+                answer_tokens=answer_tokens,
+                params=params,
+                settings=entry.batch,
+            )
+        answers: list[dict[str, Any]] = []
+        prompt_tokens = merged.prompt_tokens if merged else 0
+        completion_tokens = merged.completion_tokens if merged else 0
+        counted = merged.counted_prompt_tokens if merged else 0
+        separate = merged.separate_prompt_tokens if merged else 0
+        calls = 1 if merged else 0
+        for q in queries:
+            if merged is not None and q.id in merged.answers:
+                answers.append(
+                    {
+                        "id": q.id,
+                        "query": q.text,
+                        "answer": merged.answers[q.id],
+                        "source": "merged",
+                    }
+                )
+                continue
+            single = self.single(context, q)
+            single_tokens = self.count(entry, single)
+            counted += single_tokens
+            if merged is None:
+                separate += single_tokens
+            result = await self.one(entry, single, {**params, "max_tokens": answer_tokens})
+            calls += 1
+            prompt_tokens += result["usage"]["prompt_tokens"]
+            completion_tokens += result["usage"]["completion_tokens"]
+            answers.append(
+                {
+                    "id": q.id,
+                    "query": q.text,
+                    "answer": result["choices"][0]["message"]["content"],
+                    "source": "single" if merged is None else "retried",
+                }
+            )
+        return {
+            "id": completion_id().replace("chatcmpl", "mq"),
+            "object": "multi_query",
+            "created": now(),
+            "model": entry.name,
+            "answers": answers,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "calls": calls,
+                "queries": len(queries),
+            },
+            "savings": {
+                "separate_calls": len(queries),
+                "separate_prompt_tokens": separate,
+                "sent_prompt_tokens": counted,
+                "prompt_tokens_saved": separate - counted,
+                "calls_saved": len(queries) - calls,
+                "separate_counted": "prompt tokens of one call per query, counted with the "
+                "model's tokenizer and chat template (estimated when the tokenizer is not the model's own)",
+            },
+            "format": {
+                "merged": merged is not None,
+                "complete": bool(merged and not merged.missing),
+                "missing_ids": merged.missing if merged else [],
+                "problems": merged.problems[:10] if merged else [],
+            },
+            "latency_s": round(time.perf_counter() - started, 4),
+        }
+
+
+# ---------------------------------------------------------------------------- batching
+
+
+@dataclass
+class BatchedAnswer:
+    text: str
+    batch_size: int
+    prompt_tokens: int
+    """This request's share of the merged prompt."""
+    prompt_tokens_single: int
+    """What the request would have sent on its own."""
+    completion_tokens: int
+
+
+@dataclass
+class _Group:
+    entry: ModelEntry
+    settings: BatchSettings
+    prefix: list[dict[str, Any]]
+    params: dict[str, Any]
+    members: list[tuple[ChatCompletionRequest, asyncio.Future]]
+    timer: asyncio.TimerHandle | None = None
+
+
+class Batcher:
+    """Merges concurrent chat requests that share everything but their last user message."""
+
+    def __init__(self, mq: MultiQuery):
+        self.mq = mq
+        self._groups: dict[str, _Group] = {}
+        self.merged_calls = 0
+        self.merged_queries = 0
+
+    def settings(self, model: str) -> BatchSettings | None:
+        entry = self.mq.service.config.models.get(model)
+        return entry.batch if entry is not None else None
+
+    def _key(self, body: ChatCompletionRequest) -> tuple[str, list[dict], dict] | None:
+        """The group a request may join, or None if it must go alone."""
+        opts = body.tokenskip
+        if opts is not None and (
+            opts.batch is False
+            or opts.enabled is False
+            or opts.prompt_ratio is not None
+            or opts.cot_ratio is not None
+        ):
+            return None
+        if body.model_extra or (body.n or 1) != 1 or len(body.messages) < 2:
+            return None  # tools, response_format, ...: not ours to merge
+        last = body.messages[-1]
+        if last.role != "user" or not isinstance(last.content, str) or not last.content.strip():
+            return None
+        prefix = [m.model_dump(exclude_none=True) for m in body.messages[:-1]]
+        params = body.model_dump(
+            exclude_none=True,
+            exclude={
+                "model",
+                "messages",
+                "tokenskip",
+                "stream",
+                "stream_options",
+                "max_tokens",
+                "max_completion_tokens",
+                "user",
+            },
+        )
+        key = json.dumps([body.model, prefix, params], sort_keys=True, ensure_ascii=False)
+        return key, prefix, params
+
+    async def submit(self, body: ChatCompletionRequest) -> BatchedAnswer | None:
+        """This request's answer from a merged call, or None: then serve it normally."""
+        settings = self.settings(body.model)
+        found = self._key(body) if settings is not None else None
+        if settings is None or found is None:
+            return None
+        key, prefix, params = found
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        group = self._groups.get(key)
+        if group is None:
+            entry = self.mq.service.config.models[body.model]
+            group = _Group(entry, settings, prefix, params, [])
+            self._groups[key] = group
+            group.timer = loop.call_later(settings.window_ms / 1000, self._send, key)
+        group.members.append((body, future))
+        if len(group.members) >= settings.max_queries:
+            self._send(key)
+        return await future
+
+    def _send(self, key: str) -> None:
+        group = self._groups.pop(key, None)
+        if group is None:
+            return
+        if group.timer is not None:
+            group.timer.cancel()
+        asyncio.ensure_future(self._flush(group))
+
+    async def _flush(self, group: _Group) -> None:
+        live = [(b, f) for b, f in group.members if not f.done()]
+        try:
+            results = await self._answer(group, [b for b, _ in live]) if len(live) > 1 else None
+        except Exception as exc:  # the merged call failed: everyone goes alone
+            log.warning("merged call for %d queries failed: %s", len(live), exc)
+            results = None
+        for i, (_, future) in enumerate(live):
+            if not future.done():
+                future.set_result(results[i] if results else None)
+
+    async def _answer(
+        self, group: _Group, bodies: list[ChatCompletionRequest]
+    ) -> list[BatchedAnswer | None] | None:
+        entry, settings = group.entry, group.settings
+        if self.mq.count(entry, group.prefix) < settings.min_prefix_tokens:
+            return None
+        queries = make_queries([b.messages[-1].content for b in bodies])
+        answer_tokens = max(b.token_limit or settings.answer_tokens for b in bodies)
+        merged = await self.mq.merged(
+            entry,
+            group.prefix,
+            queries,
+            answer_tokens=answer_tokens,
+            params=group.params,
+            settings=settings,
+        )
+        if merged is None:
+            return None
+        self.merged_calls += 1
+        self.merged_queries += len(bodies)
+        counter = self.mq.service.counter(entry).tokenizer
+        share = round(merged.counted_prompt_tokens / len(bodies))
+        out: list[BatchedAnswer | None] = []
+        for q, body in zip(queries, bodies):
+            text = merged.answers.get(q.id)
+            out.append(
+                None
+                if text is None
+                else BatchedAnswer(
+                    text,
+                    len(bodies),
+                    share,
+                    self.mq.count(
+                        entry, group.prefix + [body.messages[-1].model_dump(exclude_none=True)]
+                    ),
+                    counter.count(text),
+                )
+            )
+        return out
+
+
+def batched_completion(body: ChatCompletionRequest, answer: BatchedAnswer) -> dict[str, Any]:
+    """A chat.completion for a request answered from a merged call."""
+    return {
+        "id": completion_id(),
+        "object": "chat.completion",
+        "created": now(),
+        "model": body.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.text},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": _usage(answer),
+        "tokenskip": {"batched": True, "batch_size": answer.batch_size, "cot_method": "none"},
+    }
+
+
+def _usage(answer: BatchedAnswer) -> dict[str, Any]:
+    return {
+        "prompt_tokens": answer.prompt_tokens,
+        "completion_tokens": answer.completion_tokens,
+        "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+        "prompt_tokens_original": answer.prompt_tokens_single,
+        "prompt_tokens_saved": max(0, answer.prompt_tokens_single - answer.prompt_tokens),
+        "tokens_estimated": True,
+    }
+
+
+async def batched_stream(body: ChatCompletionRequest, answer: BatchedAnswer):
+    """The same answer as SSE: role chunk, the content, finish, optional usage, [DONE]."""
+    cid, created = completion_id(), now()
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        data = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": body.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+            if delta is not None
+            else [],
+            **extra,
+        }
+        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    yield chunk({"content": answer.text})
+    yield chunk({}, "stop")
+    if body.stream_options and body.stream_options.include_usage:
+        yield chunk(
+            None, usage=_usage(answer), tokenskip={"batched": True, "batch_size": answer.batch_size}
+        )
+    yield "data: [DONE]\n\n"
