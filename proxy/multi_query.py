@@ -28,7 +28,13 @@ from proxy.errors import ProxyError
 from proxy.policy import BatchSettings
 from proxy.protocol import ChatCompletionRequest, ChatMessage, completion_id, now
 from tokenskip.errors import InvalidInputError
-from tokenskip.multi_query import Query, build_messages, make_queries, parse_answers
+from tokenskip.multi_query import (
+    Query,
+    build_messages,
+    make_queries,
+    parse_answers,
+    single_messages,
+)
 
 if TYPE_CHECKING:
     from proxy.config import ModelEntry
@@ -109,10 +115,7 @@ class MultiQuery:
 
     @staticmethod
     def single(context: str | list[dict[str, Any]], query: Query) -> list[dict[str, Any]]:
-        """The messages of one query asked on its own."""
-        if isinstance(context, str):
-            return [{"role": "user", "content": f"{context.rstrip()}\n\n{query.text}"}]
-        return [dict(m) for m in context] + [{"role": "user", "content": query.text}]
+        return single_messages(context, query.text)
 
     # -- calls ----------------------------------------------------------------------------
     async def merged(

@@ -89,6 +89,13 @@ def build_messages(
     return [dict(m) for m in context] + [{"role": "user", "content": block}]
 
 
+def single_messages(context: str | list[dict[str, Any]], query: str) -> list[dict[str, Any]]:
+    """One query asked alone against the same context (the baseline, and the retry)."""
+    if isinstance(context, str):
+        return [{"role": "user", "content": f"{context.rstrip()}\n\n{query}"}]
+    return [dict(m) for m in context] + [{"role": "user", "content": query}]
+
+
 # ---------------------------------------------------------------------------- parsing
 
 

@@ -30,6 +30,42 @@ def _positive(kind: type) -> Any:
     return parse
 
 
+def add_train_arguments(p: argparse.ArgumentParser, max_length: int = 2048) -> None:
+    """The LoRA SFT options every pipeline shares."""
+    g = p.add_argument_group("training")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--lora-r", type=_positive(int), default=8)
+    g.add_argument("--lora-alpha", type=_positive(int), default=16)
+    g.add_argument("--lora-dropout", type=float, default=0.05)
+    g.add_argument("--lr", type=_positive(float), default=5e-5)
+    g.add_argument("--epochs", type=_positive(float), default=3.0)
+    g.add_argument("--max-steps", type=_positive(int), default=None, help="overrides --epochs")
+    g.add_argument("--batch-size", type=_positive(int), default=4)
+    g.add_argument("--grad-accum", type=_positive(int), default=1)
+    g.add_argument("--max-length", type=_positive(int), default=max_length)
+    g.add_argument("--save-steps", type=_positive(int), default=50)
+    g.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
+    g.add_argument("--allow-download", action="store_true", help="allow hub downloads")
+    g.add_argument("--no-progress", action="store_true")
+
+
+def train_settings(args: argparse.Namespace) -> Any:
+    from trainers.sft import LoraSettings, TrainSettings
+
+    return TrainSettings(
+        lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout),
+        learning_rate=args.lr,
+        epochs=args.epochs,
+        max_steps=args.max_steps or -1,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        max_length=args.max_length,
+        save_steps=args.save_steps,
+        precision=args.precision,
+        seed=args.seed,
+    )
+
+
 def add_train_parser(subparsers: Any) -> None:
     from tokenskip.scorers import SCORER_NAMES
 
@@ -65,18 +101,7 @@ def add_train_parser(subparsers: Any) -> None:
         action="store_true",
         help="draw γ from the grid only (default: the grid plus 1.0, as in the paper)",
     )
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--lora-r", type=_positive(int), default=8)
-    t.add_argument("--lora-alpha", type=_positive(int), default=16)
-    t.add_argument("--lora-dropout", type=float, default=0.05)
-    t.add_argument("--lr", type=_positive(float), default=5e-5)
-    t.add_argument("--epochs", type=_positive(float), default=3.0)
-    t.add_argument("--max-steps", type=_positive(int), default=None, help="overrides --epochs")
-    t.add_argument("--batch-size", type=_positive(int), default=4)
-    t.add_argument("--grad-accum", type=_positive(int), default=1)
-    t.add_argument("--max-length", type=_positive(int), default=2048)
-    t.add_argument("--save-steps", type=_positive(int), default=50)
-    t.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
+    add_train_arguments(t)
     t.add_argument(
         "--on-bad-record",
         choices=("raise", "skip"),
@@ -84,17 +109,47 @@ def add_train_parser(subparsers: Any) -> None:
         help="a malformed dataset line stops the run (default) or is skipped and reported",
     )
     t.add_argument("--merge", action="store_true", help="also write base + adapter merged")
-    t.add_argument("--allow-download", action="store_true", help="allow hub downloads")
-    t.add_argument("--no-progress", action="store_true")
     t.set_defaults(run=run_train_tokenskip)
+
+    q = sub.add_parser(
+        "query-opt",
+        help="teach a model to answer many queries over one context in one call",
+        description="Build multi-query examples (a shared context, N numbered queries, a "
+        "marked JSON array of answers) and fine-tune a LoRA on them. Built-in data: GSM8K with "
+        "a shared k-shot CoT prompt as the context. Rerunning with the same settings resumes.",
+    )
+    q.add_argument("--model", default="smollm2", help="base model (default: smollm2)")
+    q.add_argument("--out", default=None, help="run directory (default: runs/query-opt-MODEL)")
+    q.add_argument(
+        "--data", default=None, help="JSONL of {context, queries, answers} (default: GSM8K)"
+    )
+    q.add_argument("--gsm8k-data", default=None, help="GSM8K JSONL file/dir or openai/gsm8k")
+    q.add_argument("--split", default="train")
+    q.add_argument("--limit", type=_positive(int), default=None, help="first N records only")
+    q.add_argument("--shots", type=int, default=8, help="exemplars in the shared GSM8K context")
+    q.add_argument("--min-queries", type=_positive(int), default=2)
+    q.add_argument("--max-queries", type=_positive(int), default=8)
+    q.add_argument("--groups", type=_positive(int), default=500, help="GSM8K groups to build")
+    q.add_argument(
+        "--answer-source",
+        choices=("reference", "model"),
+        default="reference",
+        help="answers from the data set, or the model's own single-query answers",
+    )
+    q.add_argument(
+        "--on-bad-record",
+        choices=("raise", "skip"),
+        default="raise",
+        help="a malformed data line stops the run (default) or is skipped and reported",
+    )
+    add_train_arguments(q, max_length=4096)
+    q.set_defaults(run=run_train_query_opt)
 
 
 def run_train_tokenskip(args: argparse.Namespace) -> int:
-    from trainers.sft import LoraSettings
     from trainers.tokenskip_run import TokenSkipConfig, run_tokenskip
 
     out = args.out or str(Path("runs") / f"tokenskip-{Path(args.model).name}")
-    lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)
     config = TokenSkipConfig(
         model=args.model,
         out_dir=out,
@@ -110,16 +165,7 @@ def run_train_tokenskip(args: argparse.Namespace) -> int:
         scorer_model=args.scorer_model,
         delimiter=args.delimiter,
         include_original=not args.no_original,
-        seed=args.seed,
-        lora=lora,
-        learning_rate=args.lr,
-        epochs=args.epochs,
-        max_steps=args.max_steps or -1,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        max_length=args.max_length,
-        save_steps=args.save_steps,
-        precision=args.precision,
+        train=train_settings(args),
         on_bad_record=args.on_bad_record,
         allow_download=args.allow_download,
     )
@@ -133,6 +179,39 @@ def run_train_tokenskip(args: argparse.Namespace) -> int:
         "train_loss": t["train_loss"],
         "gamma_counts": meta["data"]["build"]["gamma_counts"],
         "delimiter": meta["delimiter"],
+    }
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0
+
+
+def run_train_query_opt(args: argparse.Namespace) -> int:
+    from trainers.query_opt import QueryOptConfig, run_query_opt
+
+    out = args.out or str(Path("runs") / f"query-opt-{Path(args.model).name}")
+    config = QueryOptConfig(
+        model=args.model,
+        out_dir=out,
+        data=args.data,
+        gsm8k_data=args.gsm8k_data,
+        split=args.split,
+        limit=args.limit,
+        shots=args.shots,
+        min_queries=args.min_queries,
+        max_queries=args.max_queries,
+        groups=args.groups,
+        answer_source=args.answer_source,
+        on_bad_record=args.on_bad_record,
+        train=train_settings(args),
+        allow_download=args.allow_download,
+    )
+    meta = run_query_opt(config, progress=not args.no_progress)
+    t = meta["training"]
+    summary = {
+        "adapter": t["adapter"],
+        "examples": t["examples"],
+        "steps": t["steps"],
+        "train_loss": t["train_loss"],
+        "groups": meta["data"]["groups"],
     }
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0

@@ -39,15 +39,10 @@ class LoraSettings:
 
 
 @dataclass
-class SFTConfig:
-    """How to fine-tune (defaults: the TokenSkip paper's LoRA recipe)."""
+class TrainSettings:
+    """How to fine-tune (defaults: the TokenSkip paper's LoRA recipe); shared by every
+    pipeline."""
 
-    model: str
-    """Base model: embedded name, local HF directory, .gguf, or a hub id in the local cache."""
-    train_file: str
-    """JSONL of {"prompt", "completion"} records."""
-    out_dir: str
-    """Receives ``checkpoints/`` and ``adapter/``."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     learning_rate: float = 5e-5
     epochs: float = 3.0
@@ -65,9 +60,10 @@ class SFTConfig:
     save_total_limit: int = 2
     precision: str = "auto"
     """``auto`` (bf16 where the GPU supports it, else fp32), ``bf16``, ``fp16`` or ``fp32``."""
-    allow_download: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.lora, dict):
+            self.lora = LoraSettings(**self.lora)
         if self.learning_rate <= 0:
             raise InvalidInputError(f"learning rate must be positive, got {self.learning_rate}")
         if self.max_steps <= 0 and self.epochs <= 0:
@@ -79,6 +75,18 @@ class SFTConfig:
             raise InvalidInputError(f"warmup ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise InvalidInputError(f"precision must be auto, bf16, fp16 or fp32: {self.precision}")
+
+
+@dataclass
+class SFTConfig:
+    model: str
+    """Base model: embedded name, local HF directory, .gguf, or a hub id in the local cache."""
+    train_file: str
+    """JSONL of {"prompt", "completion"} records."""
+    out_dir: str
+    """Receives ``checkpoints/`` and ``adapter/``."""
+    train: TrainSettings = field(default_factory=TrainSettings)
+    allow_download: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,24 +191,23 @@ def train_lora(
 
     from tokenskip.models import load_model
 
+    t = config.train
     pairs = read_pairs(config.train_file)
     loaded = load_model(config.model, allow_download=config.allow_download)
     tokenizer = loaded.tokenizer
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
-    examples = [
-        tokenize_pair(tokenizer, p["prompt"], p["completion"], config.max_length) for p in pairs
-    ]
-    truncated = sum(1 for e in examples if len(e["input_ids"]) == config.max_length)
+    examples = [tokenize_pair(tokenizer, p["prompt"], p["completion"], t.max_length) for p in pairs]
+    truncated = sum(1 for e in examples if len(e["input_ids"]) == t.max_length)
     if all(all(label == IGNORE_INDEX for label in e["labels"]) for e in examples):
         raise InvalidInputError(
-            f"every example's completion falls beyond max_length={config.max_length}"
+            f"every example's completion falls beyond max_length={t.max_length}"
         )
 
     model = loaded.model
     model.config.use_cache = False
-    lora = config.lora
+    lora = t.lora
     model = get_peft_model(
         model,
         LoraConfig(
@@ -216,22 +223,22 @@ def train_lora(
     out = Path(config.out_dir)
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"),
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.scheduler,
-        warmup_steps=config.warmup_ratio,  # a float < 1 is a share of the total steps
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        logging_steps=config.logging_steps,
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        seed=config.seed,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_ratio,  # a float < 1 is a share of the total steps
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        logging_steps=t.logging_steps,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
         report_to="none",
         remove_unused_columns=False,
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=not progress,
-        **_precision(config.precision),
+        **_precision(t.precision),
     )
     trainer = Trainer(
         model=model,

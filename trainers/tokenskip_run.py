@@ -17,7 +17,6 @@ apply the ratio knob (its ``delimiter``), plus what produced the adapter.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +33,8 @@ from trainers.cot_data import (
     collect_cots,
     compress_cots,
 )
-from trainers.sft import LoraSettings, SFTConfig, merge_adapter, train_lora
+from trainers.runs import claim_run_dir, is_main_process, on_main_process_first
+from trainers.sft import SFTConfig, TrainSettings, merge_adapter, train_lora
 
 ADAPTER_META = "tokenskip.json"
 META_FORMAT = "tokenskip-adapter/1"
@@ -56,16 +56,7 @@ class TokenSkipConfig:
     scorer_model: str | None = None
     delimiter: str | None = None
     include_original: bool = True
-    seed: int = 0
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    learning_rate: float = 5e-5
-    epochs: float = 3.0
-    max_steps: int = -1
-    batch_size: int = 4
-    grad_accum: int = 1
-    max_length: int = 2048
-    save_steps: int = 50
-    precision: str = "auto"
+    train: TrainSettings = field(default_factory=TrainSettings)
     on_bad_record: Literal["raise", "skip"] = "raise"
     allow_download: bool = False
 
@@ -107,7 +98,7 @@ class TokenSkipConfig:
             out_file=str(Path(self.out_dir) / "train.jsonl"),
             delimiter=self.delimiter,
             include_original=self.include_original,
-            seed=self.seed,
+            seed=self.train.seed,
         )
 
     def sft(self) -> SFTConfig:
@@ -115,51 +106,14 @@ class TokenSkipConfig:
             model=self.model,
             train_file=str(Path(self.out_dir) / "train.jsonl"),
             out_dir=self.out_dir,
-            lora=self.lora,
-            learning_rate=self.learning_rate,
-            epochs=self.epochs,
-            max_steps=self.max_steps,
-            batch_size=self.batch_size,
-            grad_accum=self.grad_accum,
-            max_length=self.max_length,
-            seed=self.seed,
-            save_steps=self.save_steps,
-            precision=self.precision,
+            train=self.train,
             allow_download=self.allow_download,
         )
 
 
-def claim_run_dir(config: TokenSkipConfig) -> None:
-    """Make ``out_dir`` this run's, or refuse if it holds a different run.
-
-    The same configuration resumes (every stage skips what it finished); any difference is
-    an error naming the fields, so no earlier output is overwritten silently.
-    """
-    out = Path(config.out_dir)
-    if out.exists() and not out.is_dir():
-        raise InvalidInputError(f"--out {out} exists and is not a directory")
-    marker = out / "run.json"
-    mine = json.loads(json.dumps(asdict(config)))
-    if marker.is_file():
-        theirs = json.loads(marker.read_text())
-        if theirs != mine:
-            fields = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
-            raise InvalidInputError(
-                f"{out} holds a different run (differs in: {', '.join(fields)}); "
-                "rerun with the same settings to resume, or pick another --out"
-            )
-        return
-    if out.is_dir() and any(out.iterdir()):
-        raise InvalidInputError(
-            f"{out} is not empty and holds no tokenskip run.json; pick another --out"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(mine, indent=2) + "\n")
-
-
 def prepare_data(config: TokenSkipConfig, hf: Any, progress: bool) -> dict[str, Any]:
     """Stages 1-3 (each resumes); returns their summaries."""
-    claim_run_dir(config)
+    claim_run_dir(config.out_dir, asdict(config))
     collected = collect_cots(config.collect(), progress=progress, tokenizer=hf)
     if collected["kept"] == 0:
         raise InvalidInputError(
@@ -169,26 +123,6 @@ def prepare_data(config: TokenSkipConfig, hf: Any, progress: bool) -> dict[str, 
     compressed = compress_cots(config.compress(), progress=progress)
     built = build_examples(config.build(), tokenizer=hf)
     return {"collect": collected, "compress": compressed, "build": built}
-
-
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _on_main_process_first(prepare: Any, out_dir: str) -> dict[str, Any]:
-    """Under ``accelerate launch``, rank 0 prepares the data while the others wait, then they
-    read its summary; a single process just prepares."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return prepare()
-    from accelerate import PartialState
-
-    state = PartialState()
-    summary = Path(out_dir) / "data.json"
-    if state.is_main_process:
-        data = prepare()
-        summary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    state.wait_for_everyone()
-    return data if state.is_main_process else json.loads(summary.read_text())
 
 
 def run_tokenskip(
@@ -211,9 +145,9 @@ def run_tokenskip(
     delimiter = config.delimiter or default_delimiter(hf)
     check_delimiter(hf, delimiter)  # before any long work
     started = time.time()
-    data = _on_main_process_first(lambda: prepare_data(config, hf, progress), config.out_dir)
+    data = on_main_process_first(lambda: prepare_data(config, hf, progress), config.out_dir)
     trained = train_lora(config.sft(), callbacks=callbacks, progress=progress)
-    if not _is_main_process():
+    if not is_main_process():
         return {}
     meta = {
         "format": META_FORMAT,

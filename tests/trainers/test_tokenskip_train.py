@@ -13,7 +13,7 @@ from tests.trainers.conftest import write_gsm8k
 from tokenskip.cli import main
 from tokenskip.errors import InvalidInputError
 from tokenskip.models import load_model
-from trainers.sft import LoraSettings, last_checkpoint
+from trainers.sft import LoraSettings, TrainSettings, last_checkpoint
 from trainers.tokenskip_run import TokenSkipConfig, read_adapter_meta, run_tokenskip
 
 
@@ -26,12 +26,14 @@ def tiny_config(tmp_path, **overrides):
         cot_source="reference",
         grid=(0.5, 0.7),
         scorer="heuristic",
-        lora=LoraSettings(r=4, alpha=32, dropout=0.0),
-        learning_rate=5e-3,  # a few steps must visibly move the model
-        max_steps=4,
-        batch_size=2,
-        save_steps=2,
-        precision="fp32",
+        train=TrainSettings(
+            lora=LoraSettings(r=4, alpha=32, dropout=0.0),
+            learning_rate=5e-3,  # a few steps must visibly move the model
+            max_steps=4,
+            batch_size=2,
+            save_steps=2,
+            precision="fp32",
+        ),
     )
     settings.update(overrides)
     return TokenSkipConfig(**settings)
@@ -81,7 +83,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(trained):
     _, config, meta = trained
     t = meta["training"]
     assert t["resumed_from"].endswith("checkpoint-2")
-    assert t["steps"] == config.max_steps
+    assert t["steps"] == config.train.max_steps
     assert t["examples"] == 6 and t["trainable_params"] > 0
 
 

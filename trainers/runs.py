@@ -1,0 +1,59 @@
+"""Run directories shared by the training pipelines: one run per directory, resumable, and
+safe under ``accelerate launch`` (data preparation on rank 0 only)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from tokenskip.errors import InvalidInputError
+
+
+def claim_run_dir(out_dir: str, config: dict[str, Any]) -> None:
+    """Make ``out_dir`` this run's, or refuse if it holds a different run.
+
+    The same configuration resumes (every stage skips what it finished); any difference is
+    an error naming the fields, so no earlier output is overwritten silently.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--out {out} exists and is not a directory")
+    marker = out / "run.json"
+    mine = json.loads(json.dumps(config))
+    if marker.is_file():
+        theirs = json.loads(marker.read_text())
+        if theirs != mine:
+            fields = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
+            raise InvalidInputError(
+                f"{out} holds a different run (differs in: {', '.join(fields)}); "
+                "rerun with the same settings to resume, or pick another --out"
+            )
+        return
+    if out.is_dir() and any(out.iterdir()):
+        raise InvalidInputError(
+            f"{out} is not empty and holds no tokenskip run.json; pick another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(mine, indent=2) + "\n")
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def on_main_process_first(prepare: Any, out_dir: str) -> dict[str, Any]:
+    """Under ``accelerate launch``, rank 0 prepares the data while the others wait, then they
+    read its summary; a single process just prepares."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return prepare()
+    from accelerate import PartialState
+
+    state = PartialState()
+    summary = Path(out_dir) / "data.json"
+    if state.is_main_process:
+        data = prepare()
+        summary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    state.wait_for_everyone()
+    return data if state.is_main_process else json.loads(summary.read_text())
