@@ -85,6 +85,9 @@ class ModelEntry:
     """Base model served in-process (embedded name, directory or GGUF)."""
     adapter: str | None = None
     """LoRA adapter directory for a local model."""
+    kernels: bool = False
+    """Local model: route RMSNorm and SwiGLU through the Triton kernels (CUDA only; the
+    torch references elsewhere)."""
     tokenizer: str | None = None
     """Model whose tokenizer counts tokens exactly (remote models)."""
     delimiter: str | None = None
@@ -150,6 +153,7 @@ def _entry(raw: Any, index: int, defaults: CompressionPolicy, direct_ok: bool) -
             policy,
             local_model=str(local["model"]),
             adapter=local.get("adapter"),
+            kernels=bool(local.get("kernels", False)),
             tokenizer=tokenizer,
             batch=batch,
         )

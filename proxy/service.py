@@ -112,6 +112,10 @@ class ChatService:
                 bases.setdefault(entry.local_model, []).append(entry)
         for base, entries in bases.items():
             loaded = load_model(base)
+            if any(e.kernels for e in entries):
+                from proxy.local.kernels import install
+
+                log.info("%s: %d modules on the kernel path", base, install(loaded.model))
             adapters = {e.name: e.adapter for e in entries if e.adapter}
             self.local.add_engine(
                 base,

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 import pytest
+import torch
+
+# Triton kernels run in Triton's interpreter on machines without CUDA; the variable is read
+# when a kernel is defined, so it must be set before anything imports proxy.local.kernels.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from tokenskip.models import load_model
 from tokenskip.tokens import TextTokenizer
