@@ -1,0 +1,133 @@
+"""Query-OPT on a local model: N queries per call vs one call per query, on GSM8K.
+
+For each N: groups of N test questions are asked against a shared k-shot CoT context (the
+Query-OPT training format) in one call each, and the same questions are asked one per call.
+Reported per N: format success (the reply parsed with every id), answer accuracy of merged
+vs single answers on the same questions, input tokens and calls per query, and wall time per
+query with both modes run at the same batch size (labeled: not batch-1 latency).
+
+    .venv/bin/python bench/query_opt.py --groups 8 --ns 2,4,8 [--adapter runs/query-opt/adapter]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.provenance import command_line  # noqa: E402
+from evaluation.report import provenance  # noqa: E402
+from evaluation import gsm8k  # noqa: E402
+from evaluation.generate import LocalGenerator, Prompt  # noqa: E402
+from tokenskip.multi_query import build_messages, make_queries, parse_answers, single_messages  # noqa: E402
+from trainers.query_opt import gsm8k_context  # noqa: E402
+
+
+def run(args: argparse.Namespace) -> dict:
+    test = gsm8k.load_gsm8k(args.data, split="test")
+    train = gsm8k.load_gsm8k(args.data, split="train")
+    context = gsm8k_context(gsm8k.shots_from(train, args.shots, seed=0))
+    generator = LocalGenerator(args.model, adapter=args.adapter, batch_size=args.batch_size)
+    tok = generator.tokenizer
+    adapter_on = args.adapter is not None
+
+    def count(messages: list[dict]) -> int:
+        return len(generator.prompt_ids(Prompt(tuple(messages))))
+
+    results = {}
+    offset = 0
+    for n in args.ns:
+        problems = test.problems[offset : offset + n * args.groups]
+        offset += n * args.groups
+        groups = [problems[i : i + n] for i in range(0, len(problems), n)]
+        merged_prompts, single_prompts = [], []
+        for g in groups:
+            queries = make_queries([p.question for p in g])
+            merged_prompts.append(
+                Prompt(tuple(build_messages(context, queries)), adapter=adapter_on)
+            )
+        for p in problems:
+            single_prompts.append(Prompt(tuple(single_messages(context, p.question))))
+        t0 = time.perf_counter()
+        merged = generator.generate(merged_prompts, args.answer_tokens * n + 32)
+        merged_wall = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        singles = generator.generate(single_prompts, args.answer_tokens)
+        single_wall = time.perf_counter() - t0
+
+        complete = merged_correct = single_correct = missing = 0
+        for g, out in zip(groups, merged):
+            parsed = parse_answers(out.text, list(range(1, len(g) + 1)))
+            complete += parsed.complete
+            missing += len(parsed.missing)
+            for i, p in enumerate(g, start=1):
+                answer = parsed.answers.get(i)
+                merged_correct += bool(answer) and gsm8k.is_correct(
+                    gsm8k.extract_answer(answer), p.answer
+                )
+        for p, out in zip(problems, singles):
+            single_correct += gsm8k.is_correct(gsm8k.extract_answer(out.text), p.answer)
+        queries_total = len(problems)
+        merged_in = sum(count(list(pr.messages)) for pr in merged_prompts)
+        single_in = sum(count(list(pr.messages)) for pr in single_prompts)
+        results[str(n)] = {
+            "groups": len(groups),
+            "queries": queries_total,
+            "format_success": round(complete / len(groups), 4),
+            "missing_answers": missing,
+            "accuracy_merged": round(merged_correct / queries_total, 4),
+            "accuracy_single": round(single_correct / queries_total, 4),
+            "input_tokens_per_query_merged": round(merged_in / queries_total, 1),
+            "input_tokens_per_query_single": round(single_in / queries_total, 1),
+            "input_token_reduction": round(single_in / merged_in, 2),
+            "calls_per_query_merged": round(len(groups) / queries_total, 3),
+            "calls_per_query_merged_with_retries": round(
+                (len(groups) + missing) / queries_total, 3
+            ),
+            "wall_s_per_query_merged": round(merged_wall / queries_total, 3),
+            "wall_s_per_query_single": round(single_wall / queries_total, 3),
+            "output_tokens_merged": sum(g.output_tokens for g in merged),
+            "output_tokens_single": sum(g.output_tokens for g in singles),
+            "example_reply": merged[0].text[:600],
+        }
+        print(json.dumps({n: {k: v for k, v in results[str(n)].items() if k != "example_reply"}}))
+    generator.close()
+    del tok
+    return {
+        "model": args.model,
+        "adapter": args.adapter,
+        "shots": args.shots,
+        "batch_size": args.batch_size,
+        "answer_tokens": args.answer_tokens,
+        "results": results,
+        "wall_note": f"both modes generated at batch size {args.batch_size}; wall time per query, not batch-1 latency",
+        "command": command_line(),
+        **provenance(),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--adapter", default=None)
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--shots", type=int, default=3)
+    ap.add_argument("--groups", type=int, default=8)
+    ap.add_argument("--ns", default="2,4,8")
+    ap.add_argument("--answer-tokens", type=int, default=160)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--out", default="reports/query_opt_smollm2.json")
+    args = ap.parse_args()
+    args.ns = [int(n) for n in args.ns.split(",")]
+    report = run(args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
