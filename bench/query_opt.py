@@ -19,10 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.provenance import command_line  # noqa: E402
-from evaluation.report import provenance  # noqa: E402
+from provenance import command_line  # noqa: E402
+
 from evaluation import gsm8k  # noqa: E402
 from evaluation.generate import LocalGenerator, Prompt  # noqa: E402
+from evaluation.report import provenance  # noqa: E402
 from tokenskip.multi_query import build_messages, make_queries, parse_answers, single_messages  # noqa: E402
 from trainers.query_opt import gsm8k_context  # noqa: E402
 
