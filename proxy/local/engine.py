@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from proxy.local.runner import Batch, Runner
+from proxy.local.speculative import SpeculativeSettings, SpeculativeStats
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,20 @@ class GenerationRequest:
 class Engine:
     """Serves :class:`GenerationRequest` s for one :class:`Runner` on one worker thread."""
 
-    def __init__(self, runner: Runner, max_batch: int = 8):
+    def __init__(
+        self,
+        runner: Runner,
+        max_batch: int = 8,
+        speculative: SpeculativeSettings | None = None,
+    ):
         if max_batch <= 0:
             raise ValueError(f"max_batch must be positive, got {max_batch}")
         self.runner = runner
         self.max_batch = max_batch
+        self.speculative = speculative
+        """Self-speculative layer skipping for a lone greedy request (None: off)."""
+        self.spec_stats = SpeculativeStats()
+        self._k = speculative.k if speculative else 1
         self._pending: deque[GenerationRequest] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -156,26 +166,73 @@ class Engine:
             tokens[i] = token
             if request.first_token_at is None:
                 request.first_token_at = time.perf_counter()
-            if token in runner.eos_ids:
-                self._flush(request, final=True)
-                self._finish(request, "stop")
-                continue
-            request.output_ids.append(token)
-            request.text = runner.tokenizer.decode(request.output_ids, skip_special_tokens=True)
-            reason = _stop_reason(request)
-            self._flush(request, final=reason is not None)
-            if reason is not None:
-                self._finish(request, reason)
-                continue
-            still.append(i)
+            if not self._accept(request, token):
+                still.append(i)
         if not still:
             return [], None
         if len(still) < len(rows) and batch.resizable:
             batch = batch.keep(still)
             tokens = tokens[still]
             rows = [rows[i] for i in still]
+        spec = self.speculative
+        if (
+            spec is not None
+            and len(rows) == 1
+            and rows[0].temperature <= 0
+            and batch.resizable
+            and not self._pending
+        ):
+            return self._speculate(rows, batch, int(tokens[0]), spec)
         with runner.activate(rows[0].adapter):
             return rows, runner.decode(tokens, batch)
+
+    def _accept(self, request: GenerationRequest, token: int) -> bool:
+        """Append one sampled token; True when the request is finished by it."""
+        runner = self.runner
+        if token in runner.eos_ids:
+            self._flush(request, final=True)
+            self._finish(request, "stop")
+            return True
+        request.output_ids.append(token)
+        request.text = runner.tokenizer.decode(request.output_ids, skip_special_tokens=True)
+        reason = _stop_reason(request)
+        self._flush(request, final=reason is not None)
+        if reason is not None:
+            self._finish(request, reason)
+            return True
+        return False
+
+    def _speculate(
+        self, rows: list[GenerationRequest], batch: Batch, token: int, spec: SpeculativeSettings
+    ) -> tuple[list, Batch | None]:
+        """A lone greedy row: draft with layers skipped, verify with all of them."""
+        from proxy.local.speculative import speculate
+
+        request = rows[0]
+        k = max(1, min(self._k, spec.max_k, request.max_new_tokens - len(request.output_ids)))
+        with self.runner.activate(request.adapter):
+            accepted, logits, mask = speculate(
+                self.runner.model,
+                token,
+                batch.cache,
+                batch.mask,
+                int(batch.positions[0]),
+                spec.skip,
+                k,
+            )
+        stats = self.spec_stats
+        stats.rounds += 1
+        stats.drafted += k
+        stats.accepted += len(accepted)
+        stats.tokens += len(accepted) + 1
+        n = self.runner.num_layers
+        stats.layers_run += k * (n - len(spec.skip)) + n
+        self._k = self._k + 1 if len(accepted) == k else max(1, self._k - 1)
+        for t in accepted:
+            if self._accept(request, t):
+                return [], None
+        step = len(accepted) + 1
+        return rows, Batch(logits, batch.cache, mask, batch.positions + step)
 
     def _finish(self, request: GenerationRequest, reason: str) -> None:
         request.finish_reason = reason

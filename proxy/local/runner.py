@@ -41,6 +41,7 @@ class Runner:
         self.model.eval()
         self.device = next(self.model.parameters()).device
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 2048))
+        self.num_layers = int(getattr(model.config, "num_hidden_layers", 0))
         ids = {tokenizer.eos_token_id}
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])

@@ -1,0 +1,75 @@
+"""Self-speculative decoding with layer skipping: lossless, and its calibration."""
+
+import threading
+
+import torch
+
+from proxy.local.engine import Engine, GenerationRequest
+from proxy.local.runner import Runner
+from proxy.local.speculative import SpeculativeSettings, agreement, calibrate, skipping
+
+PROMPTS = [
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
+    "May. How many clips did Natalia sell altogether in April and May?",
+    "Write a short poem about the sea.",
+    "What is the capital of France? Explain briefly.",
+]
+
+
+def chat_ids(tokenizer, question):
+    return list(
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+        )
+    )
+
+
+def generate(engine, prompt_ids, n):
+    done = threading.Event()
+    r = GenerationRequest(prompt_ids=prompt_ids, max_new_tokens=n)
+    r.on_done = lambda _: done.set()
+    engine.submit(r)
+    assert done.wait(300)
+    return r
+
+
+def test_speculative_greedy_output_is_the_full_models(smol):
+    engine = Engine(
+        Runner(smol.model, smol.tokenizer),
+        speculative=SpeculativeSettings(skip=(12, 14, 16, 18), k=3),
+    )
+    try:
+        for question in PROMPTS:
+            p = chat_ids(smol.tokenizer, question)
+            got = generate(engine, p, 40)
+            with torch.inference_mode():
+                hf = smol.model.generate(torch.tensor([p]), max_new_tokens=40, do_sample=False)
+            want = [t for t in hf[0, len(p) :].tolist() if t not in engine.runner.eos_ids]
+            assert got.output_ids == want[: len(got.output_ids)]
+            assert len(got.output_ids) == len(want)
+    finally:
+        engine.close()
+    s = engine.spec_stats
+    assert s.rounds > 0 and 0 < s.accepted <= s.drafted
+    assert s.to_dict()["layers_per_token"] < 30 * 1.5  # a sanity bound, not a target
+
+
+def test_skipping_restores_the_model(smol):
+    layers = smol.model.get_decoder().layers
+    with skipping(smol.model, [3, 4]):
+        assert len(smol.model.get_decoder().layers) == len(layers) - 2
+    assert smol.model.get_decoder().layers is layers
+
+
+def test_calibration_keeps_agreement_above_target(smol):
+    samples = [smol.tokenizer.encode(q)[:48] for q in PROMPTS[:2]]
+    cal = calibrate(smol.model, samples, target=0.9, max_fraction=0.1)
+    n = cal.num_layers
+    assert 0 not in cal.skip and n - 1 not in cal.skip
+    assert len(cal.skip) <= int(0.1 * n)
+    if cal.skip:
+        assert agreement(smol.model, samples, cal.skip) >= 0.9
+    assert cal.trace  # every step is recorded
