@@ -85,6 +85,9 @@ class ModelEntry:
     """Base model served in-process (embedded name, directory or GGUF)."""
     adapter: str | None = None
     """LoRA adapter directory for a local model."""
+    speculative: dict[str, Any] | None = None
+    """Local model: self-speculative layer skipping, ``{skip: [layers], k: 4}``; ``{}`` or
+    ``true`` calibrates the skip set at load (cached beside the model)."""
     kernels: bool = False
     """Local model: route RMSNorm and SwiGLU through the Triton kernels (CUDA only; the
     torch references elsewhere)."""
@@ -154,6 +157,7 @@ def _entry(raw: Any, index: int, defaults: CompressionPolicy, direct_ok: bool) -
             local_model=str(local["model"]),
             adapter=local.get("adapter"),
             kernels=bool(local.get("kernels", False)),
+            speculative=_speculative(local.get("speculative"), f"{where} ({name})"),
             tokenizer=tokenizer,
             batch=batch,
         )
@@ -169,6 +173,23 @@ def _entry(raw: Any, index: int, defaults: CompressionPolicy, direct_ok: bool) -
         batch=batch,
         backend="direct" if direct_ok and is_direct(params) else "litellm",
     )
+
+
+def _speculative(raw: Any, where: str) -> dict[str, Any] | None:
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return {}
+    if not isinstance(raw, dict) or set(raw) - {"skip", "k", "max_k", "target"}:
+        raise ValueError(
+            f"{where}: local.speculative must be true or a mapping of skip, k, max_k, target"
+        )
+    skip = raw.get("skip")
+    if skip is not None and (
+        not isinstance(skip, list) or not all(isinstance(i, int) and i > 0 for i in skip)
+    ):
+        raise ValueError(f"{where}: local.speculative.skip must be a list of layer indices > 0")
+    return dict(raw)
 
 
 def _fallbacks(raw: Any, models: dict[str, ModelEntry]) -> dict[str, tuple[str, ...]]:

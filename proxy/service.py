@@ -25,6 +25,7 @@ from proxy.config import GatewayConfig, ModelEntry
 from proxy.cot import apply_cot_ratio
 from proxy.errors import ProxyError
 from proxy.ledger import Ledger, LedgerRow
+from proxy.local.speculative import speculative_settings
 from proxy.metrics import Metrics
 from proxy.prompt import PromptCompression, compress_messages
 from proxy.protocol import ChatCompletionRequest, completion_id, error_body, now
@@ -117,12 +118,14 @@ class ChatService:
 
                 log.info("%s: %d modules on the kernel path", base, install(loaded.model))
             adapters = {e.name: e.adapter for e in entries if e.adapter}
+            spec = next((e.speculative for e in entries if e.speculative is not None), None)
             self.local.add_engine(
                 base,
                 loaded.model,
                 loaded.tokenizer,
                 max_batch=self.config.local_max_batch,
                 adapters=adapters,
+                speculative=None if spec is None else speculative_settings(base, loaded, spec),
             )
             for e in entries:
                 self.local.serve(e.name, base, e.name if e.adapter else None)

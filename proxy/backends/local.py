@@ -52,9 +52,18 @@ class LocalBackend:
         self.engines: dict[str, Engine] = {}
 
     def add_engine(
-        self, base: str, model: Any, tokenizer: Any, *, max_batch: int, adapters: dict[str, str]
+        self,
+        base: str,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_batch: int,
+        adapters: dict[str, str],
+        speculative: Any = None,
     ) -> Engine:
-        engine = Engine(Runner(model, tokenizer, adapters), max_batch=max_batch)
+        engine = Engine(
+            Runner(model, tokenizer, adapters), max_batch=max_batch, speculative=speculative
+        )
         self.engines[base] = engine
         return engine
 

@@ -199,3 +199,36 @@ def calibrate(
         candidates.remove(layer)
         best_agreement = score
     return Calibration(sorted(skip), round(best_agreement, 4), n, target, trace)
+
+
+CALIBRATION_TEXTS = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
+    "May. Natalia sold 48/2 = 24 clips in May. Natalia sold 48+24 = 72 clips altogether.",
+    "Weng earns $12 an hour for babysitting. Yesterday she did 50 minutes of babysitting. "
+    "She earns 12/60 = $0.2 per minute, so she earned 0.2 x 50 = $10.",
+    "The quick brown fox jumps over the lazy dog. Paris is the capital of France, and Rome is "
+    "the capital of Italy. Water boils at 100 degrees Celsius at sea level.",
+)
+
+
+def speculative_settings(name: str, loaded: Any, raw: dict[str, Any]) -> SpeculativeSettings:
+    """Settings from a model's ``local.speculative`` block; without a ``skip`` list the skip
+    set is calibrated once and cached under the model cache directory."""
+    from tokenskip.models import cache_dir
+
+    skip = raw.get("skip")
+    if skip is None:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+        target = float(raw.get("target", 0.8))
+        path = cache_dir() / "speculative" / f"{safe}-{target:g}.json"
+        if path.is_file():
+            skip = Calibration.load(path).skip
+        else:
+            samples = [loaded.tokenizer.encode(t) for t in CALIBRATION_TEXTS]
+            cal = calibrate(loaded.model, samples, target=target)
+            cal.save(path)
+            log.info("%s: calibrated skip set %s (agreement %.3f)", name, cal.skip, cal.agreement)
+            skip = cal.skip
+    return SpeculativeSettings(
+        skip=tuple(skip), k=int(raw.get("k", 4)), max_k=int(raw.get("max_k", 8))
+    )

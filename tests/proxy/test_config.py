@@ -51,6 +51,10 @@ def test_litellm_style_config_parses(monkeypatch):
         ),
         (lambda d: d["model_list"][0]["tokenskip"].update(prompt_ratio=2), "prompt_ratio"),
         (lambda d: d["tokenskip_settings"].update(bogus=1), "unknown tokenskip_settings"),
+        (lambda d: d["model_list"][0]["tokenskip"].update(batch={"max_queries": 1}), "max_queries"),
+        (lambda d: d["model_list"][0]["tokenskip"].update(batch={"windw_ms": 5}), "unknown batch"),
+        (lambda d: d["model_list"][2]["local"].update(speculative={"skip": [0]}), "speculative"),
+        (lambda d: d["model_list"][2]["local"].update(speculative="yes"), "speculative"),
     ],
 )
 def test_bad_configs_name_the_problem(mutate, message):
@@ -87,3 +91,15 @@ def test_backends_and_fallbacks_are_resolved():
     data["router_settings"]["fallbacks"] = [{"gpt-mini": ["nope"]}]
     with pytest.raises(ValueError, match="'nope', which is not in model_list"):
         parse_config(data, Settings())
+
+
+def test_batching_speculation_and_kernels_are_per_model_options():
+    data = yaml.safe_load(CONFIG)
+    data["model_list"][0]["tokenskip"]["batch"] = {"window_ms": 15, "max_queries": 4}
+    data["model_list"][2]["local"].update(speculative={"skip": [5, 6], "k": 3}, kernels=True)
+    cfg = parse_config(data, Settings())
+    batch = cfg.models["gpt-mini"].batch
+    assert (batch.window_ms, batch.max_queries) == (15, 4)
+    assert cfg.models["tuned"].batch is None
+    assert cfg.models["local"].speculative == {"skip": [5, 6], "k": 3}
+    assert cfg.models["local"].kernels is True
