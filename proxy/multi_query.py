@@ -130,8 +130,12 @@ class MultiQuery:
     ) -> Merged | None:
         """One call for all ``queries``; None when the merged prompt would not fit."""
         messages = build_messages(context, queries)
-        prompt_tokens = self.count(entry, messages)
-        separate = sum(self.count(entry, self.single(context, q)) for q in queries)
+
+        def counts() -> tuple[int, int]:  # tokenizing long contexts: off the event loop
+            merged = self.count(entry, messages)
+            return merged, sum(self.count(entry, self.single(context, q)) for q in queries)
+
+        prompt_tokens, separate = await asyncio.to_thread(counts)
         max_tokens = answer_tokens * len(queries) + 16 * len(queries) + 32  # JSON framing
         limit = self.window(entry, settings)
         if limit is not None and prompt_tokens + max_tokens > limit:
