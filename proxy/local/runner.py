@@ -25,6 +25,9 @@ class AdapterInfo:
     path: str
     delimiter: str | None
     """TokenSkip delimiter from ``tokenskip.json``; None for an adapter not trained for it."""
+    slot: str
+    """peft's name for it: served names such as ``eval`` or ``train`` would collide with
+    module attributes inside peft, so adapters get ``adapter_0``, ``adapter_1``, ..."""
 
 
 class Runner:
@@ -57,12 +60,13 @@ class Runner:
         if not (where / "adapter_config.json").is_file():
             raise ValueError(f"adapter '{name}': {path} has no adapter_config.json")
         delimiter = _delimiter_in(where)
+        slot = f"adapter_{len(self.adapters)}"
         if isinstance(self.model, PeftModel):
-            self.model.load_adapter(str(where), adapter_name=name)
+            self.model.load_adapter(str(where), adapter_name=slot)
         else:
-            self.model = PeftModel.from_pretrained(self.model, str(where), adapter_name=name)
+            self.model = PeftModel.from_pretrained(self.model, str(where), adapter_name=slot)
         self.model.eval()
-        info = AdapterInfo(name=name, path=str(where), delimiter=delimiter)
+        info = AdapterInfo(name=name, path=str(where), delimiter=delimiter, slot=slot)
         self.adapters[name] = info
         return info
 
@@ -74,7 +78,7 @@ class Runner:
             return contextlib.nullcontext()
         if adapter is None:
             return self.model.disable_adapter()
-        self.model.set_adapter(adapter)
+        self.model.set_adapter(self.adapters[adapter].slot)
         return contextlib.nullcontext()
 
     @torch.inference_mode()

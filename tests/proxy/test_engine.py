@@ -188,7 +188,12 @@ def test_lora_adapters_by_name(tmp_path):
     lora.save_pretrained(tmp_path / "ad")
     (tmp_path / "ad" / "tokenskip.json").write_text(json.dumps({"delimiter": "<|im_end|>"}))
     base_model = lora.unload()  # back to the plain model
-    runner = Runner(base_model, fresh.tokenizer, adapters={"ts": str(tmp_path / "ad")})
+    # "eval" is also a module method name: served names must not reach peft as adapter names.
+    runner = Runner(
+        base_model,
+        fresh.tokenizer,
+        adapters={"ts": str(tmp_path / "ad"), "eval": str(tmp_path / "ad")},
+    )
     assert runner.adapters["ts"].delimiter == "<|im_end|>"
     engine = Engine(runner)
     try:
@@ -197,7 +202,10 @@ def test_lora_adapters_by_name(tmp_path):
             GenerationRequest(prompt_ids=p, max_new_tokens=8),
             GenerationRequest(prompt_ids=p, max_new_tokens=8, adapter="ts"),
         )
+        same = GenerationRequest(prompt_ids=p, max_new_tokens=8, adapter="eval")
         run_all(engine, [base, tuned])
+        run_all(engine, [same])
+        assert same.output_ids == tuned.output_ids
         with torch.inference_mode(), runner.model.disable_adapter():
             hf = runner.model.generate(torch.tensor([p]), max_new_tokens=8, do_sample=False)[
                 0, len(p) :

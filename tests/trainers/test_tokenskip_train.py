@@ -228,3 +228,41 @@ def test_the_proxy_serves_the_trained_adapter_and_merged_model_with_the_ratio_kn
                 extra_body={"tokenskip": {"cot_ratio": 0.5}},
             )
             assert reply.model_extra["tokenskip"]["cot_method"] == method, model
+
+
+def test_the_evaluation_runs_the_trained_adapter_at_each_ratio(trained, tmp_path):
+    from tests.trainers.conftest import PROBLEMS, write_gsm8k
+
+    tmp, _, _ = trained
+    data = write_gsm8k(tmp_path / "test.jsonl", problems=PROBLEMS[:2])
+    out = tmp_path / "eval"
+    code = main(
+        [
+            "eval",
+            "gsm8k",
+            "--adapter",
+            str(tmp / "run" / "adapter"),
+            "--data",
+            str(data),
+            "--ratios",
+            "1.0,0.5",
+            "--methods",
+            "original,tokenskip",
+            "--max-new-tokens",
+            "16",
+            "--batch-size",
+            "2",
+            "--latency-samples",
+            "0",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    run = json.loads((out / "run.json").read_text())
+    assert {(r["method"], r["ratio"]) for r in run["rows"]} == {
+        ("original", 1.0),
+        ("tokenskip", 1.0),
+        ("tokenskip", 0.5),
+    }
