@@ -50,6 +50,8 @@ import proxy_report
 from provenance import command_line, git
 from targets import BENCH_VENV, REPO_ROOT
 
+from tokenskip.cli import positive
+
 PARTS: dict[str, Callable[[argparse.Namespace, Path], dict[str, Any]]] = {
     "overhead": proxy_overhead.run,
     "compression": proxy_compression.run,
@@ -160,19 +162,6 @@ def print_summary(name: str, part: dict[str, Any]) -> None:
 
 
 # --- command line -------------------------------------------------------------------------------
-
-
-def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(value: str) -> Any:
-        try:
-            number = kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
-        if number <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
-        return number
-
-    return parse
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

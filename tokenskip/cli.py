@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tokenskip.errors import InvalidInputError, TokenskipError
@@ -57,14 +57,23 @@ def _ratio(value: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
+def positive(kind: Callable[[str], Any] = int) -> Callable[[str], Any]:
+    """An argparse type: ``kind`` (int, float) parsed and required to be > 0."""
+    noun = "integer" if kind is int else "number"
+
+    def parse(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {noun}, got {value!r}") from None
+        if number <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {noun}, got {value!r}")
+        return number
+
+    return parse
+
+
+_positive_int = positive(int)
 
 
 def add_compress_parser(subparsers: Any) -> None:

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tokenskip.cli import positive
+
 
 def _grid(value: str) -> tuple[float, ...]:
     from trainers.cot_data import check_grid
@@ -17,33 +19,20 @@ def _grid(value: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"{value!r}: {exc}") from None
 
 
-def _positive(kind: type) -> Any:
-    def parse(value: str) -> Any:
-        try:
-            number = kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
-        if number <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
-        return number
-
-    return parse
-
-
 def add_train_arguments(p: argparse.ArgumentParser, max_length: int = 2048) -> None:
     """The LoRA SFT options every pipeline shares."""
     g = p.add_argument_group("training")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--lora-r", type=_positive(int), default=8)
-    g.add_argument("--lora-alpha", type=_positive(int), default=16)
+    g.add_argument("--lora-r", type=positive(int), default=8)
+    g.add_argument("--lora-alpha", type=positive(int), default=16)
     g.add_argument("--lora-dropout", type=float, default=0.05)
-    g.add_argument("--lr", type=_positive(float), default=5e-5)
-    g.add_argument("--epochs", type=_positive(float), default=3.0)
-    g.add_argument("--max-steps", type=_positive(int), default=None, help="overrides --epochs")
-    g.add_argument("--batch-size", type=_positive(int), default=4)
-    g.add_argument("--grad-accum", type=_positive(int), default=1)
-    g.add_argument("--max-length", type=_positive(int), default=max_length)
-    g.add_argument("--save-steps", type=_positive(int), default=50)
+    g.add_argument("--lr", type=positive(float), default=5e-5)
+    g.add_argument("--epochs", type=positive(float), default=3.0)
+    g.add_argument("--max-steps", type=positive(int), default=None, help="overrides --epochs")
+    g.add_argument("--batch-size", type=positive(int), default=4)
+    g.add_argument("--grad-accum", type=positive(int), default=1)
+    g.add_argument("--max-length", type=positive(int), default=max_length)
+    g.add_argument("--save-steps", type=positive(int), default=50)
     g.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
     g.add_argument("--allow-download", action="store_true", help="allow hub downloads")
     g.add_argument("--no-progress", action="store_true")
@@ -81,7 +70,7 @@ def add_train_parser(subparsers: Any) -> None:
     t.add_argument("--out", default=None, help="run directory (default: runs/tokenskip-MODEL)")
     t.add_argument("--data", default=None, help="GSM8K JSONL file/dir or openai/gsm8k")
     t.add_argument("--split", default="train")
-    t.add_argument("--limit", type=_positive(int), default=None, help="first N problems only")
+    t.add_argument("--limit", type=positive(int), default=None, help="first N problems only")
     t.add_argument(
         "--cot-source",
         choices=("model", "reference"),
@@ -89,9 +78,9 @@ def add_train_parser(subparsers: Any) -> None:
         help="CoTs from the model's own greedy answers (kept when correct) or the dataset's "
         "reference solutions (for models too weak to solve enough problems)",
     )
-    t.add_argument("--max-cot-tokens", type=_positive(int), default=500)
-    t.add_argument("--collect-max-new-tokens", type=_positive(int), default=512)
-    t.add_argument("--collect-batch-size", type=_positive(int), default=16)
+    t.add_argument("--max-cot-tokens", type=positive(int), default=500)
+    t.add_argument("--collect-max-new-tokens", type=positive(int), default=512)
+    t.add_argument("--collect-batch-size", type=positive(int), default=16)
     t.add_argument("--grid", type=_grid, default=(0.5, 0.6, 0.7, 0.8, 0.9), help="γ values")
     t.add_argument("--scorer", choices=SCORER_NAMES, default="self-info")
     t.add_argument("--scorer-model", default=None, help="model to score with (classifier)")
@@ -125,11 +114,11 @@ def add_train_parser(subparsers: Any) -> None:
     )
     q.add_argument("--gsm8k-data", default=None, help="GSM8K JSONL file/dir or openai/gsm8k")
     q.add_argument("--split", default="train")
-    q.add_argument("--limit", type=_positive(int), default=None, help="first N records only")
+    q.add_argument("--limit", type=positive(int), default=None, help="first N records only")
     q.add_argument("--shots", type=int, default=8, help="exemplars in the shared GSM8K context")
-    q.add_argument("--min-queries", type=_positive(int), default=2)
-    q.add_argument("--max-queries", type=_positive(int), default=8)
-    q.add_argument("--groups", type=_positive(int), default=500, help="GSM8K groups to build")
+    q.add_argument("--min-queries", type=positive(int), default=2)
+    q.add_argument("--max-queries", type=positive(int), default=8)
+    q.add_argument("--groups", type=positive(int), default=500, help="GSM8K groups to build")
     q.add_argument(
         "--answer-source",
         choices=("reference", "model"),
