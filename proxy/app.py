@@ -14,11 +14,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
 from proxy.config import GatewayConfig, Settings, get_settings, load_config
@@ -34,6 +34,8 @@ from proxy.multi_query import (
 )
 from proxy.protocol import ChatCompletionRequest, error_body
 from proxy.service import ChatService
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class BodySizeLimit:
@@ -138,21 +140,9 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     async def chat_completions(
         request: Request, service: ChatService = Depends(service_of)
     ) -> Response:
-        try:
-            raw = await request.body()
-        except ClientDisconnect:
+        body = await read_body(request, ChatCompletionRequest)
+        if body is None:
             return Response(status_code=499)  # the client left while sending; nothing to answer
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ProxyError(
-                400, f"the request body is not valid JSON: {exc}", code="invalid_json"
-            ) from None
-        try:
-            body = ChatCompletionRequest.model_validate(data)
-        except ValidationError as exc:
-            message, param = validation_message(exc.errors())
-            raise ProxyError(422, message, param=param) from None
         batcher: Batcher = request.app.state.batcher
         if batcher.settings(body.model) is not None:
             answer = await until_disconnected(request, batcher.submit(body))
@@ -181,19 +171,9 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     @app.post("/v1/multi_query", dependencies=[Depends(authorize)])
     async def multi_query(request: Request) -> Response:
         """Many queries over one context in one call (Query-OPT); one answer per query."""
-        try:
-            data = json.loads(await request.body())
-        except ClientDisconnect:
+        body = await read_body(request, MultiQueryRequest)
+        if body is None:
             return Response(status_code=499)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ProxyError(
-                400, f"the request body is not valid JSON: {exc}", code="invalid_json"
-            ) from None
-        try:
-            body = MultiQueryRequest.model_validate(data)
-        except ValidationError as exc:
-            message, param = validation_message(exc.errors())
-            raise ProxyError(422, message, param=param) from None
         mq: MultiQuery = request.app.state.multi_query
         return JSONResponse(await until_disconnected(request, mq.run(body)))
 
@@ -228,6 +208,26 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
         return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     return BodySizeLimit(app, settings.max_body_bytes)  # type: ignore[return-value]
+
+
+async def read_body(request: Request, model: type[M]) -> M | None:
+    """The JSON body validated as ``model``: 400 for bad JSON, 422 for a bad schema, None
+    when the client left while sending."""
+    try:
+        raw = await request.body()
+    except ClientDisconnect:
+        return None
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProxyError(
+            400, f"the request body is not valid JSON: {exc}", code="invalid_json"
+        ) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        message, param = validation_message(exc.errors())
+        raise ProxyError(422, message, param=param) from None
 
 
 async def until_disconnected(request: Request, work: Awaitable[Any], poll_s: float = 0.25) -> Any:

@@ -73,9 +73,13 @@ class Merged:
     """As the upstream reported it (billed)."""
     completion_tokens: int
     counted_prompt_tokens: int
-    """The merged prompt counted by the gateway, in the same units as ``separate``."""
-    separate_prompt_tokens: int
-    """What one call per query would have sent, counted the same way."""
+    """The merged prompt counted by the gateway, in the same units as the single calls."""
+    single_prompt_tokens: dict[int, int]
+    """By query id: what that query asked on its own would send, counted the same way."""
+
+    @property
+    def separate_prompt_tokens(self) -> int:
+        return sum(self.single_prompt_tokens.values())
 
 
 def _content(m: dict[str, Any]) -> str:
@@ -131,11 +135,12 @@ class MultiQuery:
         """One call for all ``queries``; None when the merged prompt would not fit."""
         messages = build_messages(context, queries)
 
-        def counts() -> tuple[int, int]:  # tokenizing long contexts: off the event loop
+        def counts() -> tuple[int, dict[int, int]]:  # tokenizing long contexts: off the loop
             merged = self.count(entry, messages)
-            return merged, sum(self.count(entry, self.single(context, q)) for q in queries)
+            return merged, {q.id: self.count(entry, self.single(context, q)) for q in queries}
 
-        prompt_tokens, separate = await asyncio.to_thread(counts)
+        prompt_tokens, singles = await asyncio.to_thread(counts)
+        separate = sum(singles.values())
         max_tokens = answer_tokens * len(queries) + 16 * len(queries) + 32  # JSON framing
         limit = self.window(entry, settings)
         if limit is not None and prompt_tokens + max_tokens > limit:
@@ -171,7 +176,7 @@ class MultiQuery:
             usage["prompt_tokens"],
             usage["completion_tokens"],
             prompt_tokens,
-            separate,
+            singles,
         )
 
     async def one(
@@ -236,7 +241,9 @@ class MultiQuery:
                 )
                 continue
             single = self.single(context, q)
-            single_tokens = self.count(entry, single)
+            single_tokens = (
+                merged.single_prompt_tokens[q.id] if merged else self.count(entry, single)
+            )
             counted += single_tokens
             if merged is None:
                 separate += single_tokens
@@ -314,8 +321,6 @@ class Batcher:
     def __init__(self, mq: MultiQuery):
         self.mq = mq
         self._groups: dict[str, _Group] = {}
-        self.merged_calls = 0
-        self.merged_queries = 0
 
     def settings(self, model: str) -> BatchSettings | None:
         entry = self.mq.service.config.models.get(model)
@@ -410,12 +415,10 @@ class Batcher:
         )
         if merged is None:
             return None
-        self.merged_calls += 1
-        self.merged_queries += len(bodies)
         counter = self.mq.service.counter(entry).tokenizer
         share = round(merged.counted_prompt_tokens / len(bodies))
         out: list[BatchedAnswer | None] = []
-        for q, body in zip(queries, bodies):
+        for q in queries:
             text = merged.answers.get(q.id)
             out.append(
                 None
@@ -424,9 +427,7 @@ class Batcher:
                     text,
                     len(bodies),
                     share,
-                    self.mq.count(
-                        entry, group.prefix + [body.messages[-1].model_dump(exclude_none=True)]
-                    ),
+                    merged.single_prompt_tokens[q.id],
                     counter.count(text),
                 )
             )
