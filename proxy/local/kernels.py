@@ -117,45 +117,41 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, t.shape[-1]).contiguous()
 
 
-def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def _rms_rows(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Launch the RMSNorm kernel over the rows of ``x``; with ``residual``, on x + residual
+    (returned as the second value, the new residual stream)."""
     rows = _rows(x)
+    total = None if residual is None else _rows(residual).clone()  # receives x + residual
     out = torch.empty_like(rows)
     n = rows.shape[-1]
+    res = rows if total is None else total  # an unused pointer when there is no residual
     _rms_norm_kernel[(rows.shape[0],)](
         rows,
         weight.contiguous(),
         out,
-        rows,
+        res,
         rows.stride(0),
-        rows.stride(0),
+        res.stride(0),
         n,
         eps,
-        HAS_RES=False,
+        HAS_RES=total is not None,
         BLOCK=triton.next_power_of_2(n),
     )
-    return out.view(x.shape)
+    return out.view(x.shape), None if total is None else total.view(x.shape)
+
+
+def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return _rms_rows(x, weight, eps, None)[0]
 
 
 def add_rms_norm_triton(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = _rows(x)
-    total = _rows(residual).clone()  # receives x + residual
-    out = torch.empty_like(rows)
-    n = rows.shape[-1]
-    _rms_norm_kernel[(rows.shape[0],)](
-        rows,
-        weight.contiguous(),
-        out,
-        total,
-        rows.stride(0),
-        total.stride(0),
-        n,
-        eps,
-        HAS_RES=True,
-        BLOCK=triton.next_power_of_2(n),
-    )
-    return out.view(x.shape), total.view(x.shape)
+    normed, total = _rms_rows(x, weight, eps, residual)
+    assert total is not None
+    return normed, total
 
 
 def swiglu_triton(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ import torch
 from proxy.local.engine import Engine, GenerationRequest
 from proxy.local.runner import Runner
 from proxy.local.speculative import SpeculativeSettings, agreement, calibrate, skipping
+from tests.proxy.test_engine import chat_ids
 
 PROMPTS = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
@@ -14,17 +15,6 @@ PROMPTS = [
     "Write a short poem about the sea.",
     "What is the capital of France? Explain briefly.",
 ]
-
-
-def chat_ids(tokenizer, question):
-    return list(
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}],
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=False,
-        )
-    )
 
 
 def generate(engine, prompt_ids, n):
@@ -54,7 +44,7 @@ def test_speculative_greedy_output_is_the_full_models(smol):
         engine.close()
     s = engine.spec_stats
     assert s.rounds > 0 and 0 < s.accepted <= s.drafted
-    assert s.to_dict()["layers_per_token"] < 30 * 1.5  # a sanity bound, not a target
+    assert s.tokens == s.accepted + s.rounds  # each round: the kept draft + the full model's token
 
 
 def test_skipping_restores_the_model(smol):
