@@ -26,6 +26,7 @@ from evaluation.generate import Generation, Generator, Prompt
 from evaluation.metrics import achieved_ratio, mean, median, wilson_interval
 from tokenskip.compress import check_ratio
 from tokenskip.errors import InvalidInputError
+from tokenskip.ratio_prompt import ADAPTER_META
 from tokenskip.tokens import TextTokenizer
 
 METHODS = ("original", "tokenskip", "instruction", "truncation", "prompt-compression")
@@ -221,7 +222,9 @@ class Runner:
                 if self.cache.get(self._key(s.prompt, budget)) is None
             ]
             if todo:
-                bar = _bar(len(todo), f"{cfg.method} γ={cfg.ratio:g} cap {budget}", self.progress)
+                bar = progress_bar(
+                    len(todo), f"{cfg.method} γ={cfg.ratio:g} cap {budget}", self.progress
+                )
                 prompts = [cfg.samples[i].prompt for i in todo]
 
                 def store(
@@ -409,10 +412,11 @@ class Runner:
         return {"rows": rows, "skipped_methods": skipped, "samples": samples}
 
 
-def _bar(total: int, desc: str, enabled: bool) -> Any:
+def progress_bar(total: int, desc: str, enabled: bool) -> Any:
+    """A tqdm bar that stays quiet when disabled or when there is nothing to do."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+    return tqdm(total=total, desc=desc, disable=not enabled or total == 0, leave=False)
 
 
 def run_eval(config: EvalConfig, *, command: str = "", progress: bool = True) -> dict[str, Any]:
@@ -429,7 +433,7 @@ def run_eval(config: EvalConfig, *, command: str = "", progress: bool = True) ->
         shots = gsm8k.shots_from(gsm8k.load_gsm8k(config.data, split="train"), config.shots)
     delimiter = None
     if config.adapter:
-        meta_file = Path(config.adapter) / "tokenskip.json"
+        meta_file = Path(config.adapter) / ADAPTER_META
         if not meta_file.is_file():
             raise InvalidInputError(
                 f"--adapter {config.adapter} has no tokenskip.json: it was not trained with TokenSkip's ratio prompt"

@@ -12,6 +12,9 @@ from typing import Any
 from tokenskip.compress import check_ratio
 from tokenskip.errors import InvalidInputError
 
+ADAPTER_META = "tokenskip.json"
+"""Beside a TokenSkip adapter's (or merged model's) weights: its delimiter and provenance."""
+
 
 def format_ratio(ratio: float) -> str:
     """γ as written in prompts: shortest decimal form, e.g. ``0.5``, ``0.75``."""

@@ -159,17 +159,13 @@ def run_train_tokenskip(args: argparse.Namespace) -> int:
         allow_download=args.allow_download,
     )
     meta = run_tokenskip(config, merge=args.merge, progress=not args.no_progress)
-    t = meta["training"]
-    summary = {
-        "adapter": t["adapter"],
-        "merged": meta.get("merged"),
-        "examples": t["examples"],
-        "steps": t["steps"],
-        "train_loss": t["train_loss"],
-        "gamma_counts": meta["data"]["build"]["gamma_counts"],
-        "delimiter": meta["delimiter"],
-    }
-    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    if meta:  # rank 0 (the other ranks of a distributed run return no metadata)
+        _print_summary(
+            meta,
+            merged=meta.get("merged"),
+            gamma_counts=meta["data"]["build"]["gamma_counts"],
+            delimiter=meta["delimiter"],
+        )
     return 0
 
 
@@ -194,13 +190,19 @@ def run_train_query_opt(args: argparse.Namespace) -> int:
         allow_download=args.allow_download,
     )
     meta = run_query_opt(config, progress=not args.no_progress)
+    if meta:  # rank 0 (the other ranks of a distributed run return no metadata)
+        _print_summary(meta, groups=meta["data"]["groups"])
+    return 0
+
+
+def _print_summary(meta: dict[str, Any], **extra: Any) -> None:
+    """What a training run produced, as JSON on stdout."""
     t = meta["training"]
     summary = {
         "adapter": t["adapter"],
         "examples": t["examples"],
         "steps": t["steps"],
         "train_loss": t["train_loss"],
-        "groups": meta["data"]["groups"],
+        **extra,
     }
     print(json.dumps(summary, indent=2, ensure_ascii=False))
-    return 0

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from evaluation import gsm8k
+from evaluation.run import progress_bar
 from tokenskip.compress import check_ratio
 from tokenskip.errors import InvalidInputError
 
@@ -165,7 +166,7 @@ def collect_cots(
             "reason": reason,
         }
 
-    with JsonlWriter(out) as writer, _bar(len(todo), "collect CoTs", progress) as bar:
+    with JsonlWriter(out) as writer, progress_bar(len(todo), "collect CoTs", progress) as bar:
         if config.source == "reference":
             for p in todo:
                 writer.write(record(p, gsm8k.strip_calculator(p.solution).strip(), True))
@@ -260,7 +261,7 @@ def compress_cots(
             ),
             max_entries=8,
         )
-        with JsonlWriter(out) as writer, _bar(len(todo), "compress CoTs", progress) as bar:
+        with JsonlWriter(out) as writer, progress_bar(len(todo), "compress CoTs", progress) as bar:
             for r in todo:
                 versions = {}
                 for gamma in config.grid:
@@ -374,9 +375,3 @@ def build_examples(config: BuildConfig, *, tokenizer: Any = None) -> dict[str, A
         "gamma_counts": dict(sorted(counts.items(), key=lambda kv: float(kv[0]))),
         "include_original": config.include_original,
     }
-
-
-def _bar(total: int, desc: str, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled or total == 0, leave=False)

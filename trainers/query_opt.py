@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from evaluation import gsm8k
+from evaluation.run import progress_bar
 from tokenskip.errors import InvalidInputError
 from tokenskip.multi_query import build_messages, format_answers, make_queries, single_messages
 from trainers.cot_data import JsonlWriter, example_completion, read_jsonl
@@ -127,10 +128,8 @@ def _model_answers(
     done = {r["index"]: r["answer"] for r in read_jsonl(out)}
     todo = [p for p in pool if p.index not in done]
     if todo:
-        from tqdm import tqdm
-
         generator = LocalGenerator(config.model, batch_size=config.batch_size)
-        bar = tqdm(total=len(todo), desc="single-query answers", disable=not progress)
+        bar = progress_bar(len(todo), "single-query answers", progress)
         try:
             with JsonlWriter(out) as writer:
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tokenskip.errors import InvalidInputError
+from tokenskip.ratio_prompt import ADAPTER_META
 from trainers.cot_data import (
     DEFAULT_GRID,
     BuildConfig,
@@ -36,7 +37,6 @@ from trainers.cot_data import (
 from trainers.runs import claim_run_dir, is_main_process, on_main_process_first
 from trainers.sft import SFTConfig, TrainSettings, merge_adapter, train_lora
 
-ADAPTER_META = "tokenskip.json"
 META_FORMAT = "tokenskip-adapter/1"
 
 
@@ -166,10 +166,11 @@ def run_tokenskip(
         **provenance(),
     }
     adapter = Path(trained["adapter"])
-    (adapter / ADAPTER_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
+    (adapter / ADAPTER_META).write_text(text)
     if merge:
         merged = merge_adapter(config.model, adapter, Path(config.out_dir) / "merged")
-        (merged / ADAPTER_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        (merged / ADAPTER_META).write_text(text)
         meta["merged"] = str(merged)
     return meta
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-log = logging.getLogger(__name__)
+from tokenskip.ratio_prompt import ADAPTER_META
 
-ADAPTER_META = "tokenskip.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
