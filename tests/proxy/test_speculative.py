@@ -56,10 +56,11 @@ def test_skipping_restores_the_model(smol):
 
 def test_calibration_keeps_agreement_above_target(smol):
     samples = [smol.tokenizer.encode(q)[:48] for q in PROMPTS[:2]]
-    cal = calibrate(smol.model, samples, target=0.9, max_fraction=0.1)
+    cal = calibrate(smol.model, samples, target=0.7, max_fraction=0.1)
     n = cal.num_layers
-    assert 0 not in cal.skip and n - 1 not in cal.skip
+    assert cal.skip and 0 not in cal.skip and n - 1 not in cal.skip
     assert len(cal.skip) <= int(0.1 * n)
-    if cal.skip:
-        assert agreement(smol.model, samples, cal.skip) >= 0.9
-    assert cal.trace  # every step is recorded
+    assert round(agreement(smol.model, samples, cal.skip), 4) == cal.agreement >= 0.7
+    # The search stopped for a reason it recorded: the next layer fell under the target or
+    # the skip budget was spent.
+    assert cal.trace[-1]["agreement"] < 0.7 or len(cal.skip) == int(0.1 * n)

@@ -180,23 +180,27 @@ def test_examples_have_the_exact_ratio_prompt_format(tmp_path, smol):
     }
     assert summary["delimiter"] == "<|im_end|>" and summary["gamma_counts"] == {"0.5": 1}
 
-    # γ = 1.0 (drawn when the original is included) appends nothing and keeps the CoT whole.
-    build_examples(
-        BuildConfig(
-            model="smollm2",
-            compressed_file=str(compressed),
-            out_file=str(out),
-            delimiter="<|endoftext|>",
-            seed=1,
-        ),
-        tokenizer=smol.tokenizer,
-    )
-    [example] = records(out)
-    if example["gamma"] == 1.0:
-        assert "What is 2+2?<|im_end|>\n" in example["prompt"]
-        assert example["completion"] == "Two plus two is 2+2 = 4.\n#### 4<|im_end|>\n"
-    else:
-        assert "What is 2+2?<|endoftext|>0.5<|endoftext|><|im_end|>" in example["prompt"]
+    # With the original included, γ = 1.0 appends nothing and keeps the CoT whole; the other
+    # draw uses the configured delimiter. Seeds are tried until both draws have been seen.
+    seen = {}
+    for seed in range(20):
+        build_examples(
+            BuildConfig(
+                model="smollm2",
+                compressed_file=str(compressed),
+                out_file=str(out),
+                delimiter="<|endoftext|>",
+                seed=seed,
+            ),
+            tokenizer=smol.tokenizer,
+        )
+        [example] = records(out)
+        seen.setdefault(example["gamma"], example)
+    assert set(seen) == {0.5, 1.0}
+    assert "What is 2+2?<|im_end|>\n" in seen[1.0]["prompt"]
+    assert seen[1.0]["completion"] == "Two plus two is 2+2 = 4.\n#### 4<|im_end|>\n"
+    assert "What is 2+2?<|endoftext|>0.5<|endoftext|><|im_end|>" in seen[0.5]["prompt"]
+    assert seen[0.5]["completion"] == "2+2 = 4\n#### 4<|im_end|>\n"
 
 
 def test_gamma_is_drawn_over_the_grid_and_one(tmp_path, smol):
