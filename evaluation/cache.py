@@ -64,3 +64,35 @@ class GenerationCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class ThroughputLog:
+    """Batched-throughput measurements, one JSON line per generation pass, so a resumed run
+    still reports the speed measured while its samples were generated (summed over passes)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._totals: dict[str, dict[str, float]] = {}
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    r = json.loads(line)
+                    self._add(r["key"], float(r["wall_s"]), int(r["tokens"]), int(r["samples"]))
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut by a crash: that pass is not counted
+
+    def _add(self, key: str, wall_s: float, tokens: int, samples: int) -> None:
+        t = self._totals.setdefault(key, {"wall_s": 0.0, "tokens": 0, "samples": 0, "passes": 0})
+        t["wall_s"] += wall_s
+        t["tokens"] += tokens
+        t["samples"] += samples
+        t["passes"] += 1
+
+    def add(self, key: str, wall_s: float, tokens: int, samples: int) -> None:
+        self._add(key, wall_s, tokens, samples)
+        record = {"key": key, "wall_s": wall_s, "tokens": tokens, "samples": samples}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def total(self, key: str) -> dict[str, float] | None:
+        return self._totals.get(key)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation import gsm8k
-from evaluation.cache import GenerationCache, sample_key
+from evaluation.cache import GenerationCache, ThroughputLog, sample_key
 from evaluation.generate import Generation, Generator, Prompt
 from evaluation.metrics import achieved_ratio, mean, median, wilson_interval
 from tokenskip.compress import check_ratio
@@ -117,7 +117,8 @@ class Config:
     ratio: float
     samples: list[Sample] = field(default_factory=list)
     wall_s: float = 0.0
-    generated_tokens: int = 0
+    """Generation time in this run (0 when every sample came from the cache)."""
+    throughput_key: str = ""
     latencies: list[Generation] = field(default_factory=list)
 
 
@@ -135,6 +136,7 @@ class Runner:
         self.config, self.generator, self.target, self.dataset = config, generator, target, dataset
         self.shots, self.delimiter, self.progress = shots, delimiter, progress
         self.cache = GenerationCache(Path(config.out_dir) / "cache.jsonl")
+        self.throughput = ThroughputLog(Path(config.out_dir) / "throughput.jsonl")
         self.max_budget = max(config.budgets)
         self.derives_budgets = hasattr(generator, "tokenizer")
 
@@ -215,6 +217,10 @@ class Runner:
 
     def generate(self, cfg: Config, budgets: list[int]) -> None:
         """Fill every sample's generation for each budget run (cached samples are skipped)."""
+        cfg.throughput_key = sample_key(
+            samples=[self._key(s.prompt, b) for s in cfg.samples for b in budgets],
+            batch_size=self.config.batch_size,
+        )
         for budget in budgets:
             todo = [
                 i
@@ -239,8 +245,11 @@ class Runner:
 
                 started = time.perf_counter()
                 results = self.generator.generate(prompts, budget, on_result=store)
-                cfg.wall_s += time.perf_counter() - started
-                cfg.generated_tokens += sum(g.output_tokens for g in results)
+                wall = time.perf_counter() - started
+                cfg.wall_s += wall
+                self.throughput.add(
+                    cfg.throughput_key, wall, sum(g.output_tokens for g in results), len(todo)
+                )
                 bar.close()
         for s in cfg.samples:
             s.generation = self.cache.get(self._key(s.prompt, budgets[-1]))
@@ -384,17 +393,20 @@ class Runner:
                     "tokens_per_s": sum(g.output_tokens for g in cfg.latencies)
                     / max(sum(secs), 1e-9),
                 }
-            if cfg.wall_s > 0:
+            measured = self.throughput.total(cfg.throughput_key) if cfg.throughput_key else None
+            if measured and measured["wall_s"] > 0:
                 row["throughput"] = {
                     "batch_size": c.batch_size,
-                    "wall_s": cfg.wall_s,
-                    "output_tokens_per_s": cfg.generated_tokens / cfg.wall_s,
-                    "samples_generated": len(cfg.samples),
+                    "wall_s": measured["wall_s"],
+                    "output_tokens_per_s": measured["tokens"] / measured["wall_s"],
+                    "samples_generated": measured["samples"],
+                    "passes": measured["passes"],
+                    "measured_in_this_run": cfg.wall_s > 0,
                 }
             elif cfg.method != "truncation":
                 row["throughput"] = {
                     "batch_size": c.batch_size,
-                    "note": "all samples came from the cache: not measured in this run",
+                    "note": "all samples came from a cache without speed records: not measured",
                 }
             rows.append(row)
         samples = [

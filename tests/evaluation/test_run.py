@@ -124,7 +124,21 @@ def test_rerun_resumes_from_the_cache(tmp_path, data_file, tokenizer):
     second = again.run()
     assert generator2.calls == 0
     assert [r["budgets"] for r in first["rows"]] == [r["budgets"] for r in second["rows"]]
-    assert "cache" in second["rows"][0]["throughput"]["note"]
+    # the speed measured while generating is kept for the resumed report
+    before, after = first["rows"][0]["throughput"], second["rows"][0]["throughput"]
+    assert before["measured_in_this_run"] and not after["measured_in_this_run"]
+    assert after["output_tokens_per_s"] == before["output_tokens_per_s"] > 0
+    assert after["samples_generated"] == first["rows"][0]["n"]
+
+
+def test_a_cache_without_speed_records_says_so(tmp_path, data_file, tokenizer):
+    runner, _ = make_runner(tmp_path, data_file, tokenizer)
+    runner.run()
+    (tmp_path / "out" / "throughput.jsonl").unlink()
+    again, generator = make_runner(tmp_path, data_file, tokenizer)
+    second = again.run()
+    assert generator.calls == 0
+    assert "not measured" in second["rows"][0]["throughput"]["note"]
 
 
 def test_a_cut_cache_line_reruns_only_that_sample(tmp_path, data_file, tokenizer):
