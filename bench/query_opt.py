@@ -2,8 +2,10 @@
 
 For each N: groups of N test questions are asked against a shared k-shot CoT context (the
 Query-OPT training format) in one call each, and the same questions are asked one per call.
-Reported per N: format success (the reply parsed with every id), answer accuracy of merged
-vs single answers on the same questions, input tokens and calls per query, and wall time per
+With --adapter, the merged calls run twice on the same groups, with the base model (before)
+and with the Query-OPT LoRA (after); single calls always use the base model. Reported per N:
+format success (the reply parsed with every id), answer accuracy of merged vs single answers
+on the same questions and how often their final answers agree, input tokens and calls per query, and wall time per
 query with both modes run at the same batch size (labeled: not batch-1 latency).
 
     .venv/bin/python bench/query_opt.py --groups 8 --ns 2,4,8 [--adapter runs/query-opt/adapter]
@@ -15,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -54,48 +57,55 @@ def run(args: argparse.Namespace) -> dict:
         for p in problems:
             single_prompts.append(Prompt(tuple(single_messages(context, p.question))))
         t0 = time.perf_counter()
-        merged = generator.generate(merged_prompts, args.answer_tokens * n + 32)
-        merged_wall = time.perf_counter() - t0
-        t0 = time.perf_counter()
         singles = generator.generate(single_prompts, args.answer_tokens)
         single_wall = time.perf_counter() - t0
-
-        complete = merged_correct = single_correct = missing = 0
-        for g, out in zip(groups, merged):
-            parsed = parse_answers(out.text, list(range(1, len(g) + 1)))
-            complete += parsed.complete
-            missing += len(parsed.missing)
-            for i, p in enumerate(g, start=1):
-                answer = parsed.answers.get(i)
-                merged_correct += bool(answer) and gsm8k.is_correct(
-                    gsm8k.extract_answer(answer), p.answer
-                )
-        for p, out in zip(problems, singles):
-            single_correct += gsm8k.is_correct(gsm8k.extract_answer(out.text), p.answer)
+        single_correct = sum(
+            gsm8k.is_correct(gsm8k.extract_answer(out.text), p.answer)
+            for p, out in zip(problems, singles)
+        )
         queries_total = len(problems)
         merged_in = sum(count(list(pr.messages)) for pr in merged_prompts)
         single_in = sum(count(list(pr.messages)) for pr in single_prompts)
-        results[str(n)] = {
+        row = {
             "groups": len(groups),
             "queries": queries_total,
-            "format_success": round(complete / len(groups), 4),
-            "missing_answers": missing,
-            "accuracy_merged": round(merged_correct / queries_total, 4),
             "accuracy_single": round(single_correct / queries_total, 4),
             "input_tokens_per_query_merged": round(merged_in / queries_total, 1),
             "input_tokens_per_query_single": round(single_in / queries_total, 1),
             "input_token_reduction": round(single_in / merged_in, 2),
             "calls_per_query_merged": round(len(groups) / queries_total, 3),
-            "calls_per_query_merged_with_retries": round(
-                (len(groups) + missing) / queries_total, 3
-            ),
-            "wall_s_per_query_merged": round(merged_wall / queries_total, 3),
             "wall_s_per_query_single": round(single_wall / queries_total, 3),
-            "output_tokens_merged": sum(g.output_tokens for g in merged),
             "output_tokens_single": sum(g.output_tokens for g in singles),
-            "example_reply": merged[0].text[:600],
         }
-        print(json.dumps({n: {k: v for k, v in results[str(n)].items() if k != "example_reply"}}))
+        # before (base model) and, with --adapter, after (the Query-OPT LoRA) on the same groups
+        for label, on in [("base", False)] + ([("adapter", True)] if adapter_on else []):
+            prompts = [replace(pr, adapter=on) for pr in merged_prompts]
+            t0 = time.perf_counter()
+            merged = generator.generate(prompts, args.answer_tokens * n + 32)
+            merged_wall = time.perf_counter() - t0
+            complete = merged_correct = missing = agree = 0
+            for g, out, base_idx in zip(groups, merged, range(0, queries_total, n)):
+                parsed = parse_answers(out.text, list(range(1, len(g) + 1)))
+                complete += parsed.complete
+                missing += len(parsed.missing)
+                for i, p in enumerate(g, start=1):
+                    answer = parsed.answers.get(i)
+                    predicted = gsm8k.extract_answer(answer) if answer else None
+                    merged_correct += bool(answer) and gsm8k.is_correct(predicted, p.answer)
+                    single_pred = gsm8k.extract_answer(singles[base_idx + i - 1].text)
+                    agree += predicted is not None and predicted == single_pred
+            row[label] = {
+                "format_success": round(complete / len(groups), 4),
+                "missing_answers": missing,
+                "accuracy_merged": round(merged_correct / queries_total, 4),
+                "same_final_answer_as_single": round(agree / queries_total, 4),
+                "calls_per_query_with_retries": round((len(groups) + missing) / queries_total, 3),
+                "wall_s_per_query_merged": round(merged_wall / queries_total, 3),
+                "output_tokens_merged": sum(g.output_tokens for g in merged),
+                "example_reply": merged[0].text[:600],
+            }
+        results[str(n)] = row
+        print(json.dumps({n: row}))
     generator.close()
     del tok
     return {
@@ -116,7 +126,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--adapter", default=None)
     ap.add_argument("--data", default=None)
-    ap.add_argument("--shots", type=int, default=3)
+    ap.add_argument("--shots", type=int, default=8)
     ap.add_argument("--groups", type=int, default=8)
     ap.add_argument("--ns", default="2,4,8")
     ap.add_argument("--answer-tokens", type=int, default=160)

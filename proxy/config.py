@@ -88,6 +88,9 @@ class ModelEntry:
     speculative: dict[str, Any] | None = None
     """Local model: self-speculative layer skipping, ``{skip: [layers], k: 4}``; ``{}`` or
     ``true`` calibrates the skip set at load (cached beside the model)."""
+    early_exit: dict[str, Any] | None = None
+    """Local model: adaptive early exit (lossy, opt-in), ``{target: 0.95, layers: [...]}``;
+    ``true`` calibrates with the defaults at load (cached beside the model)."""
     kernels: bool = False
     """Local model: route RMSNorm and SwiGLU through the Triton kernels (CUDA only; the
     torch references elsewhere)."""
@@ -158,6 +161,7 @@ def _entry(raw: Any, index: int, defaults: CompressionPolicy, direct_ok: bool) -
             adapter=local.get("adapter"),
             kernels=bool(local.get("kernels", False)),
             speculative=_speculative(local.get("speculative"), f"{where} ({name})"),
+            early_exit=_early_exit(local, f"{where} ({name})"),
             tokenizer=tokenizer,
             batch=batch,
         )
@@ -189,6 +193,32 @@ def _speculative(raw: Any, where: str) -> dict[str, Any] | None:
         not isinstance(skip, list) or not all(isinstance(i, int) and i > 0 for i in skip)
     ):
         raise ValueError(f"{where}: local.speculative.skip must be a list of layer indices > 0")
+    return dict(raw)
+
+
+def _early_exit(local: dict[str, Any], where: str) -> dict[str, Any] | None:
+    raw = local.get("early_exit")
+    if raw is None or raw is False:
+        return None
+    if local.get("speculative") not in (None, False):
+        raise ValueError(
+            f"{where}: local.speculative (lossless) and local.early_exit (lossy) exclude each "
+            "other; pick one"
+        )
+    if raw is True:
+        return {}
+    if not isinstance(raw, dict) or set(raw) - {"target", "layers"}:
+        raise ValueError(f"{where}: local.early_exit must be true or a mapping of target, layers")
+    target = raw.get("target", 0.95)
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+        raise ValueError(f"{where}: local.early_exit.target must be in (0, 1], got {target!r}")
+    layers = raw.get("layers")
+    if layers is not None and (
+        not isinstance(layers, list)
+        or not layers
+        or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers)
+    ):
+        raise ValueError(f"{where}: local.early_exit.layers must be a list of layer indices >= 0")
     return dict(raw)
 
 

@@ -25,6 +25,7 @@ from proxy.config import GatewayConfig, ModelEntry
 from proxy.cot import apply_cot_ratio
 from proxy.errors import ProxyError
 from proxy.ledger import Ledger, LedgerRow
+from proxy.local.early_exit import early_exit_policy
 from proxy.local.speculative import speculative_settings
 from proxy.metrics import Metrics
 from proxy.prompt import PromptCompression, compress_messages
@@ -119,6 +120,7 @@ class ChatService:
                 log.info("%s: %d modules on the kernel path", base, install(loaded.model))
             adapters = {e.name: e.adapter for e in entries if e.adapter}
             spec = next((e.speculative for e in entries if e.speculative is not None), None)
+            exits = next((e.early_exit for e in entries if e.early_exit is not None), None)
             self.local.add_engine(
                 base,
                 loaded.model,
@@ -126,6 +128,7 @@ class ChatService:
                 max_batch=self.config.local_max_batch,
                 adapters=adapters,
                 speculative=None if spec is None else speculative_settings(base, loaded, spec),
+                early_exit=None if exits is None else early_exit_policy(base, loaded, exits),
             )
             for e in entries:
                 self.local.serve(e.name, base, e.name if e.adapter else None)

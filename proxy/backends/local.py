@@ -60,9 +60,13 @@ class LocalBackend:
         max_batch: int,
         adapters: dict[str, str],
         speculative: Any = None,
+        early_exit: Any = None,
     ) -> Engine:
         engine = Engine(
-            Runner(model, tokenizer, adapters), max_batch=max_batch, speculative=speculative
+            Runner(model, tokenizer, adapters),
+            max_batch=max_batch,
+            speculative=speculative,
+            early_exit=early_exit,
         )
         self.engines[base] = engine
         return engine

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from proxy.local.early_exit import EarlyExit, EarlyExitStats, exit_step
 from proxy.local.runner import Batch, Runner
 from proxy.local.speculative import SpeculativeSettings, SpeculativeStats
 
@@ -61,6 +62,7 @@ class Engine:
         runner: Runner,
         max_batch: int = 8,
         speculative: SpeculativeSettings | None = None,
+        early_exit: EarlyExit | None = None,
     ):
         if max_batch <= 0:
             raise ValueError(f"max_batch must be positive, got {max_batch}")
@@ -69,6 +71,11 @@ class Engine:
         self.speculative = speculative
         """Self-speculative layer skipping for a lone greedy request (None: off)."""
         self.spec_stats = SpeculativeStats()
+        if speculative is not None and early_exit is not None:
+            raise ValueError("speculative decoding and early exit exclude each other")
+        self.early_exit = early_exit
+        """Adaptive early exit for a lone greedy request (None: off; lossy)."""
+        self.exit_stats = EarlyExitStats()
         self._k = speculative.k if speculative else 1
         self._pending: deque[GenerationRequest] = deque()
         self._cond = threading.Condition()
@@ -175,16 +182,26 @@ class Engine:
             tokens = tokens[still]
             rows = [rows[i] for i in still]
         spec = self.speculative
-        if (
-            spec is not None
-            and len(rows) == 1
-            and rows[0].temperature <= 0
-            and batch.resizable
-            and not self._pending
-        ):
+        if spec is not None and self._lone_greedy(rows, batch):
             return self._speculate(rows, batch, int(tokens[0]), spec)
+        if self.early_exit is not None and self._lone_greedy(rows, batch):
+            with runner.activate(rows[0].adapter):
+                logits, mask = exit_step(
+                    runner.model,
+                    int(tokens[0]),
+                    batch.cache,
+                    batch.mask,
+                    int(batch.positions[0]),
+                    self.early_exit,
+                    self.exit_stats,
+                )
+            return rows, Batch(logits, batch.cache, mask, batch.positions + 1)
         with runner.activate(rows[0].adapter):
             return rows, runner.decode(tokens, batch)
+
+    def _lone_greedy(self, rows: list[GenerationRequest], batch: Batch) -> bool:
+        """One greedy row and nobody waiting: the case speculation and early exit serve."""
+        return len(rows) == 1 and rows[0].temperature <= 0 and batch.resizable and not self._pending
 
     def _accept(self, request: GenerationRequest, token: int) -> bool:
         """Append one sampled token; True when the request is finished by it."""
