@@ -195,6 +195,13 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL, *, allow_download: bool = 
     return _from_pretrained(AutoTokenizer, name_or_path, allow_download)
 
 
+def load_model_config(name_or_path: str = DEFAULT_MODEL, *, allow_download: bool = False) -> Any:
+    """A model's configuration (layers, sizes), without loading its weights."""
+    from transformers import AutoConfig
+
+    return _from_pretrained(AutoConfig, name_or_path, allow_download)
+
+
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
     *,

@@ -19,6 +19,18 @@ def _grid(value: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"{value!r}: {exc}") from None
 
 
+def _layers(value: str) -> tuple[int, ...]:
+    try:
+        layers = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: expected layer indices like 8,12,16"
+        ) from None
+    if not layers or min(layers) < 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected layer indices >= 0")
+    return layers
+
+
 def add_train_arguments(p: argparse.ArgumentParser, max_length: int = 2048) -> None:
     """The LoRA SFT options every pipeline shares."""
     g = p.add_argument_group("training")
@@ -134,6 +146,40 @@ def add_train_parser(subparsers: Any) -> None:
     add_train_arguments(q, max_length=4096)
     q.set_defaults(run=run_train_query_opt)
 
+    e = sub.add_parser(
+        "early-exit",
+        help="train early exits (LayerSkip loss) for faster local decoding",
+        description="Fine-tune a LoRA whose chosen layers predict the next token through the "
+        "model's own norm and head (LayerSkip's early-exit loss), raising the acceptance of "
+        "self-speculative drafts and the agreement of early exits. Built-in data: GSM8K "
+        "reference solutions. Rerunning with the same settings resumes.",
+    )
+    e.add_argument("--model", default="smollm2", help="base model (default: smollm2)")
+    e.add_argument("--out", default=None, help="run directory (default: runs/early-exit-MODEL)")
+    e.add_argument("--data", default=None, help="GSM8K JSONL file/dir or openai/gsm8k")
+    e.add_argument("--split", default="train")
+    e.add_argument("--limit", type=positive(int), default=None, help="first N problems only")
+    e.add_argument(
+        "--layers",
+        type=_layers,
+        default=None,
+        help="exit layers, 0-based, e.g. 10,14,18,22,26 (default: every fourth from a third up)",
+    )
+    e.add_argument(
+        "--exit-scale",
+        type=positive(float),
+        default=1.0,
+        help="weight of the exit losses against the final layer's (default 1.0)",
+    )
+    e.add_argument(
+        "--on-bad-record",
+        choices=("raise", "skip"),
+        default="raise",
+        help="a malformed dataset line stops the run (default) or is skipped and reported",
+    )
+    add_train_arguments(e)
+    e.set_defaults(run=run_train_early_exit)
+
 
 def run_train_tokenskip(args: argparse.Namespace) -> int:
     from trainers.tokenskip_run import TokenSkipConfig, run_tokenskip
@@ -192,6 +238,28 @@ def run_train_query_opt(args: argparse.Namespace) -> int:
     meta = run_query_opt(config, progress=not args.no_progress)
     if meta:  # rank 0 (the other ranks of a distributed run return no metadata)
         _print_summary(meta, groups=meta["data"]["groups"])
+    return 0
+
+
+def run_train_early_exit(args: argparse.Namespace) -> int:
+    from trainers.early_exit import EarlyExitTrainConfig, run_early_exit
+
+    out = args.out or str(Path("runs") / f"early-exit-{Path(args.model).name}")
+    config = EarlyExitTrainConfig(
+        model=args.model,
+        out_dir=out,
+        data=args.data,
+        split=args.split,
+        limit=args.limit,
+        layers=args.layers,
+        exit_scale=args.exit_scale,
+        on_bad_record=args.on_bad_record,
+        train=train_settings(args),
+        allow_download=args.allow_download,
+    )
+    meta = run_early_exit(config, progress=not args.no_progress)
+    if meta:  # rank 0 (the other ranks of a distributed run return no metadata)
+        _print_summary(meta, layers=meta["layers"])
     return 0
 
 

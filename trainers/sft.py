@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,12 +179,17 @@ def last_checkpoint(out_dir: str | Path) -> Path | None:
 
 
 def train_lora(
-    config: SFTConfig, *, callbacks: list[Any] | None = None, progress: bool = True
+    config: SFTConfig,
+    *,
+    callbacks: list[Any] | None = None,
+    progress: bool = True,
+    loss: Callable[[Any, dict[str, Any]], Any] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune a LoRA on ``config.train_file``; returns a summary (steps, losses, paths).
 
     The adapter lands in ``<out>/adapter``. An interrupted run resumes from its last
-    checkpoint when called again with the same config.
+    checkpoint when called again with the same config. ``loss(model, batch)`` replaces the
+    causal-LM loss on the completion (e.g. the early-exit pipeline adds per-layer terms).
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -240,7 +246,8 @@ def train_lora(
         disable_tqdm=not progress,
         **_precision(t.precision),
     )
-    trainer = Trainer(
+    trainer_class = Trainer if loss is None else _with_loss(Trainer, loss)
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=_ListDataset(examples),
@@ -272,6 +279,15 @@ def train_lora(
         "total_params": int(total),
         "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 2),
     }
+
+
+def _with_loss(trainer: type, loss: Callable[[Any, dict[str, Any]], Any]) -> type:
+    class LossTrainer(trainer):  # type: ignore[misc, valid-type]
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            value = loss(model, inputs)
+            return (value, None) if return_outputs else value
+
+    return LossTrainer
 
 
 class _ListDataset:
