@@ -1,7 +1,12 @@
 """Local decode speed, side by side in one run: HF generate vs the engine vs the engine with
-self-speculative layer skipping, greedy, on GSM8K prompts; identical output is checked.
+self-speculative layer skipping vs adaptive early exit (lossy), greedy, on GSM8K prompts;
+identical output is checked, and the early exit's agreement with the full model reported.
 
     .venv/bin/python bench/local_runtime.py --prompts 50 --max-new-tokens 128 [--skip 12,14,16]
+        [--exit-adapter runs/early-exit-smollm2/adapter] [--profile]
+
+With --exit-adapter every mode is measured again on base + trained exits (merged), so the
+acceptance rate and the early-exit agreement before and after training sit side by side.
 
 Batch 1 runs every prompt alone; batch 8 submits all prompts to the engine (8 rows at a time,
 continuous batching) and runs HF generate on left-padded groups of 8. Speculation serves a
@@ -25,6 +30,7 @@ from provenance import command_line  # noqa: E402
 
 from evaluation import gsm8k  # noqa: E402
 from evaluation.report import provenance  # noqa: E402
+from proxy.local.early_exit import calibrate_exits, self_continued  # noqa: E402
 from proxy.local.engine import Engine, GenerationRequest  # noqa: E402
 from proxy.local.runner import Runner  # noqa: E402
 from proxy.local.speculative import (  # noqa: E402
@@ -88,6 +94,46 @@ def hf_run(model, tokenizer, prompts, n, batch, eos) -> tuple:
     return outs, time.perf_counter() - t0
 
 
+def prefix_agreement(outs: list[list[int]], ref: list[list[int]]) -> dict:
+    """How far lossy outputs follow the full model's: exact rows and the mean share of each
+    reference output reproduced before the first differing token."""
+    shares, exact = [], 0
+    for o, r in zip(outs, ref):
+        m = 0
+        while m < min(len(o), len(r)) and o[m] == r[m]:
+            m += 1
+        exact += o == r
+        shares.append(m / len(r) if r else 1.0)
+    return {
+        "identical_rows": exact,
+        "rows": len(ref),
+        "mean_prefix_share": round(sum(shares) / len(shares), 4) if shares else None,
+    }
+
+
+def profile_decode(runner: Runner, prompt: list[int], n: int, top: int = 15) -> list[dict]:
+    """Where batch-1 decode time goes: torch profiler over one engine generation."""
+    from torch.profiler import ProfilerActivity, profile
+
+    engine = Engine(runner, max_batch=1)
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            engine_run(engine, [prompt], n, together=False)
+    finally:
+        engine.close()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    return [
+        {
+            "op": e.key,
+            "calls": e.count,
+            "self_cpu_ms": round(e.self_cpu_time_total / 1000, 1),
+            "share": round(e.self_cpu_time_total / total, 4),
+        }
+        for e in events[:top]
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2")
@@ -96,34 +142,28 @@ def main() -> None:
     ap.add_argument("--skip", default=None, help="skip set (default: calibrate)")
     ap.add_argument("--target", type=float, default=0.8, help="calibration agreement target")
     ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--exit-target", type=float, default=0.95, help="early-exit agreement target")
+    ap.add_argument(
+        "--exit-adapter",
+        default=None,
+        help="a tokenskip train early-exit adapter: its rows are measured after the base rows",
+    )
+    ap.add_argument("--no-batch8", action="store_true", help="batch-1 rows only")
+    ap.add_argument("--profile", action="store_true", help="add a profile of batch-1 decode")
     ap.add_argument("--out", default="reports/local_runtime.json")
     args = ap.parse_args()
 
     loaded = load_model(args.model)
     tok, model = loaded.tokenizer, loaded.model
     problems = gsm8k.load_gsm8k(split="test", limit=args.prompts).problems
-    prompts = [
-        list(
-            tok.apply_chat_template(
-                gsm8k.build_messages(p.question),
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=False,
-            )
-        )
-        for p in problems
+    prompts = [chat(tok, p.question) for p in problems]
+    # calibration text for early exit: train questions (never the test prompts), continued
+    # greedily by the model itself
+    calib_prompts = [
+        chat(tok, p.question) for p in gsm8k.load_gsm8k(split="train", limit=8).problems
     ]
     n = args.max_new_tokens
-    runner = Runner(model, tok)
-    eos = runner.eos_ids
-    if args.skip:
-        skip = tuple(int(x) for x in args.skip.split(","))
-        calibration = None
-    else:
-        samples = [tok.encode(t) for t in CALIBRATION_TEXTS]
-        cal = calibrate(model, samples, target=args.target)
-        skip, calibration = tuple(cal.skip), cal.__dict__
-    rows = {}
+    rows: dict = {}
 
     def record(name, outs, wall, batch, ref=None, **extra):
         tokens = sum(len(o) for o in outs)
@@ -135,40 +175,106 @@ def main() -> None:
             "identical_to_hf": None if ref is None else outs == ref,
             **extra,
         }
-        print(name, json.dumps(rows[name]))
+        print(name, json.dumps(rows[name]), flush=True)
 
-    hf1, w = hf_run(model, tok, prompts, n, 1, eos)
-    record("hf_generate_b1", hf1, w, 1)
-    plain = Engine(runner, max_batch=8)
-    outs, w = engine_run(plain, prompts, n, together=False)
-    record("engine_b1", outs, w, 1, hf1)
-    plain.close()
-    spec = Engine(runner, max_batch=8, speculative=SpeculativeSettings(skip=skip, k=args.k))
-    outs, w = engine_run(spec, prompts, n, together=False)
-    record("engine_speculative_b1", outs, w, 1, hf1, speculative=spec.spec_stats.to_dict())
-    spec.close()
-    hf8, w = hf_run(model, tok, prompts, n, 8, eos)
-    record("hf_generate_b8", hf8, w, 8, hf1)
-    plain = Engine(runner, max_batch=8)
-    outs, w = engine_run(plain, prompts, n, together=True)
-    record("engine_b8", outs, w, 8, hf1)
-    plain.close()
+    def measure(model, label: str) -> dict:
+        """Every mode on one model (base, or base + trained exits); returns its extras."""
+        runner = Runner(model, tok)
+        if args.skip:
+            skip, calibration = tuple(int(x) for x in args.skip.split(",")), None
+        else:
+            cal = calibrate(model, [tok.encode(t) for t in CALIBRATION_TEXTS], target=args.target)
+            skip, calibration = tuple(cal.skip), cal.__dict__
+        hf1, w = hf_run(model, tok, prompts, n, 1, runner.eos_ids)
+        record(f"{label}hf_generate_b1", hf1, w, 1)
+        plain = Engine(runner, max_batch=8)
+        outs, w = engine_run(plain, prompts, n, together=False)
+        record(f"{label}engine_b1", outs, w, 1, hf1)
+        plain.close()
+        spec = Engine(runner, max_batch=8, speculative=SpeculativeSettings(skip=skip, k=args.k))
+        outs, w = engine_run(spec, prompts, n, together=False)
+        record(
+            f"{label}engine_speculative_b1",
+            outs,
+            w,
+            1,
+            hf1,
+            speculative=spec.spec_stats.to_dict(),
+            skip=list(skip),
+        )
+        spec.close()
+        policy = calibrate_exits(
+            model, self_continued(model, calib_prompts, tokens=64), target=args.exit_target
+        )
+        exits = Engine(runner, max_batch=8, early_exit=policy)
+        outs, w = engine_run(exits, prompts, n, together=False)
+        record(
+            f"{label}engine_early_exit_b1",
+            outs,
+            w,
+            1,
+            hf1,
+            early_exit=exits.exit_stats.to_dict(),
+            agreement_with_full_model=prefix_agreement(outs, hf1),
+            lossy=True,
+        )
+        exits.close()
+        extra = {
+            "skip": list(skip),
+            "calibration": calibration,
+            "early_exit_policy": {
+                "layers": policy.layers,
+                "target": policy.target,
+                "calibration": policy.calibration,
+            },
+        }
+        if not args.no_batch8:
+            hf8, w = hf_run(model, tok, prompts, n, 8, runner.eos_ids)
+            record(f"{label}hf_generate_b8", hf8, w, 8, hf1)
+            plain = Engine(runner, max_batch=8)
+            outs, w = engine_run(plain, prompts, n, together=True)
+            record(f"{label}engine_b8", outs, w, 8, hf1)
+            plain.close()
+        if args.profile and not label:
+            extra["profile_engine_b1"] = profile_decode(runner, prompts[0], n)
+        return extra
 
-    base = rows["hf_generate_b1"]["tokens_per_s"]
+    base = measure(model, "")
+    trained = None
+    if args.exit_adapter:
+        from peft import PeftModel
+
+        tuned = PeftModel.from_pretrained(load_model(args.model).model, args.exit_adapter)
+        trained = measure(tuned.merge_and_unload().eval(), "trained_exits_")
+
+    hf_b1 = rows["hf_generate_b1"]["tokens_per_s"]
     report = {
         "model": args.model,
         "prompts": len(prompts),
         "max_new_tokens": n,
-        "skip": list(skip),
-        "calibration": calibration,
+        "base": base,
+        "trained_exits": trained,
+        "exit_adapter": args.exit_adapter,
         "rows": rows,
-        "speedup_vs_hf_b1": {k: round(v["tokens_per_s"] / base, 3) for k, v in rows.items()},
+        "speedup_vs_hf_b1": {k: round(v["tokens_per_s"] / hf_b1, 3) for k, v in rows.items()},
+        "threads": torch.get_num_threads(),
         "command": command_line(),
         **provenance(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
+
+
+def chat(tok, question: str) -> list[int]:
+    return list(
+        tok.apply_chat_template(
+            gsm8k.build_messages(question),
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+        )
+    )
 
 
 if __name__ == "__main__":
