@@ -17,7 +17,6 @@ Stages, in one run directory::
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +25,12 @@ from typing import Any
 from evaluation import gsm8k
 from tokenskip.errors import InvalidInputError
 from trainers.cot_data import JsonlWriter, example_completion
-from trainers.runs import claim_run_dir, is_main_process, on_main_process_first
+from trainers.runs import (
+    claim_run_dir,
+    is_main_process,
+    on_main_process_first,
+    write_adapter_meta,
+)
 from trainers.sft import IGNORE_INDEX, SFTConfig, TrainSettings, train_lora
 
 META_FILE = "early_exit.json"
@@ -127,7 +131,6 @@ def run_early_exit(
     config: EarlyExitTrainConfig, *, progress: bool = True, callbacks: list[Any] | None = None
 ) -> dict[str, Any]:
     """All stages; returns the adapter's metadata (also in ``adapter/early_exit.json``)."""
-    from evaluation.report import provenance
     from tokenskip.models import load_model_config, load_tokenizer
 
     hf = load_tokenizer(config.model, allow_download=config.allow_download)
@@ -161,18 +164,16 @@ def run_early_exit(
     )
     if not is_main_process():
         return {}
-    meta = {
-        "format": META_FORMAT,
-        "base_model": config.model,
-        "layers": list(layers),
-        "weights": [round(w, 4) for w in exit_weights(layers)],
-        "exit_scale": config.exit_scale,
-        "loss": "CE(final) + exit_scale * sum_l w_l * CE(lm_head(norm(h_l))), completion only",
-        "data": data,
-        "training": {**trained, "config": asdict(sft)},
-        "wall_s": round(time.time() - started, 1),
-        **provenance(),
-    }
-    adapter = Path(trained["adapter"])
-    (adapter / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-    return meta
+    return write_adapter_meta(
+        META_FILE,
+        trained,
+        sft,
+        started,
+        format=META_FORMAT,
+        base_model=config.model,
+        layers=list(layers),
+        weights=[round(w, 4) for w in exit_weights(layers)],
+        exit_scale=config.exit_scale,
+        loss="CE(final) + exit_scale * sum_l w_l * CE(lm_head(norm(h_l))), completion only",
+        data=data,
+    )

@@ -29,7 +29,12 @@ from evaluation.run import progress_bar
 from tokenskip.errors import InvalidInputError
 from tokenskip.multi_query import build_messages, format_answers, make_queries, single_messages
 from trainers.cot_data import JsonlWriter, example_completion, read_jsonl
-from trainers.runs import claim_run_dir, is_main_process, on_main_process_first
+from trainers.runs import (
+    claim_run_dir,
+    is_main_process,
+    on_main_process_first,
+    write_adapter_meta,
+)
 from trainers.sft import SFTConfig, TrainSettings, train_lora
 
 META_FILE = "query_opt.json"
@@ -231,7 +236,6 @@ def run_query_opt(
     config: QueryOptConfig, *, progress: bool = True, callbacks: list[Any] | None = None
 ) -> dict[str, Any]:
     """All stages; returns the adapter's metadata (also in ``adapter/query_opt.json``)."""
-    from evaluation.report import provenance
     from tokenskip.models import load_tokenizer
 
     hf = load_tokenizer(config.model, allow_download=config.allow_download)
@@ -255,16 +259,14 @@ def run_query_opt(
     trained = train_lora(sft, callbacks=callbacks, progress=progress)
     if not is_main_process():
         return {}
-    meta = {
-        "format": META_FORMAT,
-        "base_model": config.model,
-        "prompt": "tokenskip.multi_query.build_messages(context, queries) in the chat template; "
+    return write_adapter_meta(
+        META_FILE,
+        trained,
+        sft,
+        started,
+        format=META_FORMAT,
+        base_model=config.model,
+        prompt="tokenskip.multi_query.build_messages(context, queries) in the chat template; "
         "reply = tokenskip.multi_query.format_answers",
-        "data": data,
-        "training": {**trained, "config": asdict(sft)},
-        "wall_s": round(time.time() - started, 1),
-        **provenance(),
-    }
-    adapter = Path(trained["adapter"])
-    (adapter / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-    return meta
+        data=data,
+    )

@@ -57,3 +57,24 @@ def on_main_process_first(prepare: Any, out_dir: str) -> dict[str, Any]:
         summary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     state.wait_for_everyone()
     return data if state.is_main_process else json.loads(summary.read_text())
+
+
+def write_adapter_meta(
+    file_name: str, trained: dict[str, Any], sft: Any, started: float, **fields: Any
+) -> dict[str, Any]:
+    """The adapter's metadata: ``fields`` + the training summary and its config + wall time +
+    provenance, written as ``file_name`` inside the adapter directory; returned."""
+    import time
+    from dataclasses import asdict
+
+    from evaluation.report import provenance
+
+    meta = {
+        **fields,
+        "training": {**trained, "config": asdict(sft)},
+        "wall_s": round(time.time() - started, 1),
+        **provenance(),
+    }
+    text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
+    (Path(trained["adapter"]) / file_name).write_text(text)
+    return meta

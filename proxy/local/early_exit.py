@@ -44,7 +44,7 @@ class Logistic:
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """Probabilities for feature rows ``x`` (n, features)."""
-        w = torch.tensor(self.weights, dtype=x.dtype)
+        w = torch.tensor(self.weights, dtype=x.dtype, device=x.device)
         return torch.sigmoid(x @ w + self.bias)
 
     def accepts(self, x: torch.Tensor) -> torch.Tensor:
