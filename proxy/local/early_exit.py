@@ -211,9 +211,10 @@ def layer_features(
     """Teacher-forced features at each candidate layer and whether that layer's argmax is
     the full model's: ``features`` (layers, positions, 4), ``agrees`` (layers, positions)."""
     feats, agrees = [], []
+    device = next(model.parameters()).device
     for ids in samples:
-        x_ids = torch.tensor([list(ids)])
-        pos = torch.arange(len(ids)).view(1, -1)
+        x_ids = torch.tensor([list(ids)], device=device)
+        pos = torch.arange(len(ids), device=device).view(1, -1)
         decoder, x, causal, rope = _begin(model, x_ids, None, pos, None)
         head = model.get_output_embeddings()
         h, per_layer = x, {}
@@ -224,8 +225,8 @@ def layer_features(
                 per_layer[i] = (torch.cat([top, _cheap(out[0], h[0])], -1), choice)
             h = out
         final = head(decoder.norm(h))[0].argmax(-1)
-        feats.append(torch.stack([per_layer[i][0] for i in layers]))
-        agrees.append(torch.stack([per_layer[i][1] == final for i in layers]))
+        feats.append(torch.stack([per_layer[i][0] for i in layers]).float().cpu())
+        agrees.append(torch.stack([per_layer[i][1] == final for i in layers]).cpu())
     return {"features": torch.cat(feats, dim=1), "agrees": torch.cat(agrees, dim=1)}
 
 
@@ -351,8 +352,9 @@ def self_continued(model: Any, prompts: Sequence[Sequence[int]], tokens: int = 4
     """Each prompt followed by the model's own greedy continuation: calibration then sees the
     text the model produces while decoding, not only human text."""
     out = []
+    device = next(model.parameters()).device
     for ids in prompts:
-        x = torch.tensor([list(ids)])
+        x = torch.tensor([list(ids)], device=device)
         gen = model.generate(
             input_ids=x,
             attention_mask=torch.ones_like(x),
