@@ -147,8 +147,9 @@ def agreement(model: Any, samples: Sequence[Sequence[int]], skip: Sequence[int])
     """Share of positions where the skipping model's next-token choice is the full model's
     (teacher-forced on ``samples``)."""
     same = total = 0
+    device = next(model.parameters()).device
     for ids in samples:
-        x = torch.tensor([list(ids)])
+        x = torch.tensor([list(ids)], device=device)
         full = model(input_ids=x).logits[0].argmax(-1)
         with skipping(model, skip):
             part = model(input_ids=x).logits[0].argmax(-1)
