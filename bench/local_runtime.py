@@ -112,15 +112,15 @@ def prefix_agreement(outs: list[list[int]], ref: list[list[int]]) -> dict:
 
 
 def profile_decode(runner: Runner, prompt: list[int], n: int, top: int = 15) -> list[dict]:
-    """Where batch-1 decode time goes: torch profiler over one engine generation."""
+    """Where batch-1 decode time goes: torch profiler over the engine's hot path (prefill,
+    then one decode step per token, greedy), run on this thread so the profiler sees it."""
     from torch.profiler import ProfilerActivity, profile
 
-    engine = Engine(runner, max_batch=1)
-    try:
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            engine_run(engine, [prompt], n, together=False)
-    finally:
-        engine.close()
+    with profile(activities=[ProfilerActivity.CPU]) as prof, torch.inference_mode():
+        batch = runner.prefill([prompt])
+        for _ in range(n):
+            token = batch.logits.argmax(-1)
+            batch = runner.decode(token, batch)
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events) or 1
     return [
@@ -142,7 +142,11 @@ def main() -> None:
     ap.add_argument("--skip", default=None, help="skip set (default: calibrate)")
     ap.add_argument("--target", type=float, default=0.8, help="calibration agreement target")
     ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--exit-target", type=float, default=0.95, help="early-exit agreement target")
+    ap.add_argument(
+        "--exit-targets",
+        default="0.95,0.8",
+        help="early-exit calibration agreement targets, one row each",
+    )
     ap.add_argument(
         "--exit-adapter",
         default=None,
@@ -203,31 +207,25 @@ def main() -> None:
             skip=list(skip),
         )
         spec.close()
-        policy = calibrate_exits(
-            model, self_continued(model, calib_prompts, tokens=64), target=args.exit_target
-        )
-        exits = Engine(runner, max_batch=8, early_exit=policy)
-        outs, w = engine_run(exits, prompts, n, together=False)
-        record(
-            f"{label}engine_early_exit_b1",
-            outs,
-            w,
-            1,
-            hf1,
-            early_exit=exits.exit_stats.to_dict(),
-            agreement_with_full_model=prefix_agreement(outs, hf1),
-            lossy=True,
-        )
-        exits.close()
-        extra = {
-            "skip": list(skip),
-            "calibration": calibration,
-            "early_exit_policy": {
-                "layers": policy.layers,
-                "target": policy.target,
-                "calibration": policy.calibration,
-            },
-        }
+        continued = self_continued(model, calib_prompts, tokens=64)
+        policies = {}
+        for target in (float(t) for t in args.exit_targets.split(",")):
+            policy = calibrate_exits(model, continued, target=target)
+            exits = Engine(runner, max_batch=8, early_exit=policy)
+            outs, w = engine_run(exits, prompts, n, together=False)
+            record(
+                f"{label}engine_early_exit_{target:g}_b1",
+                outs,
+                w,
+                1,
+                hf1,
+                early_exit=exits.exit_stats.to_dict(),
+                agreement_with_full_model=prefix_agreement(outs, hf1),
+                lossy=True,
+            )
+            exits.close()
+            policies[f"{target:g}"] = {"layers": policy.layers, "calibration": policy.calibration}
+        extra = {"skip": list(skip), "calibration": calibration, "early_exit_policies": policies}
         if not args.no_batch8:
             hf8, w = hf_run(model, tok, prompts, n, 8, runner.eos_ids)
             record(f"{label}hf_generate_b8", hf8, w, 8, hf1)

@@ -280,6 +280,10 @@ def calibrate_exits(
     if not layers or layers[0] < 0 or layers[-1] >= n - 1:
         raise ValueError(f"exit layers must lie in [0, {n - 2}], got {layers}")
     data = layer_features(model, samples, layers)
+    untrained = {
+        str(layer): round(float(data["agrees"][i].float().mean()), 4)
+        for i, layer in enumerate(layers)
+    }
     x = data["features"].reshape(-1, len(FEATURES))
     y = data["agrees"].reshape(-1)
     w, b = _fit(x, y)
@@ -292,39 +296,83 @@ def calibrate_exits(
     if accepted.any():
         gate.threshold = float(torch.quantile(gate_scores[accepted], 1.0 - gate_recall))
     policy = EarlyExit(layers, gate, classifier, n, target)
+    head_cost = head_cost_in_layers(model)
+    dropped = []
+    while policy.layers:
+        net = _net_layers_saved(policy, data, head_cost)
+        worst = min(net, key=net.get)
+        if net[worst] > 0:
+            break
+        dropped.append(worst)  # its head checks cost more layers than its exits save
+        keep = [i for i, layer in enumerate(policy.layers) if layer != worst]
+        policy.layers = [policy.layers[i] for i in keep]
+        data = {"features": data["features"][keep], "agrees": data["agrees"][keep]}
     policy.calibration = simulate(policy, data)
+    policy.calibration["head_cost_in_layers"] = round(head_cost, 2)
+    policy.calibration["dropped_layers"] = dropped
+    policy.calibration["candidate_agreement_by_layer"] = untrained
     return policy
+
+
+def head_cost_in_layers(model: Any) -> float:
+    """The LM head's weights over one decoder layer's: what one early head check costs."""
+    decoder, _ = decoder_layers(model)
+    per_layer = sum(p.numel() for p in decoder.layers[0].parameters())
+    return model.get_output_embeddings().weight.numel() / max(per_layer, 1)
+
+
+def _net_layers_saved(
+    policy: EarlyExit, data: dict[str, torch.Tensor], head_cost: float
+) -> dict[int, float]:
+    """Per candidate layer: layers its exits skip minus what its head checks cost."""
+    feats = data["features"]
+    gated = policy.gate.accepts(feats[..., 2:])
+    passes = gated & policy.classifier.accepts(feats)
+    first = passes.int().cumsum(0).eq(1) & passes  # the first layer that lets each position go
+    out = {}
+    for i, layer in enumerate(policy.layers):
+        reached = ~(passes[:i].any(0)) if i else torch.ones_like(passes[0])
+        checks = int((gated[i] & reached).sum())
+        saved = int(first[i].sum()) * (policy.num_layers - layer - 1)
+        out[layer] = saved - checks * head_cost
+    return out
 
 
 def simulate(policy: EarlyExit, data: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Teacher-forced: per position, the first candidate layer whose gate and classifier both
-    accept is the exit; agreement, exit rate and mean layers run over all positions."""
+    accept is the exit; agreement with the full model, exit rate, mean layers run and head
+    checks (gate passes at layers the position reached) over all positions."""
     feats, agrees = data["features"], data["agrees"]
     layers, n = policy.layers, policy.num_layers
-    positions = feats.shape[1]
-    passes = policy.gate.accepts(feats[..., 2:]) & policy.classifier.accepts(feats)
-    same = exited = 0
-    layer_sum = 0
-    checks = int(policy.gate.accepts(feats[..., 2:]).sum())
+    positions = int(feats.shape[1]) if feats.dim() == 3 else 0
+    if not layers or not positions:
+        return {
+            "positions": positions,
+            "agreement": 1.0,
+            "exit_rate": 0.0,
+            "layers_per_token": float(n),
+            "head_checks_per_token": 0.0,
+        }
+    gated = policy.gate.accepts(feats[..., 2:])
+    passes = gated & policy.classifier.accepts(feats)
+    same = exited = layer_sum = checks = 0
     for p in range(positions):
         hit = passes[:, p].nonzero()
+        last = int(hit[0]) if len(hit) else len(layers) - 1
+        checks += int(gated[: last + 1, p].sum())
         if len(hit):
-            li = int(hit[0])
             exited += 1
-            same += int(agrees[li, p])
-            layer_sum += layers[li] + 1
+            same += int(agrees[last, p])
+            layer_sum += layers[last] + 1
         else:
             same += 1
             layer_sum += n
     return {
         "positions": positions,
-        "agreement": round(same / positions, 4) if positions else 0.0,
-        "exit_rate": round(exited / positions, 4) if positions else 0.0,
-        "layers_per_token": round(layer_sum / positions, 3) if positions else None,
-        "head_checks_per_token": round(checks / positions, 3) if positions else None,
-        "untrained_agreement_by_layer": {
-            str(layer): round(float(agrees[i].float().mean()), 4) for i, layer in enumerate(layers)
-        },
+        "agreement": round(same / positions, 4),
+        "exit_rate": round(exited / positions, 4),
+        "layers_per_token": round(layer_sum / positions, 3),
+        "head_checks_per_token": round(checks / positions, 3),
     }
 
 

@@ -95,12 +95,15 @@ def test_calibration_meets_its_target_on_its_data(smol):
     cal = pol.calibration
     assert cal["agreement"] >= 0.9  # non-exits agree by construction, exits at ≥ 0.9 precision
     assert cal["layers_per_token"] <= 30
-    assert set(cal["untrained_agreement_by_layer"]) == {"16", "20", "24", "28"}
+    assert set(cal["candidate_agreement_by_layer"]) == {"16", "20", "24", "28"}
+    # every layer kept pays for its head checks; the dropped ones are named
+    assert sorted(pol.layers + cal["dropped_layers"]) == [16, 20, 24, 28]
     # a stricter target exits less often
     strict = calibrate_exits(smol.model, samples, layers=[16, 20, 24, 28], target=1.0)
     assert strict.calibration["exit_rate"] <= cal["exit_rate"]
-    data = layer_features(smol.model, samples, pol.layers)
-    assert simulate(pol, data) == cal
+    if pol.layers:
+        data = layer_features(smol.model, samples, pol.layers)
+        assert simulate(pol, data).items() <= cal.items()
 
 
 def test_policy_round_trips(tmp_path):
