@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from proxy.local.speculative import decoder_layers
+from proxy.local.speculative import decoder_layers, safe_name
 
 GATE_FEATURES = ("cos_change", "rel_change")
 FEATURES = ("top_prob", "top_gap", "cos_change", "rel_change")
@@ -95,11 +95,6 @@ class EarlyExitStats:
 # ---------------------------------------------------------------------------- the forward
 
 
-def _parts(model: Any) -> tuple[Any, Any]:
-    decoder, _ = decoder_layers(model)
-    return decoder, model.get_output_embeddings()
-
-
 def _cheap(h: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
     """(…, 2): cosine between a layer's output and input, and |update| / |output|."""
     cos = torch.nn.functional.cosine_similarity(h.float(), prev.float(), dim=-1)
@@ -119,7 +114,7 @@ def _head_features(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _begin(model: Any, ids: torch.Tensor, mask: torch.Tensor | None, positions, cache):
     from transformers.masking_utils import create_causal_mask
 
-    decoder, _ = _parts(model)
+    decoder, _ = decoder_layers(model)
     x = decoder.embed_tokens(ids)
     causal = create_causal_mask(
         config=decoder.config,
@@ -384,9 +379,8 @@ def early_exit_policy(name: str, loaded: Any, raw: dict[str, Any]) -> EarlyExit:
 
     target = float(raw.get("target", 0.95))
     layers = raw.get("layers")
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
     tag = "default" if layers is None else "-".join(str(i) for i in layers)
-    path = cache_dir() / "early_exit" / f"{safe}-{target:g}-{tag}.json"
+    path = cache_dir() / "early_exit" / f"{safe_name(name)}-{target:g}-{tag}.json"
     if path.is_file():
         return EarlyExit.load(path)
     samples = self_continued(loaded.model, [loaded.tokenizer.encode(t) for t in CALIBRATION_TEXTS])

@@ -212,6 +212,11 @@ CALIBRATION_TEXTS = (
 )
 
 
+def safe_name(name: str) -> str:
+    """A model name as a file name (calibrations are cached per model)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+
+
 def speculative_settings(name: str, loaded: Any, raw: dict[str, Any]) -> SpeculativeSettings:
     """Settings from a model's ``local.speculative`` block; without a ``skip`` list the skip
     set is calibrated once and cached under the model cache directory."""
@@ -219,9 +224,8 @@ def speculative_settings(name: str, loaded: Any, raw: dict[str, Any]) -> Specula
 
     skip = raw.get("skip")
     if skip is None:
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
         target = float(raw.get("target", 0.8))
-        path = cache_dir() / "speculative" / f"{safe}-{target:g}.json"
+        path = cache_dir() / "speculative" / f"{safe_name(name)}-{target:g}.json"
         if path.is_file():
             skip = Calibration.load(path).skip
         else:
