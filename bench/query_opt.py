@@ -4,9 +4,11 @@ For each N: groups of N test questions are asked against a shared k-shot CoT con
 Query-OPT training format) in one call each, and the same questions are asked one per call.
 With --adapter, the merged calls run twice on the same groups, with the base model (before)
 and with the Query-OPT LoRA (after); single calls always use the base model. Reported per N:
-format success (the reply parsed with every id), answer accuracy of merged vs single answers
-on the same questions and how often their final answers agree, input tokens and calls per query, and wall time per
-query with both modes run at the same batch size (labeled: not batch-1 latency).
+format success (the reply parsed with every id; failures cut at the token budget counted),
+answer accuracy of merged vs single answers on the same questions (merged alone, and with the
+proxy's fallback: a missing answer retried alone) and how often their final answers agree,
+input tokens and calls per query, and wall time per query with both modes run at the same
+batch size (labeled: not batch-1 latency). Every merged reply goes to OUT.replies.jsonl.
 
     .venv/bin/python bench/query_opt.py --groups 8 --ns 2,4,8 [--adapter runs/query-opt/adapter]
 """
@@ -36,13 +38,31 @@ def run(args: argparse.Namespace) -> dict:
     train = gsm8k.load_gsm8k(args.data, split="train")
     context = gsm8k_context(gsm8k.shots_from(train, args.shots, seed=0))
     generator = LocalGenerator(args.model, adapter=args.adapter, batch_size=args.batch_size)
-    tok = generator.tokenizer
     adapter_on = args.adapter is not None
 
     def count(messages: list[dict]) -> int:
         return len(generator.prompt_ids(Prompt(tuple(messages))))
 
-    results = {}
+    results: dict = {}
+
+    def report(done: bool) -> dict:
+        return {
+            "status": "complete" if done else f"partial: N = {', '.join(results)} done",
+            "model": args.model,
+            "adapter": args.adapter,
+            "shots": args.shots,
+            "batch_size": args.batch_size,
+            "answer_tokens": args.answer_tokens,
+            "results": results,
+            "wall_note": f"both modes generated at batch size {args.batch_size}; wall time per "
+            "query, not batch-1 latency",
+            "command": command_line(),
+            **provenance(),
+        }
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    # every merged reply, for reading the failures (small: a few KB per group)
+    replies = open(Path(args.out).with_suffix(".replies.jsonl"), "w", encoding="utf-8")  # noqa: SIM115
     offset = 0
     for n in args.ns:
         problems = test.problems[offset : offset + n * args.groups]
@@ -81,23 +101,44 @@ def run(args: argparse.Namespace) -> dict:
         for label, on in [("base", False)] + ([("adapter", True)] if adapter_on else []):
             prompts = [replace(pr, adapter=on) for pr in merged_prompts]
             t0 = time.perf_counter()
-            merged = generator.generate(prompts, args.answer_tokens * n + 32)
+            budget = args.answer_tokens * n + 32
+            merged = generator.generate(prompts, budget)
             merged_wall = time.perf_counter() - t0
-            complete = merged_correct = missing = agree = 0
+            complete = merged_correct = with_fallback = missing = agree = at_budget = 0
             for g, out, base_idx in zip(groups, merged, range(0, queries_total, n)):
                 parsed = parse_answers(out.text, list(range(1, len(g) + 1)))
                 complete += parsed.complete
                 missing += len(parsed.missing)
+                at_budget += not parsed.complete and out.output_tokens >= budget
                 for i, p in enumerate(g, start=1):
                     answer = parsed.answers.get(i)
                     predicted = gsm8k.extract_answer(answer) if answer else None
-                    merged_correct += bool(answer) and gsm8k.is_correct(predicted, p.answer)
                     single_pred = gsm8k.extract_answer(singles[base_idx + i - 1].text)
+                    correct = bool(answer) and gsm8k.is_correct(predicted, p.answer)
+                    merged_correct += correct
+                    # what the proxy returns: a missing answer is retried alone (= the single)
+                    with_fallback += correct if answer else gsm8k.is_correct(single_pred, p.answer)
                     agree += predicted is not None and predicted == single_pred
+                replies.write(
+                    json.dumps(
+                        {
+                            "n": n,
+                            "model": label,
+                            "indices": [p.index for p in g],
+                            "complete": parsed.complete,
+                            "missing": list(parsed.missing),
+                            "output_tokens": out.output_tokens,
+                            "text": out.text,
+                        }
+                    )
+                    + "\n"
+                )
             row[label] = {
                 "format_success": round(complete / len(groups), 4),
                 "missing_answers": missing,
+                "failed_at_token_budget": at_budget,
                 "accuracy_merged": round(merged_correct / queries_total, 4),
+                "accuracy_with_fallback": round(with_fallback / queries_total, 4),
                 "same_final_answer_as_single": round(agree / queries_total, 4),
                 "calls_per_query_with_retries": round((len(groups) + missing) / queries_total, 3),
                 "wall_s_per_query_merged": round(merged_wall / queries_total, 3),
@@ -105,20 +146,19 @@ def run(args: argparse.Namespace) -> dict:
                 "example_reply": merged[0].text[:600],
             }
         results[str(n)] = row
-        print(json.dumps({n: row}))
+        print(json.dumps({n: row}), flush=True)
+        replies.flush()
+        write(args.out, report(done=False))  # a cut-off run keeps the rows it finished
     generator.close()
-    del tok
-    return {
-        "model": args.model,
-        "adapter": args.adapter,
-        "shots": args.shots,
-        "batch_size": args.batch_size,
-        "answer_tokens": args.answer_tokens,
-        "results": results,
-        "wall_note": f"both modes generated at batch size {args.batch_size}; wall time per query, not batch-1 latency",
-        "command": command_line(),
-        **provenance(),
-    }
+    replies.close()
+    return report(done=True)
+
+
+def write(path: str, report: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def main() -> None:
@@ -134,9 +174,7 @@ def main() -> None:
     ap.add_argument("--out", default="reports/query_opt_smollm2.json")
     args = ap.parse_args()
     args.ns = [int(n) for n in args.ns.split(",")]
-    report = run(args)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write(args.out, run(args))
     print(f"wrote {args.out}")
 
 

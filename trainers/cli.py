@@ -46,6 +46,11 @@ def add_train_arguments(p: argparse.ArgumentParser, max_length: int = 2048) -> N
     g.add_argument("--max-length", type=positive(int), default=max_length)
     g.add_argument("--save-steps", type=positive(int), default=50)
     g.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
+    g.add_argument(
+        "--init-adapter",
+        default=None,
+        help="continue training this peft adapter instead of starting a fresh LoRA",
+    )
     g.add_argument("--allow-download", action="store_true", help="allow hub downloads")
     g.add_argument("--no-progress", action="store_true")
 
@@ -64,6 +69,7 @@ def train_settings(args: argparse.Namespace) -> Any:
         save_steps=args.save_steps,
         precision=args.precision,
         seed=args.seed,
+        init_adapter=args.init_adapter,
     )
 
 
@@ -131,6 +137,13 @@ def add_train_parser(subparsers: Any) -> None:
     q.add_argument("--min-queries", type=positive(int), default=2)
     q.add_argument("--max-queries", type=positive(int), default=8)
     q.add_argument("--groups", type=positive(int), default=500, help="GSM8K groups to build")
+    q.add_argument(
+        "--group-seed",
+        type=int,
+        default=None,
+        help="seed for drawing the query groups (default: --seed; the shared context's "
+        "exemplars always follow --seed), e.g. to continue an adapter on fresh groups",
+    )
     q.add_argument(
         "--answer-source",
         choices=("reference", "model"),
@@ -230,6 +243,7 @@ def run_train_query_opt(args: argparse.Namespace) -> int:
         min_queries=args.min_queries,
         max_queries=args.max_queries,
         groups=args.groups,
+        group_seed=args.group_seed,
         answer_source=args.answer_source,
         on_bad_record=args.on_bad_record,
         train=train_settings(args),

@@ -57,6 +57,10 @@ class QueryOptConfig:
     max_queries: int = 8
     groups: int = 500
     """GSM8K groups to build (each a fresh draw of N questions)."""
+    group_seed: int | None = None
+    """Seed for drawing the groups (None: the training seed). The context's exemplars always
+    follow the training seed, so a different group seed gives fresh groups over the same
+    context (e.g. to continue an adapter with ``train.init_adapter``)."""
     answer_source: Literal["reference", "model"] = "reference"
     answer_max_new_tokens: int = 256
     batch_size: int = 16
@@ -154,7 +158,7 @@ def _model_answers(
 def build_groups(config: QueryOptConfig, *, progress: bool = True) -> dict[str, Any]:
     """Write groups.jsonl: the GSM8K groups (or the user's JSONL, checked)."""
     out = Path(config.out_dir) / "groups.jsonl"
-    rng = random.Random(config.train.seed)
+    rng = random.Random(config.train.seed if config.group_seed is None else config.group_seed)
     if config.data is not None:
         groups, skipped = _read_groups(Path(config.data), config.limit, config.on_bad_record)
         source = str(config.data)

@@ -23,9 +23,11 @@ def claim_run_dir(out_dir: str, config: dict[str, Any]) -> None:
     marker = out / "run.json"
     mine = json.loads(json.dumps(config))
     if marker.is_file():
-        theirs = json.loads(marker.read_text())
-        if theirs != mine:
-            fields = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
+        # unset (None) settings compare equal to absent ones: a run made before a setting
+        # existed still resumes
+        theirs, ours = _set_only(json.loads(marker.read_text())), _set_only(mine)
+        if theirs != ours:
+            fields = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
             raise InvalidInputError(
                 f"{out} holds a different run (differs in: {', '.join(fields)}); "
                 "rerun with the same settings to resume, or pick another --out"
@@ -37,6 +39,12 @@ def claim_run_dir(out_dir: str, config: dict[str, Any]) -> None:
         )
     out.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(mine, indent=2) + "\n")
+
+
+def _set_only(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _set_only(v) for k, v in value.items() if v is not None}
+    return value
 
 
 def is_main_process() -> bool:

@@ -61,6 +61,9 @@ class TrainSettings:
     save_total_limit: int = 2
     precision: str = "auto"
     """``auto`` (bf16 where the GPU supports it, else fp32), ``bf16``, ``fp16`` or ``fp32``."""
+    init_adapter: str | None = None
+    """Start from this peft adapter (continue training it on new data) instead of a fresh
+    LoRA; its own rank and target modules then apply."""
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
@@ -76,6 +79,14 @@ class TrainSettings:
             raise InvalidInputError(f"warmup ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise InvalidInputError(f"precision must be auto, bf16, fp16 or fp32: {self.precision}")
+        if (
+            self.init_adapter is not None
+            and not (Path(self.init_adapter) / "adapter_config.json").is_file()
+        ):
+            raise InvalidInputError(
+                f"--init-adapter {self.init_adapter}: not a peft adapter directory "
+                "(no adapter_config.json)"
+            )
 
 
 @dataclass
@@ -192,7 +203,7 @@ def train_lora(
     causal-LM loss on the completion (e.g. the early-exit pipeline adds per-layer terms).
     """
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import Trainer, TrainingArguments
 
     from tokenskip.models import load_model
@@ -214,16 +225,19 @@ def train_lora(
     model = loaded.model
     model.config.use_cache = False
     lora = t.lora
-    model = get_peft_model(
-        model,
-        LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=lora.target_modules,
-            task_type="CAUSAL_LM",
-        ),
-    )
+    if t.init_adapter is not None:
+        model = PeftModel.from_pretrained(model, t.init_adapter, is_trainable=True)
+    else:
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=lora.target_modules,
+                task_type="CAUSAL_LM",
+            ),
+        )
     trainable, total = model.get_nb_trainable_parameters()
 
     out = Path(config.out_dir)
@@ -270,6 +284,7 @@ def train_lora(
         "steps": trainer.state.global_step,
         "epochs": round(float(trainer.state.epoch or 0.0), 4),
         "resumed_from": str(resume) if resume else None,
+        "init_adapter": t.init_adapter,
         "train_loss": round(float(result.training_loss), 6)
         if not math.isnan(result.training_loss)
         else None,

@@ -129,3 +129,43 @@ def test_gsm8k_context_format():
 
     shot = Problem(0, "Q?", "A <<1+1=2>>2\n#### 2", "2")
     assert gsm8k_context((shot,)) == f"{INSTRUCTION}\n\nQuestion: Q?\nAnswer: A 2\n#### 2"
+
+
+def test_continuing_an_adapter_on_fresh_groups_starts_from_its_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    first = run_query_opt(config(tmp_path), progress=False)
+    start = first["training"]["adapter"]
+    settings = config(tmp_path).train
+    settings.init_adapter = start
+    settings.learning_rate = 1e-12  # one step that cannot move the weights measurably
+    settings.max_steps = 1
+    second = config(tmp_path, out_dir=str(tmp_path / "run2"), group_seed=1, train=settings)
+    meta = run_query_opt(second, progress=False)
+    assert meta["training"]["init_adapter"] == start
+    a = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "run2" / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    trained_b = [k for k in a if "lora_B" in k and a[k].abs().max() > 0]
+    assert trained_b, "the first run trained its LoRA B matrices away from zero"
+    for k in a:
+        assert (a[k] - b[k]).abs().max() < 1e-6, k
+    # fresh groups over the same context
+    g1 = list(read_jsonl(tmp_path / "run" / "groups.jsonl"))
+    g2 = list(read_jsonl(tmp_path / "run2" / "groups.jsonl"))
+    assert {g["context"] for g in g1} == {g["context"] for g in g2}
+    assert [g["indices"] for g in g1] != [g["indices"] for g in g2]
+
+
+def test_init_adapter_must_be_an_adapter_directory(tmp_path):
+    with pytest.raises(InvalidInputError, match="not a peft adapter directory"):
+        TrainSettings(init_adapter=str(tmp_path))
+
+
+def test_a_run_made_before_a_setting_existed_still_resumes(tmp_path):
+    from trainers.runs import claim_run_dir
+
+    claim_run_dir(str(tmp_path / "r"), {"a": 1, "train": {"lr": 2}})
+    claim_run_dir(str(tmp_path / "r"), {"a": 1, "new": None, "train": {"lr": 2, "x": None}})
+    with pytest.raises(InvalidInputError, match="differs in: new"):
+        claim_run_dir(str(tmp_path / "r"), {"a": 1, "new": 3, "train": {"lr": 2}})
