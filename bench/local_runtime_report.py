@@ -6,7 +6,6 @@ Data first: nothing here measures anything.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -149,12 +148,8 @@ def _yes(x: Any) -> str:
     return "—" if x is None else ("yes" if x else "no")
 
 
-def main() -> None:
-    src = Path(sys.argv[1] if len(sys.argv) > 1 else "reports/local_runtime.json")
-    out = src.with_suffix(".md")
-    out.write_text(render(json.loads(src.read_text())) + "\n")
-    print(f"wrote {out}")
-
-
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from provenance import render_main
+
+    render_main(render, "reports/local_runtime.json")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -25,3 +27,11 @@ def command_line() -> str:
     if python.is_relative_to(Path.cwd()):
         python = python.relative_to(Path.cwd())
     return shlex.join([str(python), *sys.argv])
+
+
+def render_main(render: Callable[[dict], str], default: str) -> None:
+    """A renderer's command line: JSON report (argv[1] or ``default``) → Markdown beside it."""
+    src = Path(sys.argv[1] if len(sys.argv) > 1 else default)
+    out = src.with_suffix(".md")
+    out.write_text(render(json.loads(src.read_text())) + "\n")
+    print(f"wrote {out}")

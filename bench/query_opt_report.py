@@ -6,7 +6,6 @@ measures anything.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -102,12 +101,8 @@ def _verdict(ok: bool) -> str:
     return "met" if ok else "missed"
 
 
-def main() -> None:
-    src = Path(sys.argv[1] if len(sys.argv) > 1 else "reports/query_opt_smollm2.json")
-    out = src.with_suffix(".md")
-    out.write_text(render(json.loads(src.read_text())) + "\n")
-    print(f"wrote {out}")
-
-
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from provenance import render_main
+
+    render_main(render, "reports/query_opt_smollm2.json")
