@@ -1,9 +1,11 @@
 """Local decode speed, side by side in one run: HF generate vs the engine vs the engine with
-self-speculative layer skipping vs adaptive early exit (lossy), greedy, on GSM8K prompts;
-identical output is checked, and the early exit's agreement with the full model reported.
+self-speculative layer skipping (alone, and with prompt-lookup drafts first) vs adaptive
+early exit (lossy), greedy, on GSM8K prompts; identical output is checked, and the early
+exit's agreement with the full model reported.
 
     .venv/bin/python bench/local_runtime.py --prompts 50 --max-new-tokens 128 [--skip 12,14,16]
         [--exit-adapter runs/early-exit-smollm2/adapter] [--profile]
+        [--modes engine,speculative,lookup,early_exit,batch8]
 
 With --exit-adapter every mode is measured again on base + trained exits (merged), so the
 acceptance rate and the early-exit agreement before and after training sit side by side.
@@ -34,7 +36,6 @@ from proxy.local.early_exit import calibrate_exits, self_continued  # noqa: E402
 from proxy.local.engine import Engine, GenerationRequest  # noqa: E402
 from proxy.local.runner import Runner  # noqa: E402
 from proxy.local.speculative import (  # noqa: E402
-    CALIBRATION_TEXTS,
     SpeculativeSettings,
     calibrate,
 )
@@ -152,17 +153,25 @@ def main() -> None:
         default=None,
         help="a tokenskip train early-exit adapter: its rows are measured after the base rows",
     )
-    ap.add_argument("--no-batch8", action="store_true", help="batch-1 rows only")
+    ap.add_argument(
+        "--modes",
+        default="engine,speculative,lookup,early_exit,batch8",
+        help="what to measure besides HF generate at batch 1 (the reference), comma-separated",
+    )
     ap.add_argument("--profile", action="store_true", help="add a profile of batch-1 decode")
     ap.add_argument("--out", default="reports/local_runtime.json")
     args = ap.parse_args()
+    modes = set(args.modes.split(","))
+    known = {"engine", "speculative", "lookup", "early_exit", "batch8"}
+    if modes - known:
+        ap.error(f"unknown --modes {sorted(modes - known)}: pick from {','.join(sorted(known))}")
+    if "lookup" in modes:
+        modes.add("speculative")  # the lookup row sits beside the layer-skip-only row
 
     loaded = load_model(args.model)
     tok, model = loaded.tokenizer, loaded.model
     problems = gsm8k.load_gsm8k(split="test", limit=args.prompts).problems
     prompts = [chat(tok, p.question) for p in problems]
-    # calibration text for early exit: train questions (never the test prompts), continued
-    # greedily by the model itself
     calib_prompts = [
         chat(tok, p.question) for p in gsm8k.load_gsm8k(split="train", limit=8).problems
     ]
@@ -196,36 +205,46 @@ def main() -> None:
         # warm-up (HF generate's first call on a model pays one-off setup): not measured
         hf_run(model, tok, prompts[:1], 4, 1, runner.eos_ids)
         t0 = time.perf_counter()
-        if args.skip:
-            skip, calibration = tuple(int(x) for x in args.skip.split(",")), None
-        else:
-            cal = calibrate(model, [tok.encode(t) for t in CALIBRATION_TEXTS], target=args.target)
-            skip, calibration = tuple(cal.skip), cal.__dict__
-        stage(f"{label}speculative_calibration", t0)
+        # calibration text for both: train questions (never the test prompts), continued
+        # greedily by the model itself
+        continued = self_continued(model, calib_prompts, tokens=64)
+        stage(f"{label}calibration_text", t0)
         hf1, w = hf_run(model, tok, prompts, n, 1, runner.eos_ids)
         record(f"{label}hf_generate_b1", hf1, w, 1)
-        if full:
+        if full and "engine" in modes:
             plain = Engine(runner, max_batch=8)
             outs, w = engine_run(plain, prompts, n, together=False)
             record(f"{label}engine_b1", outs, w, 1, hf1)
             plain.close()
-        spec = Engine(runner, max_batch=8, speculative=SpeculativeSettings(skip=skip, k=args.k))
-        outs, w = engine_run(spec, prompts, n, together=False)
-        record(
-            f"{label}engine_speculative_b1",
-            outs,
-            w,
-            1,
-            hf1,
-            speculative=spec.spec_stats.to_dict(),
-            skip=list(skip),
-        )
-        spec.close()
-        t0 = time.perf_counter()
-        continued = self_continued(model, calib_prompts, tokens=64)
-        stage(f"{label}early_exit_calibration_text", t0)
+        skip, calibration = (), None
+        if "speculative" in modes:
+            t0 = time.perf_counter()
+            if args.skip:
+                skip = tuple(int(x) for x in args.skip.split(","))
+            else:
+                cal = calibrate(model, continued, target=args.target)
+                skip, calibration = tuple(cal.skip), cal.__dict__
+            stage(f"{label}speculative_calibration", t0)
+            # layer-skipping drafts only, then with lookup drafts first
+            for lookup, name in ((False, "speculative"), (True, "speculative_lookup")):
+                if lookup and "lookup" not in modes:
+                    continue
+                settings = SpeculativeSettings(skip=skip, k=args.k, lookup=lookup)
+                spec = Engine(runner, max_batch=8, speculative=settings)
+                outs, w = engine_run(spec, prompts, n, together=False)
+                record(
+                    f"{label}engine_{name}_b1",
+                    outs,
+                    w,
+                    1,
+                    hf1,
+                    speculative=spec.spec_stats.to_dict(),
+                    skip=list(skip),
+                    speculation_on=spec.speculative is not None,
+                )
+                spec.close()
         policies = {}
-        for target in (float(t) for t in args.exit_targets.split(",")):
+        for target in (float(t) for t in args.exit_targets.split(",") if "early_exit" in modes):
             t0 = time.perf_counter()
             policy = calibrate_exits(model, continued, target=target)
             stage(f"{label}early_exit_calibration_{target:g}", t0)
@@ -244,7 +263,7 @@ def main() -> None:
             exits.close()
             policies[f"{target:g}"] = {"layers": policy.layers, "calibration": policy.calibration}
         extra = {"skip": list(skip), "calibration": calibration, "early_exit_policies": policies}
-        if full and not args.no_batch8:
+        if full and "batch8" in modes:
             hf8, w = hf_run(model, tok, prompts, n, 8, runner.eos_ids)
             record(f"{label}hf_generate_b8", hf8, w, 8, hf1)
             plain = Engine(runner, max_batch=8)

@@ -30,9 +30,9 @@ def render(r: dict[str, Any]) -> str:
         f"{r['max_new_tokens']} new tokens each; tokens/s = generated tokens / wall seconds of "
         "the whole set.",
         "",
-        "| mode | batch | tokens | tokens/s | × HF b1 | identical to HF | acceptance | "
-        "layers/token | exit rate | agreement with full model |",
-        "|---|--:|--:|--:|--:|---|--:|--:|--:|---|",
+        "| mode | batch | tokens | tokens/s | × HF b1 | identical to HF | drafts lookup / skip "
+        "| acceptance | layers/token | exit rate | agreement with full model |",
+        "|---|--:|--:|--:|--:|---|---|--:|--:|--:|---|",
     ]
     speedups = r.get("speedup_vs_hf_b1", {})
     for name, row in rows.items():
@@ -42,6 +42,7 @@ def render(r: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {row['batch']} | {row['tokens']:,} | {row['tokens_per_s']:.1f} "
             f"| {_num(speedups.get(name), 2)} | {_yes(row.get('identical_to_hf'))} "
+            f"| {_drafts(spec)} "
             f"| {_num((spec or {}).get('acceptance'), 3)} | {_num(layers, 1)} "
             f"| {_num((exits or {}).get('exit_rate'), 3)} "
             f"| {_agreement(agree)} |"
@@ -83,14 +84,24 @@ def render(r: dict[str, Any]) -> str:
 def _targets(rows: dict, speedups: dict) -> list[str]:
     out = ["## Against the targets", ""]
     for prefix, label in (("", "base"), ("trained_exits_", "trained exits")):
-        name = f"{prefix}engine_speculative_b1"
-        if name in rows:
+        for mode, what in (
+            ("speculative", "layer-skip drafts"),
+            ("speculative_lookup", "lookup + layer-skip drafts"),
+        ):
+            name = f"{prefix}engine_{mode}_b1"
+            if name not in rows:
+                continue
             s = speedups.get(name)
             verdict = "met" if s is not None and s >= LOSSLESS_TARGET else "missed"
+            off = (
+                ""
+                if rows[name].get("speculation_on", True)
+                else " (speculation off: empty skip set)"
+            )
             out.append(
-                f"- Lossless self-speculative, batch 1 ({label}): {_num(s, 2)}× HF generate "
-                f"(target ≥ {LOSSLESS_TARGET}×: **{verdict}**), identical output: "
-                f"{_yes(rows[name].get('identical_to_hf'))}."
+                f"- Lossless self-speculative, {what}, batch 1 ({label}): {_num(s, 2)}× HF "
+                f"generate (target ≥ {LOSSLESS_TARGET}×: **{verdict}**), identical output: "
+                f"{_yes(rows[name].get('identical_to_hf'))}{off}."
             )
     if "engine_b1" in rows:
         out.append(
@@ -132,6 +143,16 @@ def _calibration(label: str, extra: dict) -> list[str]:
         )
     out.append("")
     return out
+
+
+def _drafts(spec: dict | None) -> str:
+    if not spec:
+        return "—"
+    lookup = spec.get("lookup_rounds", 0)
+    text = f"{lookup:,} / {spec['rounds'] - lookup:,}"
+    if lookup:
+        text += f" (lookup acceptance {spec['lookup_accepted'] / spec['lookup_drafted']:.2f})"
+    return text
 
 
 def _agreement(a: dict | None) -> str:

@@ -86,8 +86,9 @@ class ModelEntry:
     adapter: str | None = None
     """LoRA adapter directory for a local model."""
     speculative: dict[str, Any] | None = None
-    """Local model: self-speculative layer skipping, ``{skip: [layers], k: 4}``; ``{}`` or
-    ``true`` calibrates the skip set at load (cached beside the model)."""
+    """Local model: self-speculative decoding, ``{skip: [layers], k: 4, lookup: true}``; ``{}``
+    or ``true`` calibrates the skip set at load (cached beside the model); ``lookup`` drafts
+    from earlier occurrences in the prompt and output first."""
     early_exit: dict[str, Any] | None = None
     """Local model: adaptive early exit (lossy, opt-in), ``{target: 0.95, layers: [...]}``;
     ``true`` calibrates with the defaults at load (cached beside the model)."""
@@ -184,10 +185,13 @@ def _speculative(raw: Any, where: str) -> dict[str, Any] | None:
         return None
     if raw is True:
         return {}
-    if not isinstance(raw, dict) or set(raw) - {"skip", "k", "max_k", "target"}:
+    if not isinstance(raw, dict) or set(raw) - {"skip", "k", "max_k", "target", "lookup"}:
         raise ValueError(
-            f"{where}: local.speculative must be true or a mapping of skip, k, max_k, target"
+            f"{where}: local.speculative must be true or a mapping of skip, k, max_k, target, "
+            "lookup"
         )
+    if not isinstance(raw.get("lookup", True), bool):
+        raise ValueError(f"{where}: local.speculative.lookup must be true or false")
     skip = raw.get("skip")
     if skip is not None and (
         not isinstance(skip, list) or not all(isinstance(i, int) and i > 0 for i in skip)

@@ -30,7 +30,12 @@ from typing import Any
 
 import torch
 
-from proxy.local.speculative import decoder_layers, safe_name
+from proxy.local.speculative import (
+    decoder_layers,
+    head_cost_in_layers,
+    safe_name,
+    self_continued,
+)
 
 GATE_FEATURES = ("cos_change", "rel_change")
 FEATURES = ("top_prob", "top_gap", "cos_change", "rel_change")
@@ -309,13 +314,6 @@ def calibrate_exits(
     return policy
 
 
-def head_cost_in_layers(model: Any) -> float:
-    """The LM head's weights over one decoder layer's: what one early head check costs."""
-    decoder, _ = decoder_layers(model)
-    per_layer = sum(p.numel() for p in decoder.layers[0].parameters())
-    return model.get_output_embeddings().weight.numel() / max(per_layer, 1)
-
-
 def _net_layers_saved(
     policy: EarlyExit, data: dict[str, torch.Tensor], head_cost: float
 ) -> dict[int, float]:
@@ -387,22 +385,3 @@ def early_exit_policy(name: str, loaded: Any, raw: dict[str, Any]) -> EarlyExit:
     policy = calibrate_exits(loaded.model, samples, layers=layers, target=target)
     policy.save(path)
     return policy
-
-
-@torch.inference_mode()
-def self_continued(model: Any, prompts: Sequence[Sequence[int]], tokens: int = 48) -> list:
-    """Each prompt followed by the model's own greedy continuation: calibration then sees the
-    text the model produces while decoding, not only human text."""
-    out = []
-    device = next(model.parameters()).device
-    for ids in prompts:
-        x = torch.tensor([list(ids)], device=device)
-        gen = model.generate(
-            input_ids=x,
-            attention_mask=torch.ones_like(x),
-            max_new_tokens=tokens,
-            do_sample=False,
-            pad_token_id=0,
-        )
-        out.append(gen[0].tolist())
-    return out

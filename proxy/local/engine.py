@@ -68,6 +68,10 @@ class Engine:
             raise ValueError(f"max_batch must be positive, got {max_batch}")
         self.runner = runner
         self.max_batch = max_batch
+        if speculative is not None and not speculative.skip and not speculative.lookup:
+            # a draft with every layer costs a full step and saves nothing
+            log.info("speculative decoding off: the skip set is empty and lookup is off")
+            speculative = None
         self.speculative = speculative
         """Self-speculative layer skipping for a lone greedy request (None: off)."""
         self.spec_stats = SpeculativeStats()
@@ -183,7 +187,12 @@ class Engine:
             rows = [rows[i] for i in still]
         spec = self.speculative
         if spec is not None and self._lone_greedy(rows, batch):
-            return self._speculate(rows, batch, int(tokens[0]), spec)
+            done = self._speculate(rows, batch, int(tokens[0]), spec)
+            if done is not None:
+                return done
+            self.spec_stats.plain_steps += 1  # nothing to draft: a plain step
+            self.spec_stats.tokens += 1
+            self.spec_stats.layers_run += runner.num_layers
         if self.early_exit is not None and self._lone_greedy(rows, batch):
             with runner.activate(rows[0].adapter):
                 logits, mask = exit_step(
@@ -221,30 +230,44 @@ class Engine:
 
     def _speculate(
         self, rows: list[GenerationRequest], batch: Batch, token: int, spec: SpeculativeSettings
-    ) -> tuple[list, Batch | None]:
-        """A lone greedy row: draft with layers skipped, verify with all of them."""
-        from proxy.local.speculative import speculate
+    ) -> tuple[list, Batch | None] | None:
+        """A lone greedy row: a lookup draft, else a draft with layers skipped, verified with
+        all layers. None when there is nothing to draft (the caller runs a plain step)."""
+        from proxy.local.speculative import lookup_draft, speculate, verify
 
         request = rows[0]
-        k = max(1, min(self._k, spec.max_k, request.max_new_tokens - len(request.output_ids)))
-        with self.runner.activate(request.adapter):
-            accepted, logits, mask = speculate(
-                self.runner.model,
-                token,
-                batch.cache,
-                batch.mask,
-                int(batch.positions[0]),
-                spec.skip,
-                k,
+        budget = request.max_new_tokens - len(request.output_ids)
+        drafts = (
+            lookup_draft(
+                request.prompt_ids + request.output_ids,
+                min(spec.lookup_tokens, budget),
+                spec.lookup_ngram,
             )
+            if spec.lookup
+            else []
+        )
+        if not drafts and not spec.skip:
+            return None
         stats = self.spec_stats
+        n = self.runner.num_layers
+        args = (batch.cache, batch.mask, int(batch.positions[0]))
+        with self.runner.activate(request.adapter):
+            if drafts:
+                accepted, logits, mask = verify(self.runner.model, token, drafts, *args)
+                k = len(drafts)
+                stats.lookup_rounds += 1
+                stats.lookup_drafted += k
+                stats.lookup_accepted += len(accepted)
+                stats.layers_run += n
+            else:
+                k = max(1, min(self._k, spec.max_k, budget))
+                accepted, logits, mask = speculate(self.runner.model, token, *args, spec.skip, k)
+                stats.layers_run += k * (n - len(spec.skip)) + n
+                self._k = self._k + 1 if len(accepted) == k else max(1, self._k - 1)
         stats.rounds += 1
         stats.drafted += k
         stats.accepted += len(accepted)
         stats.tokens += len(accepted) + 1
-        n = self.runner.num_layers
-        stats.layers_run += k * (n - len(spec.skip)) + n
-        self._k = self._k + 1 if len(accepted) == k else max(1, self._k - 1)
         for t in accepted:
             if self._accept(request, t):
                 return [], None

@@ -55,6 +55,10 @@ def test_litellm_style_config_parses(monkeypatch):
         (lambda d: d["model_list"][0]["tokenskip"].update(batch={"windw_ms": 5}), "unknown batch"),
         (lambda d: d["model_list"][2]["local"].update(speculative={"skip": [0]}), "speculative"),
         (lambda d: d["model_list"][2]["local"].update(speculative="yes"), "speculative"),
+        (
+            lambda d: d["model_list"][2]["local"].update(speculative={"lookup": "yes"}),
+            "speculative.lookup must be true or false",
+        ),
     ],
 )
 def test_bad_configs_name_the_problem(mutate, message):

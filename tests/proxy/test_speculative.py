@@ -6,7 +6,14 @@ import torch
 
 from proxy.local.engine import Engine, GenerationRequest
 from proxy.local.runner import Runner
-from proxy.local.speculative import SpeculativeSettings, agreement, calibrate, skipping
+from proxy.local.speculative import (
+    SpeculativeSettings,
+    agreement,
+    calibrate,
+    lookup_draft,
+    modeled_speedup,
+    skipping,
+)
 from tests.proxy.test_engine import chat_ids
 
 PROMPTS = [
@@ -54,13 +61,92 @@ def test_skipping_restores_the_model(smol):
     assert smol.model.get_decoder().layers is layers
 
 
-def test_calibration_keeps_agreement_above_target(smol):
+def test_calibration_keeps_the_search_prefix_with_the_best_modeled_speedup(smol):
     samples = [smol.tokenizer.encode(q)[:48] for q in PROMPTS[:2]]
     cal = calibrate(smol.model, samples, target=0.7, max_fraction=0.1)
     n = cal.num_layers
-    assert cal.skip and 0 not in cal.skip and n - 1 not in cal.skip
+    assert 0 not in cal.skip and n - 1 not in cal.skip
     assert len(cal.skip) <= int(0.1 * n)
-    assert round(agreement(smol.model, samples, cal.skip), 4) == cal.agreement >= 0.7
     # The search stopped for a reason it recorded: the next layer fell under the target or
     # the skip budget was spent.
-    assert cal.trace[-1]["agreement"] < 0.7 or len(cal.skip) == int(0.1 * n)
+    assert cal.trace[-1]["agreement"] < 0.7 or len(cal.trace) == int(0.1 * n)
+    accepted = [t for t in cal.trace if t["agreement"] >= 0.7]
+    # the kept skip set is the prefix of the search with the best modeled speed-up, or
+    # nothing when no prefix beats plain decoding
+    best = max([1.0] + [t["modeled_speedup"] for t in accepted])
+    assert cal.modeled_speedup == best
+    if best > 1.0:
+        length = 1 + [t["modeled_speedup"] for t in accepted].index(best)
+        assert cal.skip == sorted(t["add"] for t in accepted[:length])
+        assert round(agreement(smol.model, samples, cal.skip), 4) == cal.agreement >= 0.7
+    else:
+        assert cal.skip == [] and cal.agreement == 1.0
+    for t in accepted:  # each entry's speed-up is the model's for its agreement and size
+        size = 1 + cal.trace.index(t)
+        assert (
+            t["modeled_speedup"]
+            == modeled_speedup(t["agreement"], size, n, head_layers=cal.head_layers)[0]
+        )
+
+
+def test_modeled_speedup():
+    # every draft accepted, half the layers skipped: the longest draft pays best
+    assert modeled_speedup(1.0, 15, 30, max_k=8) == (round(9 / 5, 4), 8)
+    # drafts never accepted: every round costs more than the one token it yields
+    assert modeled_speedup(0.0, 15, 30)[0] < 1.0
+    # skipping one layer of 30 cannot pay for the verify pass, even at 95% agreement
+    assert modeled_speedup(0.95, 1, 30)[0] < 1.0
+    assert modeled_speedup(0.9, 15, 30)[0] > modeled_speedup(0.8, 15, 30)[0] > 1.0
+    # the LM head runs for every draft token: a costly head lowers the gain
+    assert modeled_speedup(0.9, 15, 30, head_layers=8)[0] < modeled_speedup(0.9, 15, 30)[0]
+
+
+def test_an_empty_skip_set_turns_speculation_off(smol):
+    engine = Engine(
+        Runner(smol.model, smol.tokenizer),
+        speculative=SpeculativeSettings(skip=(), lookup=False),
+    )
+    try:
+        p = chat_ids(smol.tokenizer, PROMPTS[2])
+        got = generate(engine, p, 12)
+        with torch.inference_mode():
+            hf = smol.model.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False)
+        want = [t for t in hf[0, len(p) :].tolist() if t not in engine.runner.eos_ids]
+        assert got.output_ids == want
+    finally:
+        engine.close()
+    assert engine.speculative is None and engine.spec_stats.rounds == 0
+
+
+def test_lookup_drafts_what_followed_the_latest_earlier_occurrence():
+    assert lookup_draft([1, 2, 3, 9, 9, 1, 2, 3], 4) == [9, 9, 1, 2]
+    assert lookup_draft([1, 2, 3, 4, 5, 2, 3], 3) == [4, 5, 2]  # 3-gram misses, 2-gram hits
+    assert lookup_draft([1, 2, 7, 1, 2, 8, 1, 2], 1) == [8]  # the latest occurrence wins
+    assert lookup_draft([5, 6, 7], 3) == [] and lookup_draft([], 2) == []
+    assert lookup_draft([1, 2, 1, 2], 0) == []
+
+
+def test_lookup_drafts_keep_the_output_the_full_models(smol):
+    """Lookup only (no skip set): drafts come from the prompt and output, every token is
+    still the full model's."""
+    engine = Engine(
+        Runner(smol.model, smol.tokenizer),
+        speculative=SpeculativeSettings(skip=(), lookup=True),
+    )
+    question = (
+        "Copy this sentence exactly, twice: The farmer sells twelve eggs at the market "
+        "every morning for two dollars each."
+    )
+    try:
+        for q in (question, PROMPTS[0]):
+            p = chat_ids(smol.tokenizer, q)
+            got = generate(engine, p, 48)
+            with torch.inference_mode():
+                hf = smol.model.generate(torch.tensor([p]), max_new_tokens=48, do_sample=False)
+            want = [t for t in hf[0, len(p) :].tolist() if t not in engine.runner.eos_ids]
+            assert got.output_ids == want
+    finally:
+        engine.close()
+    s = engine.spec_stats
+    assert s.lookup_rounds == s.rounds > 0 and s.lookup_accepted > 0
+    assert s.tokens == s.accepted + s.rounds + s.plain_steps
