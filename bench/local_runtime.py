@@ -140,7 +140,9 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--prompts", type=int, default=50)
     ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--skip", default=None, help="skip set (default: calibrate)")
+    ap.add_argument(
+        "--skip", default=None, help="skip set, e.g. 12,14,16, or none (default: calibrate)"
+    )
     ap.add_argument("--target", type=float, default=0.8, help="calibration agreement target")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument(
@@ -219,7 +221,9 @@ def main() -> None:
         skip, calibration = (), None
         if "speculative" in modes:
             t0 = time.perf_counter()
-            if args.skip:
+            if args.skip == "none":
+                skip = ()
+            elif args.skip:
                 skip = tuple(int(x) for x in args.skip.split(","))
             else:
                 cal = calibrate(model, continued, target=args.target)
@@ -227,8 +231,8 @@ def main() -> None:
             stage(f"{label}speculative_calibration", t0)
             # layer-skipping drafts only, then with lookup drafts first
             for lookup, name in ((False, "speculative"), (True, "speculative_lookup")):
-                if lookup and "lookup" not in modes:
-                    continue
+                if (lookup and "lookup" not in modes) or (not lookup and not skip and args.skip):
+                    continue  # (a given empty skip set without lookup is plain decoding)
                 settings = SpeculativeSettings(skip=skip, k=args.k, lookup=lookup)
                 spec = Engine(runner, max_batch=8, speculative=settings)
                 outs, w = engine_run(spec, prompts, n, together=False)

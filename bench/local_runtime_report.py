@@ -56,6 +56,9 @@ def render(r: dict[str, Any]) -> str:
         "reproduced before the first different token.",
         "",
     ]
+    if r.get("notes"):
+        lines += ["## Notes (added by hand after the run)", ""]
+        lines += [f"- {n}" for n in r["notes"]] + [""]
     lines += _targets(rows, speedups)
     for label, key in (("base model", "base"), ("base + trained exits", "trained_exits")):
         extra = r.get(key)
@@ -121,6 +124,16 @@ def _targets(rows: dict, speedups: dict) -> list[str]:
 def _calibration(label: str, extra: dict) -> list[str]:
     out = [f"## Calibration ({label})", ""]
     cal = extra.get("calibration") or {}
+    if cal.get("trace"):
+        steps = ", ".join(
+            f"+{t['add']}: {t['agreement']:.3f}"
+            + (f" (×{t['modeled_speedup']:.2f})" if "modeled_speedup" in t else "")
+            for t in cal["trace"]
+        )
+        out.append(
+            f"- Skip-set search (layer added: draft agreement"
+            f"{', modeled speed-up' if 'modeled_speedup' in cal else ''}): {steps}"
+        )
     out.append(
         f"- Speculative skip set: {extra.get('skip')} "
         + (

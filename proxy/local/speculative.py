@@ -46,7 +46,8 @@ class SpeculativeSettings:
     lookup_ngram: int = 3
     """Longest suffix looked up (down to 2 tokens)."""
     lookup_tokens: int = 8
-    """Longest lookup draft."""
+    """Longest lookup draft (the length adapts: one past the accepted prefix after a miss,
+    doubled after a full hit)."""
 
 
 @dataclass

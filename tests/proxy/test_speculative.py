@@ -150,3 +150,11 @@ def test_lookup_drafts_keep_the_output_the_full_models(smol):
     s = engine.spec_stats
     assert s.lookup_rounds == s.rounds > 0 and s.lookup_accepted > 0
     assert s.tokens == s.accepted + s.rounds + s.plain_steps
+
+
+def test_config_settings_carry_lookup_and_a_given_skip_set(smol):
+    from proxy.local.speculative import speculative_settings
+
+    s = speculative_settings("smol", smol, {"skip": [3, 4], "k": 2, "lookup": False})
+    assert s == SpeculativeSettings(skip=(3, 4), k=2, max_k=8, lookup=False)
+    assert speculative_settings("smol", smol, {"skip": [3]}).lookup is True  # on by default
