@@ -279,6 +279,7 @@ def main() -> None:
         return extra
 
     extras: dict = {"base": None, "trained_exits": None}
+    started = provenance()  # the commit and tree the run started from, not where it ended
 
     def report(partial: bool) -> dict:
         def speedup(name: str) -> float | None:
@@ -299,7 +300,7 @@ def main() -> None:
             "speedup_vs_hf_b1": {k: speedup(k) for k in rows},
             "threads": torch.get_num_threads(),
             "command": command_line(),
-            **provenance(),
+            **started,
         }
 
     def write(data: dict) -> None:

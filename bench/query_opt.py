@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> dict:
         return len(generator.prompt_ids(Prompt(tuple(messages))))
 
     results: dict = {}
+    started = provenance()  # the commit and tree the run started from, not where it ended
 
     def report(done: bool) -> dict:
         return {
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> dict:
             "wall_note": f"both modes generated at batch size {args.batch_size}; wall time per "
             "query, not batch-1 latency",
             "command": command_line(),
-            **provenance(),
+            **started,
         }
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
