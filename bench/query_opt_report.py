@@ -66,6 +66,9 @@ def render(r: dict[str, Any]) -> str:
         "column).",
         "",
     ]
+    if r.get("notes"):
+        lines += ["## Notes (added by hand after the run)", ""]
+        lines += [f"- {n}" for n in r["notes"]] + [""]
     four = results.get("4")
     if four and "adapter" in four:
         a = four["adapter"]
