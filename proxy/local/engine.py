@@ -81,7 +81,6 @@ class Engine:
         """Adaptive early exit for a lone greedy request (None: off; lossy)."""
         self.exit_stats = EarlyExitStats()
         self._k = speculative.k if speculative else 1
-        self._lookup_k = speculative.lookup_tokens if speculative else 1
         self._pending: deque[GenerationRequest] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -241,7 +240,7 @@ class Engine:
         drafts = (
             lookup_draft(
                 request.prompt_ids + request.output_ids,
-                min(self._lookup_k, budget),
+                min(spec.lookup_tokens, budget),
                 spec.lookup_ngram,
             )
             if spec.lookup
@@ -260,11 +259,6 @@ class Engine:
                 stats.lookup_drafted += k
                 stats.lookup_accepted += len(accepted)
                 stats.layers_run += n
-                # verifying k + 1 tokens costs more as k grows: after a miss draft just past
-                # what was accepted; after a full hit (a repeated passage) draft longer
-                self._lookup_k = (
-                    min(spec.lookup_tokens, 2 * k) if len(accepted) == k else len(accepted) + 1
-                )
             else:
                 k = max(1, min(self._k, spec.max_k, budget))
                 accepted, logits, mask = speculate(self.runner.model, token, *args, spec.skip, k)

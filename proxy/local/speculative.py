@@ -46,8 +46,9 @@ class SpeculativeSettings:
     lookup_ngram: int = 3
     """Longest suffix looked up (down to 2 tokens)."""
     lookup_tokens: int = 8
-    """Longest lookup draft (the length adapts: one past the accepted prefix after a miss,
-    doubled after a full hit)."""
+    """Longest lookup draft. Fixed: on CPU a verify pass cost ~2 plain steps whatever its
+    length (1-9 tokens), so a shorter draft only loses accepted tokens
+    (``reports/local_runtime_lookup_adaptive.md``)."""
 
 
 @dataclass
