@@ -10,6 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from provenance import notes_lines, render_main  # noqa: E402
+
 LOSSLESS_TARGET = 1.3  # the target: lossless mode vs HF generate, batch 1
 
 
@@ -56,9 +60,7 @@ def render(r: dict[str, Any]) -> str:
         "reproduced before the first different token.",
         "",
     ]
-    if r.get("notes"):
-        lines += ["## Notes (added by hand after the run)", ""]
-        lines += [f"- {n}" for n in r["notes"]] + [""]
+    lines += notes_lines(r)
     lines += _targets(rows, speedups)
     for label, key in (("base model", "base"), ("base + trained exits", "trained_exits")):
         extra = r.get(key)
@@ -183,7 +185,4 @@ def _yes(x: Any) -> str:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from provenance import render_main
-
     render_main(render, "reports/local_runtime.json")

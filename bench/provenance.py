@@ -35,3 +35,12 @@ def render_main(render: Callable[[dict], str], default: str) -> None:
     out = src.with_suffix(".md")
     out.write_text(render(json.loads(src.read_text())) + "\n")
     print(f"wrote {out}")
+
+
+def notes_lines(report: dict) -> list[str]:
+    """A report's hand-written notes (added after the run, labeled so) as Markdown lines."""
+    if not report.get("notes"):
+        return []
+    return (
+        ["## Notes (added by hand after the run)", ""] + [f"- {n}" for n in report["notes"]] + [""]
+    )

@@ -10,6 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from provenance import notes_lines, render_main  # noqa: E402
+
 # the targets, after training, at N = 4
 FORMAT_TARGET, REDUCTION_TARGET, ACCURACY_POINTS = 0.95, 3.0, 2.0
 
@@ -66,9 +70,7 @@ def render(r: dict[str, Any]) -> str:
         "column).",
         "",
     ]
-    if r.get("notes"):
-        lines += ["## Notes (added by hand after the run)", ""]
-        lines += [f"- {n}" for n in r["notes"]] + [""]
+    lines += notes_lines(r)
     four = results.get("4")
     if four and "adapter" in four:
         a = four["adapter"]
@@ -105,7 +107,4 @@ def _verdict(ok: bool) -> str:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from provenance import render_main
-
     render_main(render, "reports/query_opt_smollm2.json")

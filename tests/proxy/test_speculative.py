@@ -33,6 +33,13 @@ def generate(engine, prompt_ids, n):
     return r
 
 
+def hf_greedy(smol, engine, prompt_ids, n):
+    """HF generate's greedy continuation, end-of-sequence tokens dropped."""
+    with torch.inference_mode():
+        hf = smol.model.generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False)
+    return [t for t in hf[0, len(prompt_ids) :].tolist() if t not in engine.runner.eos_ids]
+
+
 def test_speculative_greedy_output_is_the_full_models(smol):
     engine = Engine(
         Runner(smol.model, smol.tokenizer),
@@ -108,11 +115,7 @@ def test_an_empty_skip_set_turns_speculation_off(smol):
     )
     try:
         p = chat_ids(smol.tokenizer, PROMPTS[2])
-        got = generate(engine, p, 12)
-        with torch.inference_mode():
-            hf = smol.model.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False)
-        want = [t for t in hf[0, len(p) :].tolist() if t not in engine.runner.eos_ids]
-        assert got.output_ids == want
+        assert generate(engine, p, 12).output_ids == hf_greedy(smol, engine, p, 12)
     finally:
         engine.close()
     assert engine.speculative is None and engine.spec_stats.rounds == 0
@@ -140,11 +143,7 @@ def test_lookup_drafts_keep_the_output_the_full_models(smol):
     try:
         for q in (question, PROMPTS[0]):
             p = chat_ids(smol.tokenizer, q)
-            got = generate(engine, p, 48)
-            with torch.inference_mode():
-                hf = smol.model.generate(torch.tensor([p]), max_new_tokens=48, do_sample=False)
-            want = [t for t in hf[0, len(p) :].tolist() if t not in engine.runner.eos_ids]
-            assert got.output_ids == want
+            assert generate(engine, p, 48).output_ids == hf_greedy(smol, engine, p, 48)
     finally:
         engine.close()
     s = engine.spec_stats
