@@ -73,7 +73,8 @@ class Engine:
             log.info("speculative decoding off: the skip set is empty and lookup is off")
             speculative = None
         self.speculative = speculative
-        """Self-speculative layer skipping for a lone greedy request (None: off)."""
+        """Self-speculative decoding (lookup and layer-skipping drafts) for a lone greedy
+        request (None: off)."""
         self.spec_stats = SpeculativeStats()
         if speculative is not None and early_exit is not None:
             raise ValueError("speculative decoding and early exit exclude each other")
