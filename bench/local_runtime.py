@@ -213,11 +213,19 @@ def main() -> None:
         stage(f"{label}calibration_text", t0)
         hf1, w = hf_run(model, tok, prompts, n, 1, runner.eos_ids)
         record(f"{label}hf_generate_b1", hf1, w, 1)
+
+        def engine_row(name: str, batch: int = 1, extra=lambda engine, outs: {}, **kwargs):
+            """Every prompt through a fresh engine (alone at batch 1, all submitted at once
+            otherwise), closed after; the row is checked against HF generate at batch 1."""
+            engine = Engine(runner, max_batch=8, **kwargs)
+            try:
+                outs, w = engine_run(engine, prompts, n, together=batch > 1)
+            finally:
+                engine.close()
+            record(f"{label}{name}", outs, w, batch, hf1, **extra(engine, outs))
+
         if full and "engine" in modes:
-            plain = Engine(runner, max_batch=8)
-            outs, w = engine_run(plain, prompts, n, together=False)
-            record(f"{label}engine_b1", outs, w, 1, hf1)
-            plain.close()
+            engine_row("engine_b1")
         skip, calibration = (), None
         if "speculative" in modes:
             t0 = time.perf_counter()
@@ -233,47 +241,35 @@ def main() -> None:
             for lookup, name in ((False, "speculative"), (True, "speculative_lookup")):
                 if (lookup and "lookup" not in modes) or (not lookup and not skip and args.skip):
                     continue  # (a given empty skip set without lookup is plain decoding)
-                settings = SpeculativeSettings(skip=skip, k=args.k, lookup=lookup)
-                spec = Engine(runner, max_batch=8, speculative=settings)
-                outs, w = engine_run(spec, prompts, n, together=False)
-                record(
-                    f"{label}engine_{name}_b1",
-                    outs,
-                    w,
-                    1,
-                    hf1,
-                    speculative=spec.spec_stats.to_dict(),
-                    skip=list(skip),
-                    speculation_on=spec.speculative is not None,
+                engine_row(
+                    f"engine_{name}_b1",
+                    speculative=SpeculativeSettings(skip=skip, k=args.k, lookup=lookup),
+                    extra=lambda e, _: {
+                        "speculative": e.spec_stats.to_dict(),
+                        "skip": list(skip),
+                        "speculation_on": e.speculative is not None,
+                    },
                 )
-                spec.close()
         policies = {}
         for target in (float(t) for t in args.exit_targets.split(",") if "early_exit" in modes):
             t0 = time.perf_counter()
             policy = calibrate_exits(model, continued, target=target)
             stage(f"{label}early_exit_calibration_{target:g}", t0)
-            exits = Engine(runner, max_batch=8, early_exit=policy)
-            outs, w = engine_run(exits, prompts, n, together=False)
-            record(
-                f"{label}engine_early_exit_{target:g}_b1",
-                outs,
-                w,
-                1,
-                hf1,
-                early_exit=exits.exit_stats.to_dict(),
-                agreement_with_full_model=prefix_agreement(outs, hf1),
-                lossy=True,
+            engine_row(
+                f"engine_early_exit_{target:g}_b1",
+                early_exit=policy,
+                extra=lambda e, outs: {
+                    "early_exit": e.exit_stats.to_dict(),
+                    "agreement_with_full_model": prefix_agreement(outs, hf1),
+                    "lossy": True,
+                },
             )
-            exits.close()
             policies[f"{target:g}"] = {"layers": policy.layers, "calibration": policy.calibration}
         extra = {"skip": list(skip), "calibration": calibration, "early_exit_policies": policies}
         if full and "batch8" in modes:
             hf8, w = hf_run(model, tok, prompts, n, 8, runner.eos_ids)
             record(f"{label}hf_generate_b8", hf8, w, 8, hf1)
-            plain = Engine(runner, max_batch=8)
-            outs, w = engine_run(plain, prompts, n, together=True)
-            record(f"{label}engine_b8", outs, w, 8, hf1)
-            plain.close()
+            engine_row("engine_b8", batch=8)
         if args.profile and full:
             extra["profile_engine_b1"] = profile_decode(runner, prompts[0], n)
         return extra
