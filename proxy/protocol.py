@@ -55,6 +55,8 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, gt=0)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
     n: int | None = Field(None, ge=1, le=1)
     stop: str | list[str] | None = None
     seed: int | None = None

@@ -99,6 +99,8 @@ class LocalBackend:
             max_new_tokens=int(limit),
             temperature=float(params.get("temperature") or 0.0),
             top_p=float(params.get("top_p") or 1.0),
+            frequency_penalty=float(params.get("frequency_penalty") or 0.0),
+            presence_penalty=float(params.get("presence_penalty") or 0.0),
             stop=list(params.get("stop") or []),
             adapter=served.adapter,
             seed=params.get("seed"),

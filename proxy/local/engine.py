@@ -34,6 +34,10 @@ class GenerationRequest:
     max_new_tokens: int
     temperature: float = 0.0
     top_p: float = 1.0
+    frequency_penalty: float = 0.0
+    """OpenAI's: subtracted from a token's logit once per time it was generated so far."""
+    presence_penalty: float = 0.0
+    """OpenAI's: subtracted from a token's logit once it has been generated at all."""
     stop: list[str] = field(default_factory=list)
     adapter: str | None = None
     seed: int | None = None
@@ -210,8 +214,16 @@ class Engine:
             return rows, runner.decode(tokens, batch)
 
     def _lone_greedy(self, rows: list[GenerationRequest], batch: Batch) -> bool:
-        """One greedy row and nobody waiting: the case speculation and early exit serve."""
-        return len(rows) == 1 and rows[0].temperature <= 0 and batch.resizable and not self._pending
+        """One greedy row without penalties and nobody waiting: the case speculation and early
+        exit serve (their drafts are checked against the model's unpenalized argmax)."""
+        r = rows[0]
+        return (
+            len(rows) == 1
+            and r.temperature <= 0
+            and not _penalized(r)
+            and batch.resizable
+            and not self._pending
+        )
 
     def _accept(self, request: GenerationRequest, token: int) -> bool:
         """Append one sampled token; True when the request is finished by it."""
@@ -320,6 +332,10 @@ def _sample(
     logits: torch.Tensor, request: GenerationRequest, generator: torch.Generator | None
 ) -> int:
     """Greedy at temperature 0, else temperature + nucleus sampling. logits: (vocab,)."""
+    if _penalized(request):
+        logits = penalize(
+            logits, request.output_ids, request.frequency_penalty, request.presence_penalty
+        )
     if request.temperature <= 0:
         return int(logits.argmax())
     probs = torch.softmax(logits.cpu() / request.temperature, dim=-1)
@@ -328,6 +344,23 @@ def _sample(
         keep = sorted_probs.cumsum(-1) - sorted_probs < request.top_p
         probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _penalized(request: GenerationRequest) -> bool:
+    return request.frequency_penalty != 0 or request.presence_penalty != 0
+
+
+def penalize(
+    logits: torch.Tensor, generated: list[int], frequency: float, presence: float
+) -> torch.Tensor:
+    """OpenAI's frequency and presence penalties over the tokens generated so far (the prompt
+    is not counted): ``logit[j] - count[j] * frequency - (count[j] > 0) * presence``."""
+    if not generated:
+        return logits
+    ids = torch.tensor(generated, dtype=torch.long)
+    counts = torch.bincount(ids, minlength=logits.shape[-1])[: logits.shape[-1]]
+    counts = counts.to(device=logits.device, dtype=logits.dtype)
+    return logits - counts * frequency - (counts > 0).to(logits.dtype) * presence
 
 
 def _stop_reason(request: GenerationRequest) -> str | None:

@@ -92,6 +92,14 @@ def test_non_streamed_answer_with_usage_and_savings(client):
     assert raw.headers["x-tokenskip-prompt-tokens-saved"] == str(u.prompt_tokens_saved)
 
 
+def test_frequency_penalty_reaches_the_local_model(client):
+    """Accepted and applied, not silently dropped: it changes a repetitive greedy answer."""
+    question = "Count from one to twenty, separated by commas."
+    plain = client.chat.completions.create(**ask(question, max_tokens=24))
+    penalized = client.chat.completions.create(**ask(question, max_tokens=24, frequency_penalty=2))
+    assert plain.choices[0].message.content != penalized.choices[0].message.content
+
+
 def test_streamed_answer_equals_the_non_streamed_one(client):
     plain = client.chat.completions.create(**ask("Name three colors."))
     chunks = list(
@@ -254,6 +262,7 @@ def test_official_client_sees_authentication_error(proxy):
         ),
         (json.dumps(ask("x", model="nope")).encode(), 404, "model_not_found"),
         (json.dumps(ask("x", tokenskip={"prompt_ratio": 0})).encode(), 422, None),
+        (json.dumps(ask("x", frequency_penalty=2.5)).encode(), 422, None),
         (json.dumps(ask("x", max_tokens=100000)).encode(), 400, "context_length_exceeded"),
         (b"x" * (65 * 1024), 413, "request_too_large"),
     ],

@@ -218,3 +218,25 @@ def test_lora_adapters_by_name(tmp_path):
         engine.close()
     with pytest.raises(ValueError, match="adapter_config.json"):
         Runner(fresh.model, fresh.tokenizer, adapters={"x": str(tmp_path)})
+
+
+def test_penalties_follow_openais_formula_over_generated_tokens_only():
+    from proxy.local.engine import penalize
+
+    logits = torch.zeros(6)
+    out = penalize(logits, [2, 2, 5], frequency=0.5, presence=1.0)
+    assert out.tolist() == [0.0, 0.0, -2.0, 0.0, 0.0, -1.5]
+    assert penalize(logits, [], 0.5, 1.0) is logits  # nothing generated yet: unchanged
+    assert penalize(logits, [3], -1.0, 0.0)[3] == 1.0  # negative values encourage repeats
+
+
+def test_a_presence_penalty_changes_greedy_decoding(engine, smol):
+    prompt = chat_ids(smol.tokenizer, "Count from one to twenty, separated by commas.")
+    plain = GenerationRequest(prompt_ids=prompt, max_new_tokens=24)
+    strong = GenerationRequest(prompt_ids=prompt, max_new_tokens=24, presence_penalty=100.0)
+    run_all(engine, [plain, strong])  # one batch: the penalty is per row
+    assert len(set(plain.output_ids)) < len(plain.output_ids)  # greedy repeats itself here
+    assert len(set(strong.output_ids)) == len(strong.output_ids)  # no token twice
+    again = GenerationRequest(prompt_ids=prompt, max_new_tokens=24)
+    run_all(engine, [again])
+    assert again.output_ids == plain.output_ids  # the penalty did not leak into other rows

@@ -24,9 +24,9 @@ PROMPTS = [
 ]
 
 
-def generate(engine, prompt_ids, n):
+def generate(engine, prompt_ids, n, **options):
     done = threading.Event()
-    r = GenerationRequest(prompt_ids=prompt_ids, max_new_tokens=n)
+    r = GenerationRequest(prompt_ids=prompt_ids, max_new_tokens=n, **options)
     r.on_done = lambda _: done.set()
     engine.submit(r)
     assert done.wait(300)
@@ -157,3 +157,18 @@ def test_config_settings_carry_lookup_and_a_given_skip_set(smol):
     s = speculative_settings("smol", smol, {"skip": [3, 4], "k": 2, "lookup": False})
     assert s == SpeculativeSettings(skip=(3, 4), k=2, max_k=8, lookup=False)
     assert speculative_settings("smol", smol, {"skip": [3]}).lookup is True  # on by default
+
+
+def test_penalized_requests_bypass_speculation(smol):
+    """Drafts are checked against the unpenalized argmax, so a penalized request decodes plainly
+    (same tokens as the plain engine) and no speculative round runs."""
+    p = chat_ids(smol.tokenizer, PROMPTS[1])
+    outputs = []
+    for spec in (None, SpeculativeSettings(skip=(), lookup=True)):
+        engine = Engine(Runner(smol.model, smol.tokenizer), speculative=spec)
+        try:
+            outputs.append(generate(engine, p, 32, frequency_penalty=1.0).output_ids)
+        finally:
+            engine.close()
+        assert engine.spec_stats.rounds == 0
+    assert outputs[0] == outputs[1]
