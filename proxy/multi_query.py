@@ -33,6 +33,7 @@ from tokenskip.multi_query import (
     build_messages,
     make_queries,
     parse_answers,
+    repeating,
     single_messages,
 )
 
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
     from proxy.service import ChatService
 
 log = logging.getLogger(__name__)
+
+RETRY_CONCURRENCY = 16
+"""Queries asked alone after a merged call at most at once (per /v1/multi_query request)."""
 
 
 class QueryItem(BaseModel):
@@ -60,6 +64,10 @@ class MultiQueryRequest(BaseModel):
     queries: list[str | QueryItem] = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(None, gt=0, description="per answer")
     temperature: float | None = Field(None, ge=0, le=2)
+    frequency_penalty: float | None = Field(
+        None, ge=-2, le=2, description="over the whole merged reply; per answer when retried alone"
+    )
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
 
 
 @dataclass
@@ -163,16 +171,23 @@ class MultiQuery:
         )
         prepared = await self.service.prepare(request)
         prepared.batch_tokens_saved = max(0, separate - prompt_tokens)
-        result = await self.service.complete(prepared)
-        text = result["choices"][0]["message"]["content"] or ""
+        if (settings or BatchSettings()).stop_loops:
+            result = await self.service.complete_watched(prepared, repeating)
+        else:
+            result = await self.service.complete(prepared)
+        choice = result["choices"][0]
+        text = choice["message"]["content"] or ""
         parsed = parse_answers(text, [q.id for q in queries])
+        problems = list(parsed.problems)
+        if choice["finish_reason"] == "stopped":
+            problems.insert(0, f"stopped after {len(text)} characters: the answer was looping")
         if parsed.missing:
-            log.info("merged answer lacks ids %s: %s", parsed.missing, parsed.problems[:3])
+            log.info("merged answer lacks ids %s: %s", parsed.missing, problems[:3])
         usage = result["usage"]
         return Merged(
             parsed.answers,
             parsed.missing,
-            parsed.problems,
+            problems,
             usage["prompt_tokens"],
             usage["completion_tokens"],
             prompt_tokens,
@@ -211,7 +226,9 @@ class MultiQuery:
         else:
             context = [m.model_dump(exclude_none=True) for m in body.context]
         answer_tokens = body.max_tokens or 256
-        params = {"temperature": body.temperature} if body.temperature is not None else {}
+        params = body.model_dump(
+            include={"temperature", "frequency_penalty", "presence_penalty"}, exclude_none=True
+        )
         started = time.perf_counter()
         merged = None
         if len(queries) > 1:
@@ -229,8 +246,19 @@ class MultiQuery:
         counted = merged.counted_prompt_tokens if merged else 0
         separate = merged.separate_prompt_tokens if merged else 0
         calls = 1 if merged else 0
+        alone = [q for q in queries if merged is None or q.id not in merged.answers]
+        limit = asyncio.Semaphore(RETRY_CONCURRENCY)
+
+        async def ask_alone(q: Query) -> dict[str, Any]:
+            async with limit:
+                single = self.single(context, q)
+                return await self.one(entry, single, {**params, "max_tokens": answer_tokens})
+
+        # the queries the merged call did not answer: one call each, several at a time
+        results = await asyncio.gather(*(ask_alone(q) for q in alone))
+        by_id = dict(zip((q.id for q in alone), results, strict=True))
         for q in queries:
-            if merged is not None and q.id in merged.answers:
+            if merged is not None and q.id not in by_id:
                 answers.append(
                     {
                         "id": q.id,
@@ -240,14 +268,13 @@ class MultiQuery:
                     }
                 )
                 continue
-            single = self.single(context, q)
-            single_tokens = (
-                merged.single_prompt_tokens[q.id] if merged else self.count(entry, single)
-            )
-            counted += single_tokens
-            if merged is None:
-                separate += single_tokens
-            result = await self.one(entry, single, {**params, "max_tokens": answer_tokens})
+            result = by_id[q.id]
+            if merged is not None:
+                counted += merged.single_prompt_tokens[q.id]
+            else:
+                tokens = self.count(entry, self.single(context, q))
+                counted += tokens
+                separate += tokens
             calls += 1
             prompt_tokens += result["usage"]["prompt_tokens"]
             completion_tokens += result["usage"]["completion_tokens"]
@@ -338,6 +365,8 @@ class Batcher:
             return None
         if body.model_extra or (body.n or 1) != 1 or len(body.messages) < 2:
             return None  # tools, response_format, ...: not ours to merge
+        if body.frequency_penalty or body.presence_penalty:
+            return None  # in a merged reply they would count the other callers' answers too
         last = body.messages[-1]
         if last.role != "user" or not isinstance(last.content, str) or not last.content.strip():
             return None

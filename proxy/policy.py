@@ -90,8 +90,13 @@ class BatchSettings:
     """max_tokens per query in the merged call when a request does not say."""
     max_context_tokens: int | None = None
     """The model's window for the merge check (local models: their own; remote: set it)."""
+    stop_loops: bool = True
+    """Stream the merged call and stop it once the answer being written loops (a small model's
+    usual way to break the format); the answers not finished are then asked alone."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.stop_loops, bool):
+            raise ValueError(f"batch.stop_loops must be true or false, got {self.stop_loops!r}")
         if not 0 <= self.window_ms <= 10_000:
             raise ValueError(f"batch.window_ms must be in [0, 10000], got {self.window_ms}")
         if self.max_queries < 2:

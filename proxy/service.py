@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -389,16 +389,66 @@ class ChatService:
                 raise
         usage = self._usage(p, result.prompt_tokens, result.completion_tokens, result.text)
         self._account(p, 200, False, usage)
+        return self._completion(p, result.text, result.finish_reason, usage)
+
+    async def complete_watched(
+        self, p: Prepared, stop: Callable[[str], bool], every: int = 64
+    ) -> dict[str, Any]:
+        """Like :meth:`complete`, but streamed from the backend and cut as soon as
+        ``stop(text so far)`` says so (checked every ``every`` new characters): then the
+        finish reason is ``"stopped"``, the upstream call is closed, and the completion tokens
+        are counted by the gateway (``tokens_estimated``)."""
+        parts: list[str] = []
+        size = checked = 0
+        last: Delta | None = None
+        stopped = False
+        status, usage, error = 499, None, "client disconnected"
+        try:
+            async with contextlib.aclosing(self._deltas(p)) as deltas:
+                async for delta in deltas:
+                    if delta.finish_reason is not None:
+                        last = delta
+                        break
+                    parts.append(delta.text)
+                    size += len(delta.text)
+                    if size - checked >= every:
+                        checked = size
+                        if stop("".join(parts)):
+                            stopped = True
+                            break
+            text = "".join(parts)
+            if last is None and not stopped:
+                raise BackendError(
+                    502,
+                    "the backend stream ended without finishing",
+                    "upstream_error",
+                    "upstream_incomplete",
+                )
+            if last is None:  # cut by us: no upstream usage, the gateway counts
+                usage = self._usage(p, None, None, text)
+            else:
+                usage = self._usage(p, last.prompt_tokens, last.completion_tokens, text)
+            status, error = 200, None
+            return self._completion(p, text, last.finish_reason if last else "stopped", usage)
+        except BackendError as exc:
+            status, error = exc.status, exc.message
+            raise ProxyError(exc.status, exc.message, exc.type, exc.code) from None
+        finally:
+            self._account(p, status, True, usage, error)
+
+    def _completion(
+        self, p: Prepared, text: str, finish_reason: str, usage: dict[str, Any]
+    ) -> dict[str, Any]:
         return {
             "id": p.request_id,
             "object": "chat.completion",
             "created": now(),
-            "model": p.served.name,
+            "model": (p.served or p.entry).name,
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": result.text},
-                    "finish_reason": result.finish_reason,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": finish_reason,
                 }
             ],
             "usage": usage,

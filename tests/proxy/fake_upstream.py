@@ -20,9 +20,13 @@ behaviour (litellm strips the provider prefix, so `openai/ok` arrives as `ok`):
              </answers>, in reverse order (answers must be matched by id).
     multi_garbage   a multi-query prompt gets prose without JSON; single queries like ok.
     multi_partial   a multi-query prompt gets every answer but the last id's.
+    multi_loop      a multi-query prompt gets the first answer, then a second one that loops
+             (a sum counting up) for LOOP_SENTENCES sentences without ever closing; streamed
+             slowly (LOOP_PIECE_S per piece), so a client that stops reading is seen.
     other    HTTP 404, code "model_not_found".
 
-GET /_calls -> {"total", "by_model", "last_body", "last_auth"}; POST /_reset clears them
+GET /_calls -> {"total", "by_model", "last_body", "last_auth", "pieces_streamed"} (content
+chunks sent by the last stream); POST /_reset clears them
 and re-arms flaky. With `api_key`, a request without `Authorization: Bearer <api_key>`
 gets 401 (still recorded).
 """
@@ -43,6 +47,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 STALL_S = 60.0
 SLOW_S = 0.3
+LOOP_SENTENCES = 2000
+LOOP_PIECE_S = 0.001
 MODELS = (
     "ok",
     "fail500",
@@ -53,6 +59,7 @@ MODELS = (
     "multi",
     "multi_garbage",
     "multi_partial",
+    "multi_loop",
 )
 
 
@@ -105,6 +112,13 @@ def multi_answer(model: str, messages: list[dict[str, Any]], single: str) -> str
         return "I am not sure how to format that, but the answers are probably fine."
     if model == "multi_partial":
         queries = queries[:-1]
+    if model == "multi_loop":
+        first = json.dumps([{"id": int(queries[0][0]), "answer": "echo: " + queries[0][1]}])
+        loop = " ".join(
+            f"He drove {n} hours, so he drove {n} + 3 = {n + 3} hours."
+            for n in range(0, 3 * LOOP_SENTENCES, 3)
+        )
+        return f'<answers>{first[:-1]}, {{"id": {queries[1][0]}, "answer": "{loop}'
     items = [{"id": int(i), "answer": "echo: " + text} for i, text in reversed(queries)]
     return "<answers>" + json.dumps(items) + "</answers>"
 
@@ -134,6 +148,7 @@ class _Calls:
         self.last_body: Any = None
         self.last_auth: str | None = None
         self.flaky_failed = False
+        self.pieces_streamed = 0
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -141,6 +156,7 @@ class _Calls:
             "by_model": dict(self.by_model),
             "last_body": self.last_body,
             "last_auth": self.last_auth,
+            "pieces_streamed": self.pieces_streamed,
         }
 
 
@@ -244,12 +260,14 @@ def make_upstream_app(api_key: str | None = None) -> FastAPI:
             return sse(obj)
 
         async def events() -> AsyncIterator[bytes]:
+            calls.pieces_streamed = 0
             yield chunk({"role": "assistant", "content": ""})
             for i, piece in enumerate(stream_pieces(answer)):
                 if model == "drop" and i == 2:
                     raise UpstreamDropped("fake upstream dropped the stream on purpose")
                 yield chunk({"content": piece})
-                await asyncio.sleep(0)
+                calls.pieces_streamed += 1
+                await asyncio.sleep(LOOP_PIECE_S if model == "multi_loop" else 0)
             if model == "drop":  # answers shorter than three words still get cut
                 raise UpstreamDropped("fake upstream dropped the stream on purpose")
             yield chunk({}, "stop")

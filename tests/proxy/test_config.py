@@ -53,6 +53,10 @@ def test_litellm_style_config_parses(monkeypatch):
         (lambda d: d["tokenskip_settings"].update(bogus=1), "unknown tokenskip_settings"),
         (lambda d: d["model_list"][0]["tokenskip"].update(batch={"max_queries": 1}), "max_queries"),
         (lambda d: d["model_list"][0]["tokenskip"].update(batch={"windw_ms": 5}), "unknown batch"),
+        (
+            lambda d: d["model_list"][0]["tokenskip"].update(batch={"stop_loops": "no"}),
+            "stop_loops",
+        ),
         (lambda d: d["model_list"][2]["local"].update(speculative={"skip": [0]}), "speculative"),
         (lambda d: d["model_list"][2]["local"].update(speculative="yes"), "speculative"),
         (

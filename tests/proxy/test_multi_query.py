@@ -49,6 +49,8 @@ def proxy(upstream, tmp_path_factory):
             model("mq-partial", "multi_partial", batch),
             model("mq-off", "multi"),
             model("mq-small", "multi", {**batch, "max_context_tokens": 200}),
+            model("mq-loop", "multi_loop", batch),
+            model("mq-loop-read-all", "multi_loop", {**batch, "stop_loops": False}),
         ],
     }
     ledger = tmp_path_factory.mktemp("ledger") / "ledger.sqlite"
@@ -151,6 +153,34 @@ def test_bad_multi_query_requests_get_openai_shaped_errors(proxy, upstream, body
     assert calls(upstream) == {}
 
 
+def test_a_looping_merged_reply_is_stopped_early_and_the_rest_asked_alone(proxy, upstream):
+    r = multi_query(proxy, model="mq-loop", context=CONTEXT, queries=["A?", "B?", "C?"])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [a["source"] for a in body["answers"]] == ["merged", "retried", "retried"]
+    for a, q in zip(body["answers"], ["A?", "B?", "C?"]):
+        assert a["answer"].endswith(q)  # the first from the merged reply, the rest alone
+    assert body["format"]["problems"][0].startswith("stopped after")
+    assert body["usage"]["calls"] == 3 and calls(upstream) == {"multi_loop": 3}
+    # the merged stream was closed after a few sentences of the loop (it has ~22,000 pieces)
+    assert 0 < httpx.get(upstream + "/_calls").json()["pieces_streamed"] < 2000
+
+
+def test_with_stop_loops_off_the_whole_looping_reply_is_read(proxy, upstream):
+    r = multi_query(proxy, model="mq-loop-read-all", context=CONTEXT, queries=["A?", "B?"])
+    body = r.json()
+    assert [a["source"] for a in body["answers"]] == ["merged", "retried"]
+    assert not any(p.startswith("stopped") for p in body["format"]["problems"])
+    assert body["usage"]["completion_tokens"] > 20_000  # every word of the loop, billed
+
+
+def test_sampling_options_reach_the_merged_call(proxy, upstream):
+    r = multi_query(proxy, model="mq", context=CONTEXT, queries=["A?", "B?"], presence_penalty=0.25)
+    assert r.status_code == 200, r.text
+    body = httpx.get(upstream + "/_calls").json()["last_body"]
+    assert body["presence_penalty"] == 0.25 and "frequency_penalty" not in body
+
+
 def test_the_merged_call_is_in_the_ledger_as_query_batching(proxy):
     before = httpx.get(proxy + "/v1/savings").json()["by_kind"]["query_batching"]["tokens_saved"]
     multi_query(proxy, model="mq", context=CONTEXT, queries=["A?", "B?", "C?", "D?"])
@@ -235,6 +265,23 @@ def test_opting_out_and_unbatched_models_go_alone(proxy, upstream):
     results = ask_concurrently(proxy, "mq-off", QUESTIONS[:2])
     assert [text for text, _ in results] == [f"echo: {q}" for q in QUESTIONS[:2]]
     assert calls(upstream) == {"multi": 4}
+
+
+def test_a_looping_batch_still_answers_every_caller(proxy, upstream):
+    results = ask_concurrently(proxy, "mq-loop", QUESTIONS[:3])
+    assert [text for text, _ in results] == [f"echo: {q}" for q in QUESTIONS[:3]]
+    # whichever arrived first got query 1, the one answer the merged reply finished
+    assert sorted(str(batched) for _, batched in results) == ["None", "None", "true"]
+    assert calls(upstream) == {"multi_loop": 3}
+
+
+def test_penalized_requests_go_alone_with_their_penalties(proxy, upstream):
+    """In a merged reply a penalty would count the other callers' answers too."""
+    results = ask_concurrently(proxy, "mq", QUESTIONS[:2], frequency_penalty=0.5)
+    assert [text for text, _ in results] == [f"echo: {q}" for q in QUESTIONS[:2]]
+    assert all(batched is None for _, batched in results)
+    assert calls(upstream) == {"multi": 2}
+    assert httpx.get(upstream + "/_calls").json()["last_body"]["frequency_penalty"] == 0.5
 
 
 def test_a_lone_request_is_served_normally_after_the_window(proxy, upstream):

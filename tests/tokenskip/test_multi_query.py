@@ -14,6 +14,7 @@ from tokenskip.multi_query import (
     make_queries,
     parse_answers,
     queries_block,
+    repeating,
 )
 
 
@@ -105,3 +106,44 @@ def test_damaged_responses_are_read_or_reported_missing(text, answers, missing):
 def test_answers_are_matched_by_id_not_position():
     text = json.dumps([{"id": 3, "answer": "c"}, {"id": 1, "answer": "a"}])
     assert parse_answers(text, [1, 3]).answers == {1: "a", 3: "c"}
+
+
+# -- loop detection (stop a merged reply that will never close) ------------------------
+
+OPEN = '<answers>[{"id": 1, "answer": "72"}, {"id": 2, "answer": "'
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        "In the evening, she gives her chickens another 15 cups of feed. " * 5,
+        # a sum counting up: only the numbers change
+        " ".join(f"He drove {n} hours, so he drove {n} + 3 = {n + 3} hours." for n in range(6)),
+        # ... and the operator
+        " ".join(f"He has {n} {op} 100 = {n + 1} candles." for n, op in zip(range(6), "+-+-+-")),
+        "The answer is 0." + "0" * 80,  # one character running away
+    ],
+)
+def test_a_looping_answer_is_detected(tail):
+    assert repeating(OPEN + tail)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        OPEN + "Natalia sold 48/2 = 24 clips in May. She sold 48+24 = 72 clips. #### 72",
+        # a legitimate enumeration, four similar lines
+        OPEN + "".join(f"In year {y} he pays {80 + 10 * y}+10={90 + 10 * y}.\n" for y in range(4)),
+        # many short identical answers: the JSON between them is not a loop
+        "<answers>[" + ", ".join(f'{{"id": {i}, "answer": "yes"}}' for i in range(1, 9)) + "]",
+        "",
+    ],
+)
+def test_ordinary_answers_are_not_loops(text):
+    assert not repeating(text)
+
+
+def test_only_the_answer_being_written_counts():
+    looped = '"answer": "' + "same words again and again. " * 6
+    assert repeating(looped)
+    assert not repeating(looped + '"}, {"id": 3, "answer": "A fresh start.')
