@@ -9,6 +9,9 @@ answer accuracy of merged vs single answers on the same questions (merged alone,
 proxy's fallback: a missing answer retried alone) and how often their final answers agree,
 input tokens and calls per query, and wall time per query with both modes run at the same
 batch size (labeled: not batch-1 latency). Every merged reply goes to OUT.replies.jsonl.
+A merged reply whose answer loops is stopped as the proxy stops it (--no-stop-loops: run it
+to its budget); --frequency-penalty / --presence-penalty (OpenAI's) apply to single and merged
+calls alike.
 
     .venv/bin/python bench/query_opt.py --groups 8 --ns 2,4,8 [--adapter runs/query-opt/adapter]
 """
@@ -29,7 +32,13 @@ from provenance import command_line  # noqa: E402
 from evaluation import gsm8k  # noqa: E402
 from evaluation.generate import LocalGenerator, Prompt  # noqa: E402
 from evaluation.report import provenance  # noqa: E402
-from tokenskip.multi_query import build_messages, make_queries, parse_answers, single_messages  # noqa: E402
+from tokenskip.multi_query import (  # noqa: E402
+    build_messages,
+    make_queries,
+    parse_answers,
+    repeating,
+    single_messages,
+)
 from trainers.query_opt import gsm8k_context  # noqa: E402
 
 
@@ -37,7 +46,13 @@ def run(args: argparse.Namespace) -> dict:
     test = gsm8k.load_gsm8k(args.data, split="test")
     train = gsm8k.load_gsm8k(args.data, split="train")
     context = gsm8k_context(gsm8k.shots_from(train, args.shots, seed=0))
-    generator = LocalGenerator(args.model, adapter=args.adapter, batch_size=args.batch_size)
+    generator = LocalGenerator(
+        args.model,
+        adapter=args.adapter,
+        batch_size=args.batch_size,
+        frequency_penalty=args.frequency_penalty,
+        presence_penalty=args.presence_penalty,
+    )
     adapter_on = args.adapter is not None
 
     def count(messages: list[dict]) -> int:
@@ -54,6 +69,9 @@ def run(args: argparse.Namespace) -> dict:
             "shots": args.shots,
             "batch_size": args.batch_size,
             "answer_tokens": args.answer_tokens,
+            "frequency_penalty": args.frequency_penalty,
+            "presence_penalty": args.presence_penalty,
+            "stop_loops": args.stop_loops,
             "results": results,
             "wall_note": f"both modes generated at batch size {args.batch_size}; wall time per "
             "query, not batch-1 latency",
@@ -99,18 +117,23 @@ def run(args: argparse.Namespace) -> dict:
             "output_tokens_single": sum(g.output_tokens for g in singles),
         }
         # before (base model) and, with --adapter, after (the Query-OPT LoRA) on the same groups
-        for label, on in [("base", False)] + ([("adapter", True)] if adapter_on else []):
+        for label, on in [("base", False), ("adapter", True)]:
+            if label not in args.variants or (on and not adapter_on):
+                continue
             prompts = [replace(pr, adapter=on) for pr in merged_prompts]
             t0 = time.perf_counter()
             budget = args.answer_tokens * n + 32
-            merged = generator.generate(prompts, budget)
+            merged = generator.generate(
+                prompts, budget, stop_when=repeating if args.stop_loops else None
+            )
             merged_wall = time.perf_counter() - t0
-            complete = merged_correct = with_fallback = missing = agree = at_budget = 0
+            complete = merged_correct = with_fallback = missing = agree = at_budget = stopped = 0
             for g, out, base_idx in zip(groups, merged, range(0, queries_total, n)):
                 parsed = parse_answers(out.text, list(range(1, len(g) + 1)))
                 complete += parsed.complete
                 missing += len(parsed.missing)
                 at_budget += not parsed.complete and out.output_tokens >= budget
+                stopped += not out.finished and out.output_tokens < budget
                 for i, p in enumerate(g, start=1):
                     answer = parsed.answers.get(i)
                     predicted = gsm8k.extract_answer(answer) if answer else None
@@ -138,6 +161,7 @@ def run(args: argparse.Namespace) -> dict:
                 "format_success": round(complete / len(groups), 4),
                 "missing_answers": missing,
                 "failed_at_token_budget": at_budget,
+                "stopped_as_loops": stopped,
                 "accuracy_merged": round(merged_correct / queries_total, 4),
                 "accuracy_with_fallback": round(with_fallback / queries_total, 4),
                 "same_final_answer_as_single": round(agree / queries_total, 4),
@@ -172,9 +196,32 @@ def main() -> None:
     ap.add_argument("--ns", default="2,4,8")
     ap.add_argument("--answer-tokens", type=int, default=160)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument(
+        "--frequency-penalty",
+        type=float,
+        default=0.0,
+        help="OpenAI's, for single and merged calls alike (0: plain greedy)",
+    )
+    ap.add_argument("--presence-penalty", type=float, default=0.0)
+    ap.add_argument(
+        "--stop-loops",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="stop a merged reply whose answer loops, as the proxy does (batch.stop_loops)",
+    )
+    ap.add_argument(
+        "--variants",
+        default="base,adapter",
+        help="which models answer the merged calls: base, adapter (needs --adapter), or both",
+    )
     ap.add_argument("--out", default="reports/query_opt_smollm2.json")
     args = ap.parse_args()
     args.ns = [int(n) for n in args.ns.split(",")]
+    args.variants = {v.strip() for v in args.variants.split(",") if v.strip()}
+    if not args.variants or args.variants - {"base", "adapter"}:
+        ap.error("--variants takes base, adapter or both")
+    if args.variants == {"adapter"} and args.adapter is None:
+        ap.error("--variants adapter needs --adapter")
     write(args.out, run(args))
     print(f"wrote {args.out}")
 

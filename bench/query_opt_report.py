@@ -36,10 +36,23 @@ def render(r: dict[str, Any]) -> str:
         f"Workload: GSM8K test questions, each group of N asked against one shared "
         f"{r.get('shots')}-shot CoT context; single calls ask each question alone against the "
         f"same context (base model). Budget {r.get('answer_tokens')} new tokens per answer "
-        f"(merged: N × that + 32). {r.get('wall_note', '')}.",
+        f"(merged: N × that + 32). Decoding: greedy"
+        + (
+            f" with OpenAI's frequency penalty {r.get('frequency_penalty', 0)} and presence "
+            f"penalty {r.get('presence_penalty', 0)} (single and merged calls alike)"
+            if r.get("frequency_penalty") or r.get("presence_penalty")
+            else ""
+        )
+        + (
+            "; a merged reply whose answer loops is stopped (the proxy's `batch.stop_loops`)"
+            if r.get("stop_loops")
+            else ""
+        )
+        + f". {r.get('wall_note', '')}.",
         "",
         "| N | model | groups | format success | missing answers | failed at token budget "
-        "| accuracy single | accuracy merged | merged + fallback | same final answer as single "
+        + ("(stopped as loops) " if r.get("stop_loops") else "")
+        + "| accuracy single | accuracy merged | merged + fallback | same final answer as single "
         "| input tokens/query merged / single | calls/query (with retries) | s/query merged / "
         "single |",
         "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|---|---|---|",
@@ -53,7 +66,8 @@ def render(r: dict[str, Any]) -> str:
             label = "base" if m == "base" else "Query-OPT LoRA"
             lines.append(
                 f"| {n} | {label} | {row['groups']} | {x['format_success']:.0%} "
-                f"| {x['missing_answers']}/{row['queries']} | {x.get('failed_at_token_budget', '—')} "
+                f"| {x['missing_answers']}/{row['queries']} | {x.get('failed_at_token_budget', '—')}"
+                f"{_stopped(x)} "
                 f"| {row['accuracy_single']:.1%} | {x['accuracy_merged']:.1%} "
                 f"| {_pct(x.get('accuracy_with_fallback'))} "
                 f"| {x['same_final_answer_as_single']:.1%} "
@@ -96,6 +110,10 @@ def render(r: dict[str, Any]) -> str:
     if example:
         lines += ["## A merged reply (after training, first group)", "", "```", example, "```", ""]
     return "\n".join(lines)
+
+
+def _stopped(x: dict[str, Any]) -> str:
+    return f" ({x['stopped_as_loops']})" if x.get("stopped_as_loops") is not None else ""
 
 
 def _pct(x: float | None) -> str:

@@ -59,9 +59,18 @@ class Generator(Protocol):
 
 
 class LocalGenerator:
-    """Greedy generation with a local model (and adapter) through the batched engine."""
+    """Greedy generation with a local model (and adapter) through the batched engine, with
+    OpenAI's frequency and presence penalties when given (0: plain greedy)."""
 
-    def __init__(self, model_name: str, *, adapter: str | None = None, batch_size: int = 8):
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        adapter: str | None = None,
+        batch_size: int = 8,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+    ):
         from proxy.local.engine import Engine
         from proxy.local.runner import Runner
         from tokenskip.models import load_model
@@ -71,6 +80,10 @@ class LocalGenerator:
         adapters = {"eval": adapter} if adapter else {}
         self.engine = Engine(Runner(loaded.model, loaded.tokenizer, adapters), max_batch=batch_size)
         self.name = model_name + (f"+{adapter}" if adapter else "")
+        self.penalties = {
+            "frequency_penalty": frequency_penalty,
+            "presence_penalty": presence_penalty,
+        }
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         return list(
@@ -80,8 +93,14 @@ class LocalGenerator:
         )
 
     def generate(
-        self, prompts: list[Prompt], max_new_tokens: int, on_result: OnResult | None = None
+        self,
+        prompts: list[Prompt],
+        max_new_tokens: int,
+        on_result: OnResult | None = None,
+        stop_when: Callable[[str], bool] | None = None,
     ) -> list[Generation]:
+        """``stop_when(text so far)``, checked every 64 new characters, ends a sample early
+        (kept as not finished), e.g. :func:`tokenskip.multi_query.repeating`."""
         from proxy.local.engine import GenerationRequest
 
         done = threading.Semaphore(0)
@@ -109,8 +128,11 @@ class LocalGenerator:
                 prompt_ids=self.prompt_ids(prompt),
                 max_new_tokens=max_new_tokens,
                 adapter="eval" if prompt.adapter else None,
+                **self.penalties,
             )
             r.on_done = lambda req, i=index: finished(i, req)
+            if stop_when is not None:
+                r.on_delta = _stopper(r, stop_when)
             requests.append(r)
         for r in requests:
             self.engine.submit(r)
@@ -123,6 +145,20 @@ class LocalGenerator:
 
     def close(self) -> None:
         self.engine.close()
+
+
+def _stopper(request: Any, stop_when: Callable[[str], bool]) -> Callable[[str], None]:
+    """An ``on_delta`` that cancels ``request`` once ``stop_when`` holds for its text."""
+    checked = 0
+
+    def on_delta(_: str) -> None:
+        nonlocal checked
+        if len(request.text) - checked >= 64:
+            checked = len(request.text)
+            if stop_when(request.text):
+                request.cancelled.set()
+
+    return on_delta
 
 
 class OpenAIGenerator:
