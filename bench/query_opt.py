@@ -109,6 +109,9 @@ def run(args: argparse.Namespace) -> dict:
             "groups": len(groups),
             "queries": queries_total,
             "accuracy_single": round(single_correct / queries_total, 4),
+            # single answers that ended by themselves within the budget: a merged reply can
+            # only parse if all N of its answers do
+            "single_finished": round(sum(g.finished for g in singles) / queries_total, 4),
             "input_tokens_per_query_merged": round(merged_in / queries_total, 1),
             "input_tokens_per_query_single": round(single_in / queries_total, 1),
             "input_token_reduction": round(single_in / merged_in, 2),

@@ -78,6 +78,7 @@ def render(r: dict[str, Any]) -> str:
             )
     lines += [
         "",
+        *_finished_lines(results),
         "Format success: the reply parsed with every id. Accuracy merged counts only answers "
         "that came back; merged + fallback is what the proxy returns (a missing answer is asked "
         "again alone, i.e. the single answer, at the cost of the extra call in the calls "
@@ -110,6 +111,20 @@ def render(r: dict[str, Any]) -> str:
     if example:
         lines += ["## A merged reply (after training, first group)", "", "```", example, "```", ""]
     return "\n".join(lines)
+
+
+def _finished_lines(results: dict[str, Any]) -> list[str]:
+    """How often a single answer ends by itself: a merged reply parses only if all N do."""
+    if not all("single_finished" in row for row in results.values()):
+        return []
+    shares = ", ".join(
+        f"N = {n}: {results[n]['single_finished']:.0%}" for n in sorted(results, key=int)
+    )
+    return [
+        f"Single answers that ended by themselves within the budget: {shares} (a merged reply "
+        "parses only if all N of its answers end).",
+        "",
+    ]
 
 
 def _stopped(x: dict[str, Any]) -> str:
