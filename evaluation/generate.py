@@ -99,7 +99,7 @@ class LocalGenerator:
         on_result: OnResult | None = None,
         stop_when: Callable[[str], bool] | None = None,
     ) -> list[Generation]:
-        """``stop_when(text so far)``, checked every 64 new characters, ends a sample early
+        """``stop_when(the last 4,096 characters)``, checked every 64 new characters, ends a sample early
         (kept as not finished), e.g. :func:`tokenskip.multi_query.repeating`."""
         from proxy.local.engine import GenerationRequest
 
@@ -155,7 +155,7 @@ def _stopper(request: Any, stop_when: Callable[[str], bool]) -> Callable[[str], 
         nonlocal checked
         if len(request.text) - checked >= 64:
             checked = len(request.text)
-            if stop_when(request.text):
+            if stop_when(request.text[-4096:]):
                 request.cancelled.set()
 
     return on_delta

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RETRY_CONCURRENCY = 16
+RETRY_CONCURRENCY = 8
 """Queries asked alone after a merged call at most at once (per /v1/multi_query request)."""
 
 
@@ -68,6 +68,9 @@ class MultiQueryRequest(BaseModel):
         None, ge=-2, le=2, description="over the whole merged reply; per answer when retried alone"
     )
     presence_penalty: float | None = Field(None, ge=-2, le=2)
+    stop_loops: bool | None = Field(
+        None, description="stop the merged reply once an answer loops (None: the model's setting)"
+    )
 
 
 @dataclass
@@ -139,8 +142,13 @@ class MultiQuery:
         answer_tokens: int,
         params: dict[str, Any],
         settings: BatchSettings | None = None,
+        stop_loops: bool | None = None,
     ) -> Merged | None:
-        """One call for all ``queries``; None when the merged prompt would not fit."""
+        """One call for all ``queries``; None when the merged prompt would not fit.
+        ``stop_loops`` (None: the model's ``batch.stop_loops``, on by default) streams the call
+        and stops it once the answer being written loops."""
+        if stop_loops is None:
+            stop_loops = (settings or BatchSettings()).stop_loops
         messages = build_messages(context, queries)
 
         def counts() -> tuple[int, dict[int, int]]:  # tokenizing long contexts: off the loop
@@ -171,8 +179,10 @@ class MultiQuery:
         )
         prepared = await self.service.prepare(request)
         prepared.batch_tokens_saved = max(0, separate - prompt_tokens)
-        if (settings or BatchSettings()).stop_loops:
-            result = await self.service.complete_watched(prepared, repeating)
+        if stop_loops:
+            result = await self.service.complete_watched(
+                prepared, repeating, prompt_tokens=prompt_tokens
+            )
         else:
             result = await self.service.complete(prepared)
         choice = result["choices"][0]
@@ -232,14 +242,18 @@ class MultiQuery:
         started = time.perf_counter()
         merged = None
         if len(queries) > 1:
-            merged = await self.merged(
-                entry,
-                context,
-                queries,
-                answer_tokens=answer_tokens,
-                params=params,
-                settings=entry.batch,
-            )
+            try:
+                merged = await self.merged(
+                    entry,
+                    context,
+                    queries,
+                    answer_tokens=answer_tokens,
+                    params=params,
+                    settings=entry.batch,
+                    stop_loops=body.stop_loops,
+                )
+            except ProxyError as exc:  # e.g. the stream broke mid-reply: every query alone
+                log.warning("merged call for %d queries failed: %s", len(queries), exc)
         answers: list[dict[str, Any]] = []
         prompt_tokens = merged.prompt_tokens if merged else 0
         completion_tokens = merged.completion_tokens if merged else 0
@@ -255,7 +269,13 @@ class MultiQuery:
                 return await self.one(entry, single, {**params, "max_tokens": answer_tokens})
 
         # the queries the merged call did not answer: one call each, several at a time
-        results = await asyncio.gather(*(ask_alone(q) for q in alone))
+        tasks = [asyncio.ensure_future(ask_alone(q)) for q in alone]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:  # one failed (or the client left): stop the others' calls too
+            for t in tasks:
+                t.cancel()
+            raise
         by_id = dict(zip((q.id for q in alone), results, strict=True))
         for q in queries:
             if merged is not None and q.id not in by_id:

@@ -392,14 +392,22 @@ class ChatService:
         return self._completion(p, result.text, result.finish_reason, usage)
 
     async def complete_watched(
-        self, p: Prepared, stop: Callable[[str], bool], every: int = 64
+        self,
+        p: Prepared,
+        stop: Callable[[str], bool],
+        *,
+        prompt_tokens: int | None = None,
+        every: int = 64,
+        window: int = 4096,
     ) -> dict[str, Any]:
         """Like :meth:`complete`, but streamed from the backend and cut as soon as
-        ``stop(text so far)`` says so (checked every ``every`` new characters): then the
-        finish reason is ``"stopped"``, the upstream call is closed, and the completion tokens
-        are counted by the gateway (``tokens_estimated``)."""
+        ``stop(the last window characters)`` says so (checked every ``every`` new characters):
+        then the finish reason is ``"stopped"``, the upstream call is closed, and the usage is
+        the gateway's count (``tokens_estimated``): ``prompt_tokens`` as the caller counted
+        the prompt, the completion counted from the text received."""
         parts: list[str] = []
-        size = checked = 0
+        tail = ""
+        since_check = 0
         last: Delta | None = None
         stopped = False
         status, usage, error = 499, None, "client disconnected"
@@ -410,10 +418,11 @@ class ChatService:
                         last = delta
                         break
                     parts.append(delta.text)
-                    size += len(delta.text)
-                    if size - checked >= every:
-                        checked = size
-                        if stop("".join(parts)):
+                    tail = (tail + delta.text)[-window:]
+                    since_check += len(delta.text)
+                    if since_check >= every:
+                        since_check = 0
+                        if stop(tail):
                             stopped = True
                             break
             text = "".join(parts)
@@ -424,15 +433,21 @@ class ChatService:
                     "upstream_error",
                     "upstream_incomplete",
                 )
-            if last is None:  # cut by us: no upstream usage, the gateway counts
-                usage = self._usage(p, None, None, text)
-            else:
-                usage = self._usage(p, last.prompt_tokens, last.completion_tokens, text)
+            reported = last.prompt_tokens if last is not None else None
+            usage = self._usage(
+                p,
+                reported if reported is not None else prompt_tokens,
+                last.completion_tokens if last is not None else None,
+                text,
+            )
             status, error = 200, None
             return self._completion(p, text, last.finish_reason if last else "stopped", usage)
         except BackendError as exc:
             status, error = exc.status, exc.message
             raise ProxyError(exc.status, exc.message, exc.type, exc.code) from None
+        except Exception as exc:
+            status, error = 500, f"{type(exc).__name__}: {exc}"
+            raise
         finally:
             self._account(p, status, True, usage, error)
 

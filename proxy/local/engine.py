@@ -357,10 +357,10 @@ def penalize(
     is not counted): ``logit[j] - count[j] * frequency - (count[j] > 0) * presence``."""
     if not generated:
         return logits
-    ids = torch.tensor(generated, dtype=torch.long)
-    counts = torch.bincount(ids, minlength=logits.shape[-1])[: logits.shape[-1]]
-    counts = counts.to(device=logits.device, dtype=logits.dtype)
-    return logits - counts * frequency - (counts > 0).to(logits.dtype) * presence
+    vocab = logits.shape[-1]
+    ids = torch.tensor(generated, dtype=torch.long, device=logits.device)
+    counts = torch.bincount(ids, minlength=vocab)[:vocab].float()  # in fp32, even under bf16
+    return logits.float() - counts * frequency - (counts > 0).float() * presence
 
 
 def _stop_reason(request: GenerationRequest) -> str | None:

@@ -23,6 +23,7 @@ behaviour (litellm strips the provider prefix, so `openai/ok` arrives as `ok`):
     multi_loop      a multi-query prompt gets the first answer, then a second one that loops
              (a sum counting up) for LOOP_SENTENCES sentences without ever closing; streamed
              slowly (LOOP_PIECE_S per piece), so a client that stops reading is seen.
+    multi_drop      like multi, but a streamed multi-query reply is cut like drop's.
     other    HTTP 404, code "model_not_found".
 
 GET /_calls -> {"total", "by_model", "last_body", "last_auth", "pieces_streamed"} (content
@@ -60,6 +61,7 @@ MODELS = (
     "multi_garbage",
     "multi_partial",
     "multi_loop",
+    "multi_drop",
 )
 
 
@@ -263,7 +265,7 @@ def make_upstream_app(api_key: str | None = None) -> FastAPI:
             calls.pieces_streamed = 0
             yield chunk({"role": "assistant", "content": ""})
             for i, piece in enumerate(stream_pieces(answer)):
-                if model == "drop" and i == 2:
+                if i == 2 and (model == "drop" or model == "multi_drop" and "<answers>" in answer):
                     raise UpstreamDropped("fake upstream dropped the stream on purpose")
                 yield chunk({"content": piece})
                 calls.pieces_streamed += 1

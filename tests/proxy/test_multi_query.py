@@ -11,6 +11,7 @@ from proxy.app import create_app
 from proxy.config import Settings, parse_config
 from tests.proxy.fake_upstream import make_upstream_app
 from tests.proxy.servers import serve
+from tokenskip.multi_query import build_messages, make_queries, single_messages
 
 CONTEXT = (
     "Meeting notes. Alice proposed moving the launch to March because the supplier is late. "
@@ -51,6 +52,7 @@ def proxy(upstream, tmp_path_factory):
             model("mq-small", "multi", {**batch, "max_context_tokens": 200}),
             model("mq-loop", "multi_loop", batch),
             model("mq-loop-read-all", "multi_loop", {**batch, "stop_loops": False}),
+            model("mq-drop", "multi_drop", batch),
         ],
     }
     ledger = tmp_path_factory.mktemp("ledger") / "ledger.sqlite"
@@ -153,17 +155,34 @@ def test_bad_multi_query_requests_get_openai_shaped_errors(proxy, upstream, body
     assert calls(upstream) == {}
 
 
+def upstream_words(context, query):
+    """What the fake upstream bills for one query asked alone: (prompt, completion) words."""
+    messages = single_messages(context, query)
+    prompt = sum(len(m["content"].split()) for m in messages)
+    return prompt, len(("echo: " + messages[-1]["content"]).split())
+
+
 def test_a_looping_merged_reply_is_stopped_early_and_the_rest_asked_alone(proxy, upstream):
-    r = multi_query(proxy, model="mq-loop", context=CONTEXT, queries=["A?", "B?", "C?"])
+    queries = ["A?", "B?", "C?"]
+    r = multi_query(proxy, model="mq-loop", context=CONTEXT, queries=queries)
     assert r.status_code == 200, r.text
     body = r.json()
     assert [a["source"] for a in body["answers"]] == ["merged", "retried", "retried"]
-    for a, q in zip(body["answers"], ["A?", "B?", "C?"]):
+    for a, q in zip(body["answers"], queries):
         assert a["answer"].endswith(q)  # the first from the merged reply, the rest alone
     assert body["format"]["problems"][0].startswith("stopped after")
     assert body["usage"]["calls"] == 3 and calls(upstream) == {"multi_loop": 3}
-    # the merged stream was closed after a few sentences of the loop (it has ~22,000 pieces)
-    assert 0 < httpx.get(upstream + "/_calls").json()["pieces_streamed"] < 2000
+    # the merged call's usage is the gateway's count: its whole prompt, and only the few
+    # sentences of the loop it read (the full reply has ~22,000 words)
+    retried = [upstream_words(CONTEXT, q) for q in queries[1:]]
+    merged_prompt = body["usage"]["prompt_tokens"] - sum(p for p, _ in retried)
+    merged_completion = body["usage"]["completion_tokens"] - sum(c for _, c in retried)
+    merged_words = sum(
+        len(m["content"].split()) for m in build_messages(CONTEXT, make_queries(queries))
+    )
+    assert merged_prompt >= merged_words
+    assert 0 < merged_completion < 1_000
+    assert httpx.get(upstream + "/_calls").json()["pieces_streamed"] < 20_000  # not all sent
 
 
 def test_with_stop_loops_off_the_whole_looping_reply_is_read(proxy, upstream):
@@ -172,6 +191,28 @@ def test_with_stop_loops_off_the_whole_looping_reply_is_read(proxy, upstream):
     assert [a["source"] for a in body["answers"]] == ["merged", "retried"]
     assert not any(p.startswith("stopped") for p in body["format"]["problems"])
     assert body["usage"]["completion_tokens"] > 20_000  # every word of the loop, billed
+
+
+def test_a_request_can_turn_the_loop_guard_off_or_on(proxy, upstream):
+    off = multi_query(
+        proxy, model="mq-loop", context=CONTEXT, queries=["A?", "B?"], stop_loops=False
+    ).json()
+    assert off["usage"]["completion_tokens"] > 20_000
+    on = multi_query(
+        proxy, model="mq-loop-read-all", context=CONTEXT, queries=["A?", "B?"], stop_loops=True
+    ).json()
+    assert on["format"]["problems"][0].startswith("stopped after")
+
+
+def test_a_merged_stream_that_breaks_sends_every_query_alone(proxy, upstream):
+    queries = ["A?", "B?"]
+    r = multi_query(proxy, model="mq-drop", context=CONTEXT, queries=queries)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [a["source"] for a in body["answers"]] == ["single", "single"]
+    for a, q in zip(body["answers"], queries):
+        assert a["answer"].endswith(q)
+    assert calls(upstream) == {"multi_drop": 3}
 
 
 def test_sampling_options_reach_the_merged_call(proxy, upstream):

@@ -121,7 +121,7 @@ OPEN = '<answers>[{"id": 1, "answer": "72"}, {"id": 2, "answer": "'
         " ".join(f"He drove {n} hours, so he drove {n} + 3 = {n + 3} hours." for n in range(6)),
         # ... and the operator
         " ".join(f"He has {n} {op} 100 = {n + 1} candles." for n, op in zip(range(6), "+-+-+-")),
-        "The answer is 0." + "0" * 80,  # one character running away
+        "The answer is 0." + "0" * 140,  # one character running away
     ],
 )
 def test_a_looping_answer_is_detected(tail):
@@ -136,6 +136,8 @@ def test_a_looping_answer_is_detected(tail):
         OPEN + "".join(f"In year {y} he pays {80 + 10 * y}+10={90 + 10 * y}.\n" for y in range(4)),
         # many short identical answers: the JSON between them is not a loop
         "<answers>[" + ", ".join(f'{{"id": {i}, "answer": "yes"}}' for i in range(1, 9)) + "]",
+        OPEN + ", ".join(str(n) for n in range(1, 101)),  # a list of numbers
+        OPEN + "-" * 100,
         "",
     ],
 )
