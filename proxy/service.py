@@ -408,31 +408,24 @@ class ChatService:
         parts: list[str] = []
         tail = ""
         since_check = 0
-        last: Delta | None = None
+        end: list[Delta] = []
         stopped = False
         status, usage, error = 499, None, "client disconnected"
         try:
-            async with contextlib.aclosing(self._deltas(p)) as deltas:
-                async for delta in deltas:
-                    if delta.finish_reason is not None:
-                        last = delta
-                        break
-                    parts.append(delta.text)
-                    tail = (tail + delta.text)[-window:]
-                    since_check += len(delta.text)
+            async with contextlib.aclosing(self._pieces(p, end)) as pieces:
+                async for piece in pieces:
+                    parts.append(piece)
+                    tail = (tail + piece)[-window:]
+                    since_check += len(piece)
                     if since_check >= every:
                         since_check = 0
                         if stop(tail):
                             stopped = True
                             break
             text = "".join(parts)
-            if last is None and not stopped:
-                raise BackendError(
-                    502,
-                    "the backend stream ended without finishing",
-                    "upstream_error",
-                    "upstream_incomplete",
-                )
+            if not end and not stopped:
+                raise _incomplete()
+            last = end[0] if end else None
             reported = last.prompt_tokens if last is not None else None
             usage = self._usage(
                 p,
@@ -487,6 +480,15 @@ class ChatService:
                 if not self._upstream_failed(entry, exc) or started or i + 1 == len(chain):
                     raise
 
+    async def _pieces(self, p: Prepared, end: list[Delta]) -> AsyncIterator[str]:
+        """The backend's text, piece by piece; the finishing delta is put in ``end``."""
+        async with contextlib.aclosing(self._deltas(p)) as deltas:
+            async for delta in deltas:
+                if delta.finish_reason is not None:
+                    end.append(delta)
+                    return
+                yield delta.text
+
     async def stream(self, p: Prepared, include_usage: bool) -> AsyncIterator[str]:
         """SSE lines: a role chunk, content chunks, a finish chunk, optional usage, [DONE]."""
         created = now()
@@ -505,22 +507,15 @@ class ChatService:
         status, usage, error = 499, None, "client disconnected"
         try:
             yield chunk({"role": "assistant", "content": ""})
-            last: Delta | None = None
+            end: list[Delta] = []
             # aclosing: if the client leaves, the backend stream is closed (and cancelled) now.
-            async with contextlib.aclosing(self._deltas(p)) as deltas:
-                async for delta in deltas:
-                    if delta.finish_reason is not None:
-                        last = delta
-                        break
-                    parts.append(delta.text)
-                    yield chunk({"content": delta.text})
-            if last is None:
-                raise BackendError(
-                    502,
-                    "the backend stream ended without finishing",
-                    "upstream_error",
-                    "upstream_incomplete",
-                )
+            async with contextlib.aclosing(self._pieces(p, end)) as pieces:
+                async for text in pieces:
+                    parts.append(text)
+                    yield chunk({"content": text})
+            if not end:
+                raise _incomplete()
+            last = end[0]
             usage = self._usage(p, last.prompt_tokens, last.completion_tokens, "".join(parts))
             yield chunk({}, last.finish_reason)
             if include_usage:
@@ -541,3 +536,9 @@ class ChatService:
             yield f"data: {json.dumps(error_body(exc.message, exc.type, exc.code))}\n\n"
         finally:
             self._account(p, status, True, usage, error)
+
+
+def _incomplete() -> BackendError:
+    return BackendError(
+        502, "the backend stream ended without finishing", "upstream_error", "upstream_incomplete"
+    )
