@@ -48,7 +48,7 @@ def render(r: dict[str, Any]) -> str:
             if r.get("stop_loops")
             else ""
         )
-        + f". {r.get('wall_note', '')}.",
+        + f". {_sentence(r.get('wall_note', ''))}",
         "",
         "| N | model | groups | format success | missing answers | failed at token budget "
         + ("(stopped as loops) " if r.get("stop_loops") else "")
@@ -125,6 +125,10 @@ def _finished_lines(results: dict[str, Any]) -> list[str]:
         "parses only if all N of its answers end).",
         "",
     ]
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "." if text else ""
 
 
 def _stopped(x: dict[str, Any]) -> str:
