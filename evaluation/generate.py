@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tokenskip.errors import InvalidInputError
+from tokenskip.multi_query import TailCheck
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,9 @@ class LocalGenerator:
         on_result: OnResult | None = None,
         stop_when: Callable[[str], bool] | None = None,
     ) -> list[Generation]:
-        """``stop_when(the last 4,096 characters)``, checked every 64 new characters, ends a sample early
-        (kept as not finished), e.g. :func:`tokenskip.multi_query.repeating`."""
+        """``stop_when(the last 4,096 characters)``, checked every 64 new characters
+        (:class:`tokenskip.multi_query.TailCheck`), ends a sample early (kept as not finished),
+        e.g. :func:`tokenskip.multi_query.repeating`."""
         from proxy.local.engine import GenerationRequest
 
         done = threading.Semaphore(0)
@@ -149,14 +151,11 @@ class LocalGenerator:
 
 def _stopper(request: Any, stop_when: Callable[[str], bool]) -> Callable[[str], None]:
     """An ``on_delta`` that cancels ``request`` once ``stop_when`` holds for its text."""
-    checked = 0
+    watch = TailCheck(stop_when)
 
-    def on_delta(_: str) -> None:
-        nonlocal checked
-        if len(request.text) - checked >= 64:
-            checked = len(request.text)
-            if stop_when(request.text[-4096:]):
-                request.cancelled.set()
+    def on_delta(piece: str) -> None:
+        if watch.feed(piece):
+            request.cancelled.set()
 
     return on_delta
 

@@ -31,6 +31,7 @@ from proxy.metrics import Metrics
 from proxy.prompt import PromptCompression, compress_messages
 from proxy.protocol import ChatCompletionRequest, completion_id, error_body, now
 from tokenskip.models import DEFAULT_MODEL, load_model, load_tokenizer
+from tokenskip.multi_query import TailCheck
 from tokenskip.scorers import CachedScorer, HeuristicScorer, SelfInfoScorer
 from tokenskip.tokens import TextTokenizer
 
@@ -401,13 +402,12 @@ class ChatService:
         window: int = 4096,
     ) -> dict[str, Any]:
         """Like :meth:`complete`, but streamed from the backend and cut as soon as
-        ``stop(the last window characters)`` says so (checked every ``every`` new characters):
-        then the finish reason is ``"stopped"``, the upstream call is closed, and the usage is
-        the gateway's count (``tokens_estimated``): ``prompt_tokens`` as the caller counted
-        the prompt, the completion counted from the text received."""
+        ``stop(the last window characters)`` says so (checked every ``every`` new characters,
+        :class:`TailCheck`): then the finish reason is ``"stopped"``, the upstream call is
+        closed, and the usage is the gateway's count (``tokens_estimated``): ``prompt_tokens``
+        as the caller counted the prompt, the completion counted from the text received."""
         parts: list[str] = []
-        tail = ""
-        since_check = 0
+        watch = TailCheck(stop, every, window)
         end: list[Delta] = []
         stopped = False
         status, usage, error = 499, None, "client disconnected"
@@ -415,13 +415,9 @@ class ChatService:
             async with contextlib.aclosing(self._pieces(p, end)) as pieces:
                 async for piece in pieces:
                     parts.append(piece)
-                    tail = (tail + piece)[-window:]
-                    since_check += len(piece)
-                    if since_check >= every:
-                        since_check = 0
-                        if stop(tail):
-                            stopped = True
-                            break
+                    if watch.feed(piece):
+                        stopped = True
+                        break
             text = "".join(parts)
             if not end and not stopped:
                 raise _incomplete()

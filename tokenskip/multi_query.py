@@ -306,3 +306,23 @@ def _shortest_loop(text: str, max_period: int, times: Callable[[int], int]) -> i
         if all(text[-(k + 1) * period : -k * period] == last for k in range(1, n)):
             return period
     return 0
+
+
+class TailCheck:
+    """Runs ``stop`` over streamed text as it arrives: at most once per ``every`` new
+    characters, on the last ``window`` of them (enough for :func:`repeating`), so the cost per
+    check stays flat however long the reply grows."""
+
+    def __init__(self, stop: Callable[[str], bool], every: int = 64, window: int = 4096):
+        self.stop, self.every, self.window = stop, every, window
+        self.tail = ""
+        self.pending = 0
+
+    def feed(self, piece: str) -> bool:
+        """Add a streamed piece; True once ``stop`` says the text should end here."""
+        self.tail = (self.tail + piece)[-self.window :]
+        self.pending += len(piece)
+        if self.pending < self.every:
+            return False
+        self.pending = 0
+        return self.stop(self.tail)

@@ -317,8 +317,8 @@ def calibrate(
 
 def head_cost_in_layers(model: Any) -> float:
     """The LM head's weights over one decoder layer's: what running the head once costs."""
-    decoder, _ = decoder_layers(model)
-    per_layer = sum(p.numel() for p in decoder.layers[0].parameters())
+    decoder, name = decoder_layers(model)
+    per_layer = sum(p.numel() for p in getattr(decoder, name)[0].parameters())
     return model.get_output_embeddings().weight.numel() / max(per_layer, 1)
 
 

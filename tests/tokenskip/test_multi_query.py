@@ -9,6 +9,7 @@ from tokenskip.multi_query import (
     BEGIN,
     END,
     Query,
+    TailCheck,
     build_messages,
     format_answers,
     make_queries,
@@ -149,3 +150,15 @@ def test_only_the_answer_being_written_counts():
     looped = '"answer": "' + "same words again and again. " * 6
     assert repeating(looped)
     assert not repeating(looped + '"}, {"id": 3, "answer": "A fresh start.')
+
+
+def test_tail_check_runs_every_so_many_characters_on_the_tail():
+    seen: list[str] = []
+    watch = TailCheck(lambda t: seen.append(t) or t.endswith("!"), every=10, window=15)
+    assert not any(watch.feed(p) for p in ["abcd", "efgh"])  # 8 characters: not checked yet
+    assert seen == []
+    assert not watch.feed("ijk")  # 11: checked once, on the whole text
+    assert seen == ["abcdefghijk"]
+    assert not watch.feed("lmnopqr")  # 7 more: not checked
+    assert watch.feed("stu!")  # 11 since the last check: checked on the last 15 characters
+    assert seen[-1] == "hijklmnopqrstu!" and len(seen) == 2
