@@ -123,6 +123,26 @@ def add_compress_parser(subparsers: Any) -> None:
         help="also keep every occurrence of WORD (repeatable)",
     )
     p.add_argument(
+        "--no-guards",
+        action="store_true",
+        help="turn off the meaning guards (negations, limits, conditions, obligations, numbers "
+        "with units, dates, quotes, identifiers, names are otherwise never dropped); for "
+        "experiments that measure what they cost",
+    )
+    p.add_argument(
+        "--guards",
+        default=None,
+        metavar="RULES",
+        help="comma-separated guard rules to run instead of the default set (see "
+        "tokenskip.guards.RULES), e.g. negation,condition",
+    )
+    p.add_argument(
+        "--no-lossless",
+        action="store_true",
+        help="skip the lossless transforms (whitespace, JSON minified or as a table, repeated "
+        "lines counted) that otherwise run before any word is dropped",
+    )
+    p.add_argument(
         "--json", action="store_true", help="print a JSON object with text, token counts and ratios"
     )
     p.add_argument(
@@ -139,9 +159,27 @@ def add_compress_parser(subparsers: Any) -> None:
     p.set_defaults(run=run_compress)
 
 
+def _guards(args: argparse.Namespace) -> Any:
+    """The guard set the flags ask for, or None for the default of the mode."""
+    from tokenskip.guards import NO_GUARDS, Guards
+
+    if args.no_guards and args.guards:
+        raise InvalidInputError("--no-guards and --guards exclude each other; give one")
+    if args.no_guards:
+        return NO_GUARDS
+    if args.guards:
+        names = [n.strip() for n in args.guards.split(",") if n.strip()]
+        try:
+            return Guards.only(names)
+        except ValueError as exc:
+            raise InvalidInputError(f"--guards: {exc}") from None
+    return None
+
+
 def run_compress(args: argparse.Namespace) -> int:
     from tokenskip.compress import compress, compress_cot
     from tokenskip.force import MATH, NONE, ForceKeep
+    from tokenskip.guards import COT_GUARDS, GUARDS
     from tokenskip.models import load_model, load_tokenizer
     from tokenskip.scorers import build_scorer
     from tokenskip.tokens import TextTokenizer
@@ -170,8 +208,26 @@ def run_compress(args: argparse.Namespace) -> int:
         scorer_model=args.scorer_model,
         allow_download=args.allow_download,
     )
-    run = compress_cot if args.cot else compress
-    result = run(text, args.ratio, tokenizer=tokenizer, scorer=scorer, force=force)
+    guards = _guards(args)
+    if args.cot:
+        result = compress_cot(
+            text,
+            args.ratio,
+            tokenizer=tokenizer,
+            scorer=scorer,
+            force=force,
+            guards=guards or COT_GUARDS,
+        )
+    else:
+        result = compress(
+            text,
+            args.ratio,
+            tokenizer=tokenizer,
+            scorer=scorer,
+            force=force,
+            guards=guards or GUARDS,
+            lossless=not args.no_lossless,
+        )
     if args.json:
         payload = {**result.to_dict(), "model": args.model, "scorer": args.scorer}
         print(json.dumps(payload, ensure_ascii=False, indent=2))

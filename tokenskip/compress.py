@@ -18,22 +18,48 @@ import numpy as np
 from tokenskip.cot import split_cot
 from tokenskip.errors import InvalidInputError
 from tokenskip.force import MATH, ForceKeep
+from tokenskip.guards import COT_GUARDS, GUARDS, Guards
 from tokenskip.scorers.base import Scorer
 from tokenskip.select import select_units
 from tokenskip.tokens import TextTokenizer, as_text_tokenizer
-from tokenskip.units import Unit, render, segment, token_costs, unit_scores
+from tokenskip.units import (
+    Unit,
+    Units,
+    clause_punctuation,
+    render,
+    segment,
+    sentence_ids,
+    span_mask,
+    token_costs,
+    unit_scores,
+)
 
-MAX_CORRECTIONS = 6
+MAX_CORRECTIONS = 4
+RATIO_TOLERANCE = 0.005
+"""A render within this share of the original's tokens from the goal needs no correction."""
+SENTENCE_FLOOR = 0.5
+"""Each sentence keeps at least this share of γ of its own tokens (see :func:`select_units`)."""
 
 
 def protected_mask(units: Sequence[Unit], spans: Sequence[tuple[int, int]]) -> np.ndarray:
     """``(num_units,)`` bool: units whose word overlaps any protected span."""
-    mask = np.zeros(len(units), dtype=bool)
-    for start, end in spans:
-        for i, unit in enumerate(units):
-            if unit.content_start < end and unit.end > start:
-                mask[i] = True
-    return mask
+    return span_mask(units, spans)
+
+
+def structural_scores(text: str, units: Units, scores: np.ndarray) -> np.ndarray:
+    """Scores with clause punctuation lifted: sentence ends above every word, commas and
+    colons above most, so a compressed text keeps its statements apart."""
+    out = scores.copy()
+    if not len(out):
+        return out
+    punct = clause_punctuation(text, units)
+    if not punct.any():
+        return out
+    words = units.words(text)
+    top, high = float(out.max()), float(np.quantile(out, 0.9))
+    for i in np.flatnonzero(punct).tolist():
+        out[i] = top + 1.0 if words[i] in ".!?;" else max(out[i], high)
+    return out
 
 
 @dataclass(frozen=True)
@@ -51,7 +77,12 @@ class CompressionResult:
     achieved_ratio: float
     """``kept_tokens / original_tokens`` (1.0 for empty input)."""
     forced_tokens: int = 0
-    """Tokens that force-keep rules held regardless of γ (a floor on ``kept_tokens``)."""
+    """Tokens that force-keep rules and meaning guards held regardless of γ (a floor on
+    ``kept_tokens``)."""
+    lossless_tokens: int | None = None
+    """Tokens after the lossless transforms, before any word was dropped (None: none ran)."""
+    transforms: tuple[str, ...] = ()
+    """The lossless transforms that changed the text, in the order they ran."""
 
     @property
     def forced_ratio(self) -> float:
@@ -59,7 +90,11 @@ class CompressionResult:
         return self.forced_tokens / self.original_tokens if self.original_tokens else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "forced_ratio": self.forced_ratio}
+        return {
+            **asdict(self),
+            "transforms": list(self.transforms),
+            "forced_ratio": self.forced_ratio,
+        }
 
 
 def check_ratio(ratio: Any) -> float:
@@ -80,49 +115,98 @@ def compress(
     tokenizer: TextTokenizer | Any,
     scorer: Scorer,
     force: ForceKeep = MATH,
+    guards: Guards = GUARDS,
     protect: Sequence[tuple[int, int]] = (),
+    lossless: bool = True,
 ) -> CompressionResult:
     """Keep about ``ratio`` of ``text``'s target tokens, whole words, original order.
 
+    Lossless transforms run first (``lossless``: whitespace, JSON minified or as a table,
+    repeated lines counted); words are dropped only if the text is still over ``ratio``.
+    Meaning guards, force-keep rules and ``protect`` spans hold their units whatever γ asks:
+    the achieved ratio is then about max(γ, ``forced_ratio``), never a silently cut guard.
+
     Args:
         text: what to compress.
-        ratio: requested keep ratio γ in (0, 1].
+        ratio: requested keep ratio γ in (0, 1]; 1.0 returns the text unchanged.
         tokenizer: the target model's tokenizer; every count is in it.
         scorer: token importance; its tokenizer may differ from ``tokenizer``.
         force: units kept regardless of score (digits, operators, answer line by default).
+        guards: meaning guards (negations, limits, conditions, ...); ``NO_GUARDS`` for none.
         protect: ``[start, end)`` character spans kept verbatim (code, URLs, a question...).
+        lossless: run the lossless transforms first.
     """
     ratio = check_ratio(ratio)
     if not isinstance(text, str):
         raise InvalidInputError(f"text must be a string, got {type(text).__name__}")
     target = as_text_tokenizer(tokenizer)
-    encoding = target.encode(text)
-    num_tokens = len(encoding.ids)
     if ratio == 1.0 or not text.strip():
+        num_tokens = target.count(text)
         return CompressionResult(text, num_tokens, num_tokens, ratio, 1.0)
-
-    units = segment(text)
-    costs = token_costs(units, encoding.offsets)  # (num_units,)
-    scored = scorer.tokenizer.encode(text)
-    scores = unit_scores(units, scored.offsets, scorer.score(scored.ids))  # (num_units,)
-    forced = force.mask(text, units) | protected_mask(units, protect)  # (num_units,)
-    forced_tokens = int(costs[forced].sum())
-
+    num_tokens = target.count(text)
     goal = round(ratio * num_tokens)
+    lossless_tokens, transforms = None, ()
+    protect = list(protect)
+    if lossless and not protect:
+        from tokenskip.lossless import lossless as run_lossless
+
+        done = run_lossless(text)
+        if done.transforms or done.is_data:
+            lossless_tokens = target.count(done.text) if done.transforms else num_tokens
+            if lossless_tokens <= goal or done.is_data:
+                # reached losslessly, or the text is data (JSON): words are never dropped from
+                # data, where a lost key or value is a wrong record, not a shorter sentence
+                kept = min(lossless_tokens, num_tokens)
+                changed = lossless_tokens < num_tokens
+                return CompressionResult(
+                    done.text if changed else text,
+                    num_tokens,
+                    kept,
+                    ratio,
+                    kept / num_tokens,
+                    kept if done.is_data else 0,
+                    lossless_tokens,
+                    done.transforms if changed else (),
+                )
+            if lossless_tokens < num_tokens:
+                text = done.text
+                protect = list(done.data_spans)
+            else:
+                lossless_tokens, transforms = None, ()
+            transforms = done.transforms if lossless_tokens is not None else ()
+    encoding = target.encode(text)
+    units = segment(text)
+    costs = token_costs(units, encoding)  # (num_units,)
+    scored = encoding if scorer.tokenizer is target else scorer.tokenizer.encode(text)
+    scores = unit_scores(units, scored, scorer.score(scored.ids))  # (num_units,)
+    scores = structural_scores(text, units, scores)
+    spans = protect + guards.spans(text)
+    forced = force.mask(text, units) | span_mask(units, spans)  # (num_units,)
+    if int(costs[forced].sum()) >= goal:
+        # γ is out of reach whatever else goes; dropping the punctuation that separates the
+        # statements would only blur them, so it stays with the guarded words
+        forced |= clause_punctuation(text, units)
+    forced_tokens = int(costs[forced].sum())
+    groups = sentence_ids(text, units)
     budget, tried = goal, set()
+    tolerance = int(num_tokens * RATIO_TOLERANCE)
     best: tuple[int, str] | None = None
     for _ in range(MAX_CORRECTIONS):
         tried.add(budget)
-        keep = select_units(costs, scores, forced, budget)
+        keep = select_units(
+            costs, scores, forced, budget, groups=groups, floor=SENTENCE_FLOOR * ratio
+        )
         candidate = render(text, units, keep)
         kept = target.count(candidate)
         if best is None or abs(kept - goal) < abs(best[0] - goal):
             best = (kept, candidate)
-        budget = int(np.clip(budget + goal - kept, 0, num_tokens))
-        if kept == goal or budget in tried:
+        budget = int(np.clip(budget + goal - kept, 0, len(encoding.ids)))
+        if abs(kept - goal) <= tolerance or budget in tried or forced_tokens >= goal:
             break
     kept, out = best
-    return CompressionResult(out, num_tokens, kept, ratio, kept / num_tokens, forced_tokens)
+    return CompressionResult(
+        out, num_tokens, kept, ratio, kept / num_tokens, forced_tokens, lossless_tokens, transforms
+    )
 
 
 @dataclass(frozen=True)
@@ -158,10 +242,24 @@ def compress_cot(
     tokenizer: TextTokenizer | Any,
     scorer: Scorer,
     force: ForceKeep = MATH,
+    guards: Guards = COT_GUARDS,
+    lossless: bool = False,
 ) -> CotCompressionResult:
-    """Compress only the reasoning of a CoT answer; the final-answer part stays intact."""
+    """Compress only the reasoning of a CoT answer; the final-answer part stays intact.
+
+    Lossless transforms are off by default here: a chain of thought is prose whose line
+    layout a tuned model learns, and it holds no JSON to minify.
+    """
     parts = split_cot(text)
-    result = compress(parts.reasoning, ratio, tokenizer=tokenizer, scorer=scorer, force=force)
+    result = compress(
+        parts.reasoning,
+        ratio,
+        tokenizer=tokenizer,
+        scorer=scorer,
+        force=force,
+        guards=guards,
+        lossless=lossless,
+    )
     return CotCompressionResult(
         text=result.text + parts.separator + parts.answer, reasoning=result, answer=parts.answer
     )

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from tokenskip.cot import answer_start
-from tokenskip.units import Unit
+from tokenskip.units import Unit, as_units, span_mask
 
 MATH_OPERATORS = frozenset("+-*/=×÷%^<>≤≥±√()$€£")
-_DIGIT = re.compile(r"\d")
+_DIGITS = re.compile(r"\d+")
 
 
 @dataclass(frozen=True)
@@ -35,21 +35,20 @@ class ForceKeep:
 
     def mask(self, text: str, units: Sequence[Unit]) -> np.ndarray:
         """``(num_units,)`` bool: which units of ``text`` these rules force to stay."""
-        forced = np.zeros(len(units), dtype=bool)
-        answer_at = answer_start(text) if self.answer_line else None
-        force_set = set(self.tokens)
-        for i, unit in enumerate(units):
-            word = text[unit.content_start : unit.end]
-            if not word:
-                forced[i] = True  # pure trailing whitespace carries no content to drop
-            elif self.numbers and _DIGIT.search(word):
-                forced[i] = True
-            elif self.operators and word in MATH_OPERATORS:
-                forced[i] = True
-            elif word in force_set:
-                forced[i] = True
-            elif answer_at is not None and unit.end > answer_at:
-                forced[i] = True
+        units = as_units(units)
+        # pure trailing whitespace carries no content to drop
+        forced = units.content_start >= units.end
+        if self.numbers:
+            digits = [(m.start(), m.end()) for m in _DIGITS.finditer(text)]
+            forced |= span_mask(units, digits)
+        if self.operators or self.tokens:
+            words = units.words(text)
+            keep = (MATH_OPERATORS if self.operators else frozenset()) | set(self.tokens)
+            forced |= np.fromiter((w in keep for w in words), dtype=bool, count=len(words))
+        if self.answer_line:
+            answer_at = answer_start(text)
+            if answer_at is not None:
+                forced |= units.end > answer_at
         return forced
 
 

@@ -80,12 +80,14 @@ def assert_consistent(payload: dict, original: str, ratio: float, tokenizer) -> 
 
 
 def test_json_output_reports_counts_and_ratios(cli, tokenizer, solution, solution_file):
-    code, out, err = cli("compress", "--ratio", "0.6", "--json", str(solution_file))
+    code, out, err = cli("compress", "--ratio", "0.6", "--no-guards", "--json", str(solution_file))
 
     assert code == 0, err
     payload = json.loads(out)
     assert_consistent(payload, solution, 0.6, tokenizer)
-    assert payload["achieved_ratio"] == pytest.approx(0.6, abs=0.05)
+    # the math force-keep holds numbers: the achieved ratio is max(γ, forced share)
+    floor = max(0.6, payload["forced_ratio"])
+    assert payload["achieved_ratio"] == pytest.approx(floor, abs=0.05)
     assert payload["scorer"] == "heuristic"
     assert payload["model"] == "smollm2"
 
@@ -145,7 +147,14 @@ def test_reads_stdin_by_default(cli, solution, solution_file):
 def test_force_token_keeps_every_occurrence_of_a_filler(cli, force, num_expected, no_force):
     assert FILLER_TEXT.count("basically") == 4
     code, out, err = cli(
-        "compress", "--ratio", "0.3", *force, *no_force, "--json", stdin=FILLER_TEXT.encode()
+        "compress",
+        "--ratio",
+        "0.3",
+        "--no-guards",
+        *force,
+        *no_force,
+        "--json",
+        stdin=FILLER_TEXT.encode(),
     )
 
     assert code == 0, err
@@ -296,3 +305,53 @@ def test_console_script_is_quiet_when_the_reader_goes_away(solution):
     proc.wait(timeout=120)
 
     assert "error" not in err.lower(), err
+
+
+POLICY = (
+    "Our agents help customers with their accounts every day and try to keep each call short. "
+    "Do not ask for the customer's PIN under any circumstances. Refunds are sent by post, "
+    "not by email, and they usually arrive within a week or so of the request being made."
+)
+
+
+def test_meaning_guards_are_on_by_default_and_can_be_turned_off(cli):
+    code, out, err = cli("compress", "--ratio", "0.5", "--json", stdin=POLICY.encode())
+    assert code == 0, err
+    guarded = json.loads(out)
+    assert "Do not ask for the customer's PIN under any circumstances" in guarded["text"]
+    assert "not by email" in guarded["text"]
+    assert guarded["forced_ratio"] > 0.3
+    code, out, err = cli(
+        "compress", "--ratio", "0.5", "--no-guards", "--json", stdin=POLICY.encode()
+    )
+    assert code == 0, err
+    bare = json.loads(out)
+    assert bare["kept_tokens"] < guarded["kept_tokens"]
+    assert bare["achieved_ratio"] == pytest.approx(0.5, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--guards", "negation,nonsense"], "unknown guard rules"),
+        (["--guards", "negation", "--no-guards"], "exclude each other"),
+    ],
+)
+def test_bad_guard_flags_exit_2(cli, flags, message):
+    code, out, err = cli("compress", "--ratio", "0.5", *flags, stdin=POLICY.encode())
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_lossless_transforms_run_first_and_can_be_skipped(cli):
+    rows = [{"id": i, "name": f"item {i}", "currency": "USD", "in_stock": True} for i in range(30)]
+    data = json.dumps(rows, indent=2).encode()
+    code, out, err = cli("compress", "--ratio", "0.9", "--json", stdin=data)
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["transforms"] == ["json"]
+    assert payload["achieved_ratio"] < 0.5  # the table alone beats γ, nothing else dropped
+    from tokenskip.lossless import expand_tables
+
+    assert expand_tables(payload["text"]) == rows
+    code, out, err = cli("compress", "--ratio", "0.9", "--no-lossless", "--json", stdin=data)
+    assert json.loads(out)["transforms"] == []

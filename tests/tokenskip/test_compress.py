@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tokenskip import MATH, NONE, ForceKeep, InvalidInputError, compress, compress_cot
+from tokenskip.guards import NO_GUARDS
 from tokenskip.scorers import CachedScorer, HeuristicScorer, SelfInfoScorer, TokenClassifierScorer
 from tokenskip.testing import make_token_classifier, make_wordpiece_tokenizer
 from tokenskip.tokens import TextTokenizer
@@ -50,7 +51,9 @@ def test_ratio_is_met_in_the_target_tokenizer(
     scorers, tokenizer, solutions, scorer_name, ratio, length
 ):
     text = "\n".join(solutions[: LENGTHS[length]])
-    result = compress(text, ratio, tokenizer=tokenizer, scorer=scorers[scorer_name], force=NONE)
+    result = compress(
+        text, ratio, tokenizer=tokenizer, scorer=scorers[scorer_name], force=NONE, guards=NO_GUARDS
+    )
     n = tokenizer.count(text)
     assert result.original_tokens == n
     assert result.kept_tokens == tokenizer.count(result.text)  # measured, not estimated
@@ -65,7 +68,7 @@ def test_gsm8k_grid_mean_ratio_within_two_points(scorers, tokenizer, solutions, 
     scorer = scorers[scorer_name]
     for ratio in GRID:
         free = [
-            compress_cot(s, ratio, tokenizer=tokenizer, scorer=scorer, force=NONE)
+            compress_cot(s, ratio, tokenizer=tokenizer, scorer=scorer, force=NONE, guards=NO_GUARDS)
             for s in solutions
         ]
         mean = np.mean([r.reasoning.achieved_ratio for r in free])
@@ -86,7 +89,9 @@ def test_gsm8k_grid_mean_ratio_within_two_points(scorers, tokenizer, solutions, 
 
 def test_forced_share_is_reported_as_a_floor(scorers, tokenizer, solutions):
     r = compress_cot(solutions[0], 0.5, tokenizer=tokenizer, scorer=scorers["heuristic"]).reasoning
-    assert 0 < r.forced_ratio <= r.achieved_ratio
+    # forced tokens are counted in the original's tokenization; the output is re-tokenized,
+    # where a word that lost its leading space may take a token less
+    assert 0 < r.forced_ratio <= r.achieved_ratio + 2 / r.original_tokens
     assert r.to_dict()["forced_ratio"] == r.forced_ratio
 
 

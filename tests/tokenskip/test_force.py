@@ -13,7 +13,7 @@ def forced_words(rules, text=TEXT):
 
 
 def test_math_rules_keep_numbers_operators_and_the_answer_line():
-    assert forced_words(MATH) == ["12", "+", "3", "=", "15", "#", "#", "#", "#", "15"]
+    assert forced_words(MATH) == ["12", "+", "3", "=", "15", "####", "15"]
 
 
 def test_no_rules_force_nothing():

@@ -15,9 +15,34 @@ def test_highest_scores_fill_the_budget():
     assert keep.tolist() == [False, True, False, True]
 
 
-def test_ties_go_to_the_earlier_unit():
-    keep = select_units(*arrays([1, 1, 1], [0.5, 0.5, 0.5]), budget=2)
-    assert keep.tolist() == [True, True, False]
+def test_ties_are_spread_over_the_text_not_taken_from_the_front():
+    # 100 equal scores, keep 50: the kept units are spread, every tenth has about half
+    keep = select_units(*arrays([1] * 100, [0.5] * 100), budget=50)
+    assert keep.sum() == 50
+    per_tenth = keep.reshape(10, 10).sum(axis=1)
+    assert per_tenth.min() >= 3 and per_tenth.max() <= 7, per_tenth
+
+
+def test_each_group_keeps_its_floor_before_the_global_ranking():
+    # group 1's units all score below group 0's; without a floor it would lose everything
+    costs, scores, forced = arrays([1] * 20, [0.9] * 10 + [0.1] * 10)
+    groups = np.array([0] * 10 + [1] * 10)
+    plain = select_units(costs, scores, forced, 10)
+    assert plain[10:].sum() == 0
+    floored = select_units(costs, scores, forced, 10, groups=groups, floor=0.3)
+    assert floored[10:].sum() == 3 and floored.sum() == 10
+
+
+def test_floor_counts_forced_units():
+    costs, scores, _ = arrays([1] * 10, [0.1] * 10)
+    forced = np.array([True, True] + [False] * 8)
+    keep = select_units(costs, scores, forced, 3, groups=np.zeros(10, int), floor=0.2)
+    assert keep.sum() == 3 and keep[:2].all()
+
+
+def test_bad_floor_is_an_error():
+    with pytest.raises(ValueError, match="floor"):
+        select_units(*arrays([1], [1.0]), budget=1, floor=1.0)
 
 
 def test_forced_units_are_kept_even_over_budget():

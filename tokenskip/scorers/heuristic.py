@@ -7,7 +7,7 @@ words sit in between, longer words a little higher.
 
 from __future__ import annotations
 
-import re
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,7 +27,6 @@ FUNCTION_WORDS = frozenset(
     any no not both either neither such same other another own more most much many""".split()
 )
 OPERATORS = frozenset("+-*/=×÷%^<>≤≥±√$€£")
-_WORD = re.compile(r"\w+(?:['’.,:\-]\w+)*|[^\w\s]")
 
 SCORE_DIGIT = 1.0
 SCORE_OPERATOR = 0.95
@@ -64,37 +63,110 @@ def word_score(word: str, *, sentence_start: bool, previous: str) -> float:
 
 
 class HeuristicScorer:
-    """Rule-based scores; needs a tokenizer to see the text behind the ids, nothing else."""
+    """Rule-based scores; needs a tokenizer to see the text behind the ids, nothing else.
+
+    Scoring is vectorized over token ids: what a token is (its text, class, whether it
+    starts a word or ends a sentence) is worked out once per vocabulary entry and kept in
+    tables; a call only groups tokens into words and applies the two context rules (a
+    capitalised word at a sentence start is no name; a repeated symbol scores lowest).
+    """
 
     def __init__(self, tokenizer: TextTokenizer):
         self.tokenizer = tokenizer
-        self._pieces: dict[int, str] = {}
+        self._known = np.zeros(0, dtype=bool)
+        self._tables: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
 
-    def _piece(self, token_id: int) -> str:
-        piece = self._pieces.get(token_id)
-        if piece is None:
-            piece = self._pieces[token_id] = self.tokenizer.piece(token_id)
-        return piece
+    def _grow(self, size: int) -> None:
+        old = len(self._known)
+        if size <= old:
+            return
+        size = max(size, 2 * old, 1024)
+        self._known = np.concatenate([self._known, np.zeros(size - old, dtype=bool)])
+        for name, table in self._tables.items():
+            self._tables[name] = np.concatenate([table, np.zeros(size - old, dtype=table.dtype)])
+
+    def _learn(self, token_ids: np.ndarray) -> None:
+        """Fill the per-id tables for ids not seen before."""
+        if not self._tables:
+            for name, dtype in _TABLES.items():
+                self._tables[name] = np.zeros(0, dtype=dtype)
+        self._grow(int(token_ids.max()) + 1)
+        new = np.unique(token_ids[~self._known[token_ids]])
+        t = self._tables
+        for token_id in new.tolist():
+            piece = self.tokenizer.piece(token_id)
+            core = piece.strip()
+            t["lead_break"][token_id] = piece != piece.lstrip()
+            t["newline"][token_id] = "\n" in piece[: len(piece) - len(piece.lstrip())]
+            t["blank"][token_id] = not core
+            t["word_char"][token_id] = bool(core) and (core[0].isalnum() or core[0] == "_")
+            t["word_end"][token_id] = bool(core) and (core[-1].isalnum() or core[-1] == "_")
+            t["digit"][token_id] = any(c.isdigit() for c in core)
+            t["length"][token_id] = len(core)
+            t["capital"][token_id] = bool(core) and core[0].isupper()
+            t["ends_sentence"][token_id] = bool(core) and core[-1] in ".?!:"
+            t["underscore"][token_id] = "_" in core
+            if core:
+                t["alone"][token_id] = word_score(core, sentence_start=False, previous="")
+                t["first"][token_id] = word_score(core, sentence_start=True, previous="")
+            else:
+                t["alone"][token_id] = t["first"][token_id] = SCORE_PUNCT
+            t["operator"][token_id] = core in OPERATORS
+        self._known[new] = True
 
     def score(self, token_ids: Sequence[int]) -> np.ndarray:
-        pieces = [self._piece(int(t)) for t in token_ids]
-        text = "".join(pieces)
-        # (num_tokens,) start offset of each token in the rebuilt text
-        starts = np.cumsum([0] + [len(p) for p in pieces[:-1]]) if pieces else np.zeros(0)
-        char_score = np.full(len(text) + 1, SCORE_PUNCT, dtype=np.float64)
-        previous, previous_end = "", 0
-        for m in _WORD.finditer(text):
-            word = m.group()
-            sentence_start = (
-                not previous or previous in ".?!:" or "\n" in text[previous_end : m.start()]
-            )
-            char_score[m.start() : m.end()] = word_score(
-                word, sentence_start=sentence_start, previous=previous
-            )
-            previous, previous_end = word, m.end()
-        scores = np.empty(len(pieces), dtype=np.float64)
-        for i, (start, piece) in enumerate(zip(starts, pieces)):
-            stripped = len(piece) - len(piece.lstrip())
-            pos = min(int(start) + stripped, len(text))
-            scores[i] = char_score[pos] if stripped < len(piece) else SCORE_PUNCT
-        return scores
+        ids = np.asarray(token_ids, dtype=np.int64)
+        if ids.size == 0:
+            return np.empty(0, dtype=np.float64)
+        if ids.max() >= len(self._known) or not self._known[ids].all():
+            with self._lock:  # the proxy scores from several worker threads
+                self._learn(ids)
+        tables = self._tables
+        t = {name: tables[name][ids] for name in _TABLES}  # (num_tokens,) each
+        # A token starts a word unless it glues onto the previous token's word characters.
+        glued = np.zeros(len(ids), dtype=bool)
+        glued[1:] = t["word_char"][1:] & t["word_end"][:-1] & ~t["lead_break"][1:]
+        new_word = ~glued
+        word = np.cumsum(new_word) - 1  # (num_tokens,) word index of each token
+        first = np.flatnonzero(new_word)  # (num_words,) first token of each word
+        size = np.diff(np.append(first, len(ids)))
+        has_digit = np.bincount(word, weights=t["digit"], minlength=len(first)) > 0
+        length = np.bincount(word, weights=t["length"], minlength=len(first))
+        underscore = np.bincount(word, weights=t["underscore"], minlength=len(first)) > 0
+        first_ids = ids[first]
+        # sentence start: at the beginning, after a line break, or after . ? ! :
+        starts_sentence = t["newline"][first].copy()
+        starts_sentence[0] = True
+        before = first[1:] - 1  # the last token of the previous word
+        starts_sentence[1:] |= t["ends_sentence"][before] & ~t["word_char"][before]
+        single = np.where(starts_sentence, t["first"][first], t["alone"][first])
+        capital = t["capital"][first] & t["word_char"][first]
+        multi = SCORE_CONTENT + np.minimum(length, 12) * 0.01
+        multi = np.where(capital & ~starts_sentence, SCORE_NAME, multi)
+        multi = np.where(underscore, SCORE_VARIABLE, multi)
+        scores = np.where(size == 1, single, multi)
+        scores = np.where(has_digit, SCORE_DIGIT, scores)
+        symbol = ~t["word_char"][first] & ~t["blank"][first] & ~t["operator"][first]
+        repeated = np.zeros(len(first), dtype=bool)
+        repeated[1:] = symbol[1:] & (first_ids[1:] == first_ids[:-1])
+        scores = np.where(repeated, SCORE_REPEATED_PUNCT, scores)
+        out = scores[word]
+        return np.where(t["blank"], SCORE_PUNCT, out)
+
+
+_TABLES = {
+    "lead_break": bool,
+    "newline": bool,
+    "blank": bool,
+    "word_char": bool,
+    "word_end": bool,
+    "digit": bool,
+    "length": np.int64,
+    "capital": bool,
+    "ends_sentence": bool,
+    "underscore": bool,
+    "alone": np.float64,
+    "first": np.float64,
+    "operator": bool,
+}

@@ -1,0 +1,732 @@
+"""Meaning guards: the phrases a compressor must never cut, found by named rules.
+
+Dropping "not" from "do not share the code", the operand of "at most 4 grams" or the clause
+of "unless the item is damaged" changes what a text says, however exact the keep ratio.
+Each rule below finds such phrases as ``[start, end)`` character spans; the compressor keeps
+every unit inside a guard span whatever its score, and reports their share as
+``forced_ratio`` (a γ below it achieves the forced share instead).
+
+The rules work on words and clause boundaries, with no model. A constraint rarely lives in
+one word: "must not disclose another employee's salary, performance rating or home
+address" loses its meaning with any of its words. So a cue (a negation, a limit, a
+condition, an obligation, a number, a date) guards the whole *chunk* it stands in: the
+words between two boundaries (``, ; : . ! ?``, brackets, dashes, line breaks), extended over
+the short comma-separated items of a list that follows, and at most ``MAX_BEFORE`` words
+before and ``MAX_AFTER`` after the cue in a long run-on chunk. Names, identifiers and quotes
+guard just themselves. The spans are deliberately generous: a word kept too many costs a
+token, a word dropped too many can invert an instruction.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from tokenskip.gcpause import paused_collection
+
+_WORD = re.compile(r"\w+(?:['’.,:\-/]\w+)*")
+_BOUNDARY = re.compile(r"[,;:.!?()\[\]{}\n—–]|\s-\s")
+_STRONG = re.compile(r"[;.!?()\[\]{}\n—–]|\s-\s")
+"""Boundaries a guard does not reach over; a comma or a colon ("skipped: stage failed")
+only separates the items and labels of one statement."""
+MAX_BEFORE = 10
+"""Words a cue guards before itself inside one long chunk."""
+MAX_AFTER = 18
+"""Words a cue guards after itself inside one long chunk."""
+MAX_LIST_ITEM = 5
+"""A comma-separated chunk this short next to a guarded chunk is an item of the same list
+(or a label: "default 3", "skipped: ...") and is guarded with it."""
+MAX_LAST_ITEM = 9
+"""The last item of a list ("..., or other damp areas") may be this long."""
+MAX_LIST_CHUNKS = 4
+"""At most this many list chunks are joined on either side of a cue's chunk."""
+MAX_PARENTHESIS = 80
+"""A parenthesis right after a guarded phrase, up to this many characters, joins it."""
+
+AUXILIARIES = frozenset(
+    """do does did don't doesn't didn't is are was were be been am has have had will would
+    shall should can could may might must need needs ought to""".split()
+)
+NEGATIONS = frozenset(
+    """not no never without nor cannot none nobody nothing neither nowhere noone no-one
+    avoid avoids refuse refuses decline declines prohibit prohibits prohibited forbid
+    forbids forbidden ban bans banned exclude excludes excluded excluding closed
+    ineligible invalid void unavailable disallowed against reject rejects rejected deny
+    denies denied bar bars barred block blocks blocked disable disables disabled skip skips
+    skipped revoke revokes revoked suspend suspends suspended cancel cancels cancelled
+    canceled fail fails failed unable""".split()
+)
+LIMIT_CUES = frozenset(
+    """only until till before after within between exceed exceeds exceeding exceeded maximum
+    minimum max min prior through throughout except once twice limit limits limited cap
+    caps capped deadline due expire expires expired expiry earliest latest least most free
+    maximal minimal sooner later default defaults precedence override overrides instead
+    """.split()
+)
+NUMERIC_LIMIT_CUES = frozenset("under over above below by from to per beyond around".split())
+LIMIT_PAIRS = frozenset(
+    (a, b)
+    for a, b in (
+        ("at", "most"),
+        ("at", "least"),
+        ("up", "to"),
+        ("more", "than"),
+        ("less", "than"),
+        ("fewer", "than"),
+        ("greater", "than"),
+        ("higher", "than"),
+        ("lower", "than"),
+        ("longer", "than"),
+        ("shorter", "than"),
+        ("later", "than"),
+        ("earlier", "than"),
+        ("older", "than"),
+        ("younger", "than"),
+        ("prior", "to"),
+        ("no", "later"),
+        ("no", "earlier"),
+        ("as", "many"),
+        ("as", "much"),
+        ("rather", "than"),
+        ("instead", "of"),
+    )
+)
+POSTFIX_LIMITS = frozenset(
+    (a, b)
+    for a, b in (
+        ("or", "more"),
+        ("or", "less"),
+        ("or", "fewer"),
+        ("or", "longer"),
+        ("or", "later"),
+        ("or", "earlier"),
+        ("or", "older"),
+        ("or", "above"),
+        ("or", "below"),
+        ("and", "above"),
+        ("and", "below"),
+        ("and", "up"),
+        ("or", "higher"),
+        ("or", "lower"),
+        ("or", "over"),
+        ("or", "under"),
+        ("or", "younger"),
+        ("or", "sooner"),
+    )
+)
+CONDITION_CUES = frozenset(
+    """if unless except excluding otherwise provided whether when whenever regardless
+    depending""".split()
+)
+CONDITION_PAIRS = frozenset(
+    (a, b)
+    for a, b in (
+        ("as", "long"),
+        ("so", "long"),
+        ("in", "case"),
+        ("in", "the"),  # "in the event (that)": checked with a third word below
+        ("other", "than"),
+        ("subject", "to"),
+        ("only", "when"),
+        ("only", "where"),
+        ("except", "when"),
+        ("except", "where"),
+        ("even", "if"),
+        ("as", "soon"),
+    )
+)
+OBLIGATIONS = frozenset(
+    """must should shall may might can could cannot required requires require prohibited
+    forbidden mandatory allowed permitted obliged obligated entitled responsible needs need
+    ought""".split()
+)
+OBLIGATION_PAIRS = frozenset(
+    (a, b)
+    for a, b in (
+        ("have", "to"),
+        ("has", "to"),
+        ("had", "to"),
+        ("need", "to"),
+        ("needs", "to"),
+        ("is", "required"),
+        ("are", "required"),
+    )
+)
+NUMBER_WORDS = frozenset(
+    """zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen
+    fifteen sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty
+    ninety hundred thousand million billion dozen half twice once thrice double triple single
+    first second third fourth fifth""".split()
+)
+UNIT_LINKS = frozenset("per a an each every of".split())
+MONTHS = frozenset(
+    """january february march april may june july august september october november december
+    jan feb mar apr jun jul aug sep sept oct nov dec""".split()
+)
+WEEKDAYS = frozenset(
+    """monday tuesday wednesday thursday friday saturday sunday mondays tuesdays wednesdays
+    thursdays fridays saturdays sundays weekday weekdays weekend weekends noon midnight
+    tomorrow yesterday today tonight daily weekly monthly yearly annually quarterly
+    overnight holiday holidays""".split()
+)
+SHORT_MONTHS = frozenset("mar jan dec jun jul oct sep sept apr aug nov feb".split())
+COMMON_STARTERS = frozenset(
+    """a an the this that these those it its if when where while after before as at by for
+    from in into of on to with we you they he she i our your their his her my please note
+    all any each every some no not never do does did is are was were be can could should
+    would will shall may might must there here what which who how why also then so but and
+    or nor yet however although though because since unless until once only both either
+    neither other another such many most more much few several""".split()
+)
+SENTENCE_VERBS = frozenset(
+    """add allow always answer apply ask avoid be begin bring call cancel check choose click
+    close collect complete confirm consider contact continue copy create delete describe
+    do don't enable ensure enter escalate explain find follow forward get give go help
+    include inform keep let list log look make mark move never note notify offer open pay
+    place please prepare provide put read record refer refuse remember remove reply report
+    request respond return review run save say see select send set share show sign start
+    state stop store submit take tell test treat try turn update use verify wait warn
+    write yes wear wash rinse clean dispose unplug switch connect disconnect install replace
+    attach remove charge apply mix shake dilute label lock unlock back restart reset
+    direct route transfer assign approve reject document flag quote cite""".split()
+)
+COMMON_WORDS = frozenset(
+    """about above according additionally afterwards again ago almost already although
+    among anyone anything approximately around because below besides beyond customers
+    customer during each earlier either else even eventually every everyone everything
+    except finally first following furthermore generally given however important
+    including instead last later likely meanwhile moreover most mostly much new next
+    nothing often once one otherwise overall perhaps previously rather recently regarding
+    second several similarly since sometimes soon still such that therefore these those
+    though thus today together typically unfortunately unless unlike until usually users
+    user we when whenever where whether while within without yet""".split()
+)
+TITLES = frozenset("mr mrs ms dr prof st mt sir dame".split())
+ENTITY_LINKS = frozenset("of the and & de la von van der du".split())
+ABBREVIATIONS = TITLES | frozenset("e.g i.e etc vs approx incl inc ltd co jr sr no fig".split())
+_QUOTED = re.compile(r"\"[^\"\n]{1,400}\"|“[^”\n]{1,400}”|(?<!\w)'[^'\n]{1,200}'(?!\w)|`[^`\n]+`")
+_PATH = re.compile(r"(?<![\w/])(?:[A-Z]+\s+)?/[\w\-.{}:<>]+(?:/[\w\-.{}:<>]*)*")
+_URL = re.compile(r"\b(?:https?|ftp)://\S+|\bwww\.\S+|[\w.+-]*@[\w-]+(?:\.[\w-]+)+\b")
+_JSON_PAIR = re.compile(r'"[^"\n]{1,200}"\s*:\s*(?:"(?:[^"\\\n]|\\.){0,400}"|[-+\w.]+)')
+_CAMEL = re.compile(r"[a-z][A-Z]")
+_LETTER = re.compile(r"[^\W\d_]")
+_LOWER_WORD = re.compile(r"\b[a-z][\w'’.\-]*")
+_TIME = re.compile(r"(?i)\b\d{1,2}(?::\d{2})?\s*(?:a\.?m\.?|p\.?m\.?)(?!\w)")
+_ANSWER_LINE = re.compile(r"(?m)^[ \t]*####.*$|\\boxed\s*\{[^\n]*|(?i:\bthe\s+answer\s+is\b[^\n]*)")
+
+
+@dataclass(frozen=True)
+class _Words:
+    """The words of a text, where each one stands, and the chunks between boundaries."""
+
+    spans: list[tuple[int, int]]
+    lower: list[str]
+    raw: list[str]
+    clause_start: list[bool]
+    """True where the text between the previous word and this one holds a boundary."""
+    strong_start: list[bool]
+    """True where that boundary is more than a comma (``; : . ! ?``, a bracket, a dash...)."""
+    sentence_start: list[bool]
+    """True where that text ends a sentence (``. ! ?`` or a line break) or at the start."""
+    index: dict[str, list[int]]
+    """Positions of each (lower-case) word: rules visit their cue words only."""
+    chunk: list[int]
+    """Chunk number of each word."""
+    chunk_first: list[int]
+    """First word of each chunk."""
+    chunk_last: list[int]
+    """Last word of each chunk."""
+
+    def at(self, words: frozenset[str] | set[str]) -> list[int]:
+        """Sorted positions of any of ``words``."""
+        found = [i for word in words & self.index.keys() for i in self.index[word]]
+        found.sort()
+        return found
+
+
+def _codes(chars: str) -> np.ndarray:
+    return np.array([ord(c) for c in chars], dtype=np.uint32)
+
+
+_BOUNDARY_CODES = _codes(",;:.!?()[]{}\n—–")
+_STRONG_CODES = _codes(";.!?()[]{}\n—–")
+_SENTENCE_CODES = _codes(".!?\n")
+_SPACED_DASH = re.compile(r"\s-\s")
+
+
+def _boundary_flags(
+    codes: np.ndarray, extra: list[int], starts: np.ndarray, ends: np.ndarray, marks: np.ndarray
+) -> np.ndarray:
+    """``(num_words,)`` bool: a mark lies between the previous word and this one."""
+    hit = np.isin(codes, marks)
+    if extra:
+        hit[extra] = True
+    before = np.concatenate([[0], np.cumsum(hit)])  # marks before each character position
+    prev_end = np.concatenate([[0], ends[:-1]])
+    flags = before[starts] > before[prev_end]
+    if len(flags):
+        flags[0] = True
+    return flags
+
+
+def _words(text: str) -> _Words:
+    matches = list(_WORD.finditer(text))
+    spans = [m.span() for m in matches]
+    raw = [m.group() for m in matches]
+    lower = text.lower()
+    lower_words = [lower[s:e] for s, e in spans]
+    starts = np.fromiter((s for s, _ in spans), dtype=np.int64, count=len(spans))
+    ends = np.fromiter((e for _, e in spans), dtype=np.int64, count=len(spans))
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    dashes = [m.start() + 1 for m in _SPACED_DASH.finditer(text)]
+    clause = _boundary_flags(codes, dashes, starts, ends, _BOUNDARY_CODES)
+    strong = _boundary_flags(codes, dashes, starts, ends, _STRONG_CODES)
+    sentence = _boundary_flags(codes, [], starts, ends, _SENTENCE_CODES)
+    index: dict[str, list[int]] = defaultdict(list)
+    for i, word in enumerate(lower_words):
+        index[word].append(i)
+    index = dict(index)
+    # "Dr. Okafor", "e.g. a refund", "3.5 p.m. on": an abbreviation's dot ends nothing
+    for word in ABBREVIATIONS & index.keys():
+        for k in index[word]:
+            if k + 1 < len(spans) and text[ends[k] : starts[k + 1]].rstrip(" ") == ".":
+                clause[k + 1] = strong[k + 1] = sentence[k + 1] = False
+    chunk = np.cumsum(clause) - 1
+    first = np.flatnonzero(clause)
+    last = np.append(first[1:] - 1, len(spans) - 1) if len(first) else first
+    return _Words(
+        spans,
+        lower_words,
+        raw,
+        clause.tolist(),
+        strong.tolist(),
+        sentence.tolist(),
+        index,
+        chunk.tolist(),
+        first.tolist(),
+        last.tolist(),
+    )
+
+
+_LIMIT_CANDIDATES = (
+    {a for a, _ in LIMIT_PAIRS} | LIMIT_CUES | NUMERIC_LIMIT_CUES | {b for _, b in POSTFIX_LIMITS}
+)
+_CONDITION_CANDIDATES = CONDITION_CUES | {a for a, _ in CONDITION_PAIRS}
+_OBLIGATION_CANDIDATES = OBLIGATIONS | {a for a, _ in OBLIGATION_PAIRS}
+_DATE_CANDIDATES = MONTHS | WEEKDAYS
+_HAS_DIGIT = re.compile(r"\d")
+
+
+def _is_number(word: str) -> bool:
+    return bool(_HAS_DIGIT.search(word)) or word in NUMBER_WORDS
+
+
+def _span(w: _Words, first: int, last: int) -> tuple[int, int]:
+    return w.spans[first][0], w.spans[last][1]
+
+
+def _is_list_item(w: _Words, c: int) -> bool:
+    first, last = w.chunk_first[c], w.chunk_last[c]
+    size = last - first + 1
+    if size <= MAX_LIST_ITEM:
+        return True
+    joined = any(w.lower[k] in ("and", "or", "nor") for k in range(first, last + 1))
+    return joined and size <= MAX_LAST_ITEM
+
+
+def _chunk_span(text: str, w: _Words, i: int) -> tuple[int, int]:
+    """What a cue at word ``i`` guards: its chunk, the list items or labels joined to it by
+    commas or colons on either side, and a parenthesis right after it."""
+    c0 = w.chunk[i]
+    n = len(w.chunk_first)
+    c = c0
+    while (
+        c + 1 < n
+        and c + 1 - c0 <= MAX_LIST_CHUNKS
+        and not w.strong_start[w.chunk_first[c + 1]]
+        and _is_list_item(w, c + 1)
+    ):
+        c += 1
+    last = w.chunk_last[c]
+    c = c0
+    while (
+        c > 0
+        and c0 - c < MAX_LIST_CHUNKS
+        and not w.strong_start[w.chunk_first[c]]
+        and _is_list_item(w, c - 1)
+    ):
+        c -= 1
+    first = w.chunk_first[c]
+    if first == w.chunk_first[c0]:
+        first = max(first, i - MAX_BEFORE)
+    if last == w.chunk_last[c0]:
+        last = min(last, i + MAX_AFTER)
+    start, end = _span(w, first, last)
+    # a parenthesis that qualifies the phrase: "UN R129 (i-Size)", "(current: 1)"
+    rest = text[end : end + MAX_PARENTHESIS + 2]
+    if rest.startswith((" (", "(")):
+        close = rest.find(")")
+        if close > 0 and "\n" not in rest[:close]:
+            end += close + 1
+    # a cue inside a parenthesis qualifies what stands around it
+    before = text[max(0, start - 2) : start]
+    if "(" in before and first > 0:
+        start = w.spans[w.chunk_first[w.chunk[first - 1]]][0]
+        if last + 1 < len(w.spans):
+            end = max(end, w.spans[w.chunk_last[w.chunk[last + 1]]][1])
+    return start, end
+
+
+def _cue_spans(text: str, w: _Words, positions: list[int]) -> list[tuple[int, int]]:
+    return [_chunk_span(text, w, i) for i in positions]
+
+
+def negation_spans(text: str, w: _Words) -> list[tuple[int, int]]:
+    """A negation and what it negates: "should not sign anything before reading ..."."""
+    cues = NEGATIONS | {k for k in w.index if k.endswith(("n't", "n’t")) or k.startswith("non-")}
+    return _cue_spans(text, w, w.at(cues))
+
+
+def limit_spans(text: str, w: _Words) -> list[tuple[int, int]]:
+    """Limits and comparisons with their operand: "at most 4 grams", "before 7 am"."""
+    n = len(w.lower)
+    found = []
+    for i in w.at(_LIMIT_CANDIDATES):
+        word = w.lower[i]
+        nxt = w.lower[i + 1] if i + 1 < n and not w.clause_start[i + 1] else ""
+        prev = w.lower[i - 1] if i > 0 and not w.clause_start[i] else ""
+        if (
+            (word, nxt) in LIMIT_PAIRS
+            or (prev, word) in POSTFIX_LIMITS
+            or word in LIMIT_CUES
+            or (
+                word in NUMERIC_LIMIT_CUES
+                and any(
+                    _is_number(w.lower[j]) or w.lower[j] in _DATE_CANDIDATES
+                    for j in range(i + 1, min(n, i + 4))
+                    if not w.strong_start[j]
+                )
+            )
+        ):
+            found.append(i)
+    return _cue_spans(text, w, found)
+
+
+def condition_spans(text: str, w: _Words) -> list[tuple[int, int]]:
+    """Conditions and exceptions with their clause: "unless the item is damaged"."""
+    n = len(w.lower)
+    found = []
+    for i in w.at(_CONDITION_CANDIDATES):
+        word = w.lower[i]
+        nxt = w.lower[i + 1] if i + 1 < n else ""
+        if (word, nxt) == ("in", "the") and (w.lower[i + 2] if i + 2 < n else "") != "event":
+            continue
+        if word in CONDITION_CUES or (word, nxt) in CONDITION_PAIRS:
+            found.append(i)
+    return _cue_spans(text, w, found)
+
+
+def obligation_spans(text: str, w: _Words) -> list[tuple[int, int]]:
+    """Obligations, permissions and instructions with their verb and object: "must notify
+    the landlord", "Direct the patient to call 911"."""
+    n = len(w.lower)
+    found = []
+    for i in w.at(_OBLIGATION_CANDIDATES):
+        word = w.lower[i]
+        nxt = w.lower[i + 1] if i + 1 < n else ""
+        if word not in OBLIGATIONS and (word, nxt) not in OBLIGATION_PAIRS:
+            continue
+        if word == "may" and w.raw[i] == "May" and not w.sentence_start[i]:
+            continue  # the month
+        found.append(i)
+    # an imperative that opens a sentence is an instruction
+    found.extend(i for i in w.at(SENTENCE_VERBS) if w.sentence_start[i] and w.raw[i][:1].isupper())
+    return _cue_spans(text, w, sorted(found))
+
+
+def _number_positions(w: _Words) -> list[int]:
+    cues = {
+        k
+        for k in w.index
+        if _HAS_DIGIT.search(k) or (k.partition("-")[0] in NUMBER_WORDS and "-" in k)
+    } | (NUMBER_WORDS - {"one", "first"})
+    positions = w.at(cues)
+    n = len(w.lower)
+    positions += [  # "one portable computer", not "one of them"
+        i
+        for i in w.at({"one", "first"})
+        if i + 1 < n and not w.clause_start[i + 1] and w.lower[i + 1] not in COMMON_STARTERS
+    ]
+    return sorted(positions)
+
+
+def number_spans(text: str, w: _Words) -> list[tuple[int, int]]:
+    """Numbers with their sign and unit: "$1,200 per month", "38.0 °C", "3 business days"."""
+    out = []
+    n = len(w.lower)
+    for i in _number_positions(w):
+        start, end = w.spans[i]
+        while start > 0 and text[start - 1] in "$€£¥+-−~≈#@":
+            start -= 1
+        last, j, content = i, i + 1, 0
+        while j < n and j <= i + 5 and not w.clause_start[j]:
+            word = w.lower[j]
+            if _is_number(word) or word in UNIT_LINKS or word in ("to", "and", "or"):
+                last = j  # "per month", "5 to 7", "one or two"
+            elif word not in COMMON_STARTERS and word not in AUXILIARIES and len(word) <= 16:
+                last, content = j, content + 1  # the unit, or what is counted
+                if content == 2:
+                    break
+            else:
+                break
+            j += 1
+        while last > i and w.lower[last] in UNIT_LINKS | {"to", "and", "or"}:
+            last -= 1
+        end = w.spans[last][1]
+        while end < len(text) and text[end] in "%°′″":
+            end += 1
+        if end + 3 <= len(text) and text[end] == " " and text[end + 1] in "°%":
+            end += 2 + (text[end + 2 : end + 3].isalpha())  # "38.0 °C"
+        out.append((start, end))
+    return out
+
+
+def number_clause_spans(text: str, w: _Words) -> list[tuple[int, int]]:
+    """The clause a number stands in, what it counts and where it applies: "Overdraft fees
+    of $35", "held for 24 hours". For prompts; chains of thought keep numbers alone."""
+    return _cue_spans(text, w, _number_positions(w))
+
+
+def date_spans(text: str, w: _Words) -> list[tuple[int, int]]:
+    """Dates and times with what happens then: "closed on Mondays", "until March 3, 2026"."""
+    n = len(w.lower)
+    found = []
+    for i in w.at(_DATE_CANDIDATES):
+        word = w.lower[i]
+        if word in MONTHS and not w.raw[i][0].isupper():
+            continue
+        if word in SHORT_MONTHS and not (i + 1 < n and _is_number(w.lower[i + 1])):
+            continue
+        if word == "may" and not (
+            (i + 1 < n and _is_number(w.lower[i + 1])) or (i > 0 and _is_number(w.lower[i - 1]))
+        ):
+            continue
+        found.append(i)
+    return _cue_spans(text, w, found) + [m.span() for m in _TIME.finditer(text)]
+
+
+def quote_spans(text: str, w: _Words) -> list[tuple[int, int]]:
+    """Quoted strings and inline code: "FINAL-SALE", `max_retries`; a JSON key with its
+    value (``"refund_issued": false``)."""
+    return [m.span() for m in _QUOTED.finditer(text)] + [
+        m.span() for m in _JSON_PAIR.finditer(text)
+    ]
+
+
+def identifier_spans(text: str, w: _Words) -> list[tuple[int, int]]:
+    """Identifiers: snake_case, camelCase, ALLCAPS, codes with digits, paths, URLs, e-mails."""
+    out = []
+    if "@" in text or "://" in text or "www." in text:  # the regexes scan every position
+        out.extend(m.span() for m in _URL.finditer(text))
+    if "/" in text:
+        out.extend(m.span() for m in _PATH.finditer(text))
+    # only words that are not plain or capitalised words can be identifiers
+    candidates = [
+        i
+        for i, raw in enumerate(w.raw)
+        if not raw.isalpha() or (len(raw) > 1 and (raw.isupper() or not raw[1:].islower()))
+    ]
+    for i in candidates:
+        raw = w.raw[i]
+        letters = len(_LETTER.findall(raw))
+        if (
+            "_" in raw
+            or (letters >= 2 and raw.isupper())
+            or (letters and _HAS_DIGIT.search(raw))
+            or _CAMEL.search(raw)
+            or ("." in raw and letters >= 2)
+        ):
+            out.append(w.spans[i])
+    return out
+
+
+def entity_spans(text: str, w: _Words) -> list[tuple[int, int]]:
+    """Names: runs of capitalised words ("Northfield Logistics", "Dr. Amelia Okafor")."""
+    out = []
+    n = len(w.raw)
+    lowercase_words = set(_LOWER_WORD.findall(text))
+    capitals = [i for i, raw in enumerate(w.raw) if raw[0].isupper()]
+    done = -1
+    for i in capitals:
+        if i <= done or i < 0:
+            continue
+        j = i
+        while True:
+            if j + 1 < n and w.raw[j + 1][0].isupper() and not w.clause_start[j + 1]:
+                j += 1
+                continue
+            # "Republic of Varen", "UK, Ireland and the Netherlands"
+            k = j + 1
+            while k < n and w.lower[k] in ENTITY_LINKS and k - j <= 2:
+                k += 1
+            if k > j + 1 and k < n and w.raw[k][0].isupper() and not w.strong_start[k]:
+                j = k
+                continue
+            if (
+                j + 1 < n
+                and w.raw[j + 1][0].isupper()
+                and w.clause_start[j + 1]
+                and not w.strong_start[j + 1]
+                and j > i
+            ):
+                j += 1
+                continue
+            break
+        lower = w.lower[i]
+        run = j - i + 1
+        is_name = (
+            (not w.sentence_start[i] and lower not in ("i",))
+            or run >= 2
+            or (lower not in COMMON_STARTERS and lower not in OBLIGATIONS and lower in TITLES)
+        )
+        if w.sentence_start[i] and run == 1:
+            # a sentence's first word is a name when it is no common word and the text
+            # never writes it in lower case ("Natalia sold", not "Send the form")
+            is_name = (
+                lower not in COMMON_STARTERS
+                and lower not in SENTENCE_VERBS
+                and lower not in COMMON_WORDS
+                and lower not in OBLIGATIONS
+                and lower not in AUXILIARIES
+                and lower not in NEGATIONS
+                and lower not in lowercase_words
+            )
+        if w.sentence_start[i] and run >= 2 and lower in COMMON_STARTERS:
+            continue  # "The Northfield team": the run starts at the next word
+        if lower in TITLES and j + 1 < n:
+            j = max(j, i + 1)
+        if is_name:
+            out.append(_span(w, i, j))
+        done = j
+    return out
+
+
+def answer_format_spans(text: str, w: _Words) -> list[tuple[int, int]]:
+    """Answer formats of few-shot exemplars, every one of them: ``#### 72``, ``\\boxed{}``."""
+    return [m.span() for m in _ANSWER_LINE.finditer(text)]
+
+
+_ONLY_PUNCTUATION = re.compile(r"[\s,.;:'\"’”“()\-–—/]{0,4}")
+
+
+def merge_spans(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, overlapping spans merged, and neighbours joined over a gap of punctuation
+    alone ("February 1" + ", " + "2026"): the comma between two guarded phrases is theirs."""
+    out: list[list[int]] = []
+    for start, end in sorted(spans):
+        if out and (start <= out[-1][1] or _ONLY_PUNCTUATION.fullmatch(text, out[-1][1], start)):
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return [(a, b) for a, b in out]
+
+
+Rule = Callable[[str, _Words], list[tuple[int, int]]]
+RULES: dict[str, Rule] = {
+    "negation": negation_spans,
+    "limit": limit_spans,
+    "condition": condition_spans,
+    "obligation": obligation_spans,
+    "number": number_spans,
+    "number_clause": number_clause_spans,
+    "date": date_spans,
+    "quote": quote_spans,
+    "identifier": identifier_spans,
+    "entity": entity_spans,
+    "answer_format": answer_format_spans,
+}
+"""Every guard rule by name, in the order they are documented."""
+
+
+@dataclass(frozen=True)
+class Guards:
+    """Which meaning guards run. All on by default; ``NO_GUARDS`` turns them off."""
+
+    negation: bool = True
+    """A negation and what it negates, to the end of its clause."""
+    limit: bool = True
+    """Limits and comparisons (at most/least, only, more/less than, before/after/until,
+    under/over/above/below/by + a number or date) with their operand."""
+    condition: bool = True
+    """Conditions and exceptions (if, unless, except, otherwise, provided, as long as) with
+    their clause."""
+    obligation: bool = True
+    """Obligations and permissions (must, should, shall, may, can, required) with their verb
+    and object."""
+    number: bool = True
+    """Numbers (digits or words) with their signs and units."""
+    number_clause: bool = True
+    """The whole clause around a number (what it counts, where it applies); off for chains
+    of thought, whose every clause holds a number."""
+    date: bool = True
+    """Dates, weekdays and clock times."""
+    quote: bool = True
+    """Quoted strings and inline code."""
+    identifier: bool = True
+    """snake_case, camelCase, ALLCAPS, codes with digits, paths, URLs and e-mail addresses."""
+    entity: bool = True
+    """Names: runs of capitalised words that are not just a sentence's first word."""
+    answer_format: bool = True
+    """Every answer line of the form ``#### x``, ``\\boxed{x}`` or "The answer is x"."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if not isinstance(getattr(self, f.name), bool):
+                raise ValueError(f"Guards.{f.name} must be true or false")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The rules that are on."""
+        return tuple(name for name in RULES if getattr(self, name))
+
+    @classmethod
+    def only(cls, names: Sequence[str]) -> Guards:
+        """Guards with exactly the named rules on; an unknown name is a ValueError."""
+        unknown = sorted(set(names) - set(RULES))
+        if unknown:
+            raise ValueError(f"unknown guard rules {unknown}; known: {', '.join(RULES)}")
+        return cls(**{name: name in names for name in RULES})
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """``[start, end)`` spans of ``text`` that these rules keep verbatim."""
+        names = self.names
+        if not names or not text:
+            return []
+        with paused_collection():
+            words = _words(text)
+            found = [span for name in names for span in RULES[name](text, words)]
+        return merge_spans(text, found)
+
+    def labeled_spans(self, text: str) -> list[tuple[str, tuple[int, int]]]:
+        """Each guard span with the name of the rule that found it."""
+        names = self.names
+        if not names or not text:
+            return []
+        with paused_collection():
+            words = _words(text)
+            return [(name, span) for name in names for span in RULES[name](text, words)]
+
+
+GUARDS = Guards()
+"""Every meaning guard on: the default for prompts and documents."""
+COT_GUARDS = Guards.only(("negation", "condition", "quote", "identifier", "answer_format"))
+"""The default for chains of thought: negations, conditions, quotes, identifiers and answer
+lines. In a chain of thought the math force-keep already holds every number and operator,
+and the equations restate the limits and units; guarding those too would leave a GSM8K
+solution about 72% forced and the TokenSkip ratio knob nothing to learn below that."""
+NO_GUARDS = Guards.only(())
+"""No meaning guards (for experiments that measure what they cost)."""
