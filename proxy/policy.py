@@ -22,9 +22,27 @@ class CompressionPolicy:
     enabled: bool = True
     """Master switch; false forwards the request untouched (still accounted)."""
     prompt_ratio: float | None = 0.7
-    """Keep ratio for long system/user contents; None leaves prompts alone."""
+    """Keep ratio for *context*: long blocks of user messages that are no request (a pasted
+    document, retrieved passages) and document markup (``<document>``...) in any message,
+    meaning guards on. None drops no word from them (the lossless transforms still run)."""
+    instruction_ratio: float | None = None
+    """Keep ratio for instructions (system and developer messages); None, the default,
+    leaves them byte for byte as the client sent them."""
+    tool_ratio: float | None = None
+    """Keep ratio for tool outputs beyond the lossless transforms; None (default): lossless
+    only, never a dropped key or value."""
+    lossless: bool = True
+    """Run the lossless transforms (JSON minified or as a table, whitespace, repeated lines)
+    on context and tool outputs."""
+    guards: bool = True
+    """Meaning guards on lossy compression (negations, limits, conditions, numbers, ...);
+    false only for experiments."""
+    cache_safe: bool = True
+    """Never change content marked ``cache_control`` or anything before the last such
+    breakpoint (each message already compresses the same on every turn)."""
     prompt_min_tokens: int = 256
-    """Contents shorter than this (target tokens) are never compressed."""
+    """Texts and blocks shorter than this (estimated as 4 characters a token, so short
+    messages are never tokenized) are never compressed."""
     cot_ratio: float | None = None
     """Keep ratio asked of the model's reasoning; None leaves the output alone."""
     scorer: str = "heuristic"
@@ -33,13 +51,16 @@ class CompressionPolicy:
     """Typical reasoning length at γ = 1, from which an instruction's token budget derives."""
 
     def __post_init__(self) -> None:
-        for name in ("prompt_ratio", "cot_ratio"):
+        for name in ("prompt_ratio", "instruction_ratio", "tool_ratio", "cot_ratio"):
             value = getattr(self, name)
             if value is not None:
                 try:
                     check_ratio(value)
                 except ValueError as exc:
                     raise ValueError(f"{name}: {exc}") from None
+        for name in ("lossless", "guards", "cache_safe", "enabled"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.scorer not in SERVED_SCORERS:
             known = ", ".join(SERVED_SCORERS)
             hint = " (the classifier scorer is not served)" if self.scorer in SCORER_NAMES else ""
@@ -69,7 +90,22 @@ class CompressionPolicy:
 
     @property
     def compresses_prompt(self) -> bool:
-        return self.enabled and self.prompt_ratio is not None and self.prompt_ratio < 1.0
+        """True when any prompt transform may run (lossless ones included)."""
+        return self.enabled and (
+            self.lossless
+            or any(
+                r is not None and r < 1.0
+                for r in (self.prompt_ratio, self.instruction_ratio, self.tool_ratio)
+            )
+        )
+
+    @property
+    def drops_words(self) -> bool:
+        """True when a lossy ratio is set, so a scorer is needed."""
+        return self.enabled and any(
+            r is not None and r < 1.0
+            for r in (self.prompt_ratio, self.instruction_ratio, self.tool_ratio)
+        )
 
     @property
     def controls_cot(self) -> bool:

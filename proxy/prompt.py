@@ -1,20 +1,38 @@
-"""Prompt compression for chat messages, with the parts that must not change protected.
+"""Prompt compression for chat messages: context is compressed, instructions are not.
 
-Long system and user contents (over ``prompt_min_tokens``) are compressed with the core.
-Protected verbatim: fenced and inline code, JSON blocks, URLs, numbers (the math force-keep),
-and the final question of the last user message (its last paragraph), since that is what the
-model must answer. Assistant and tool messages are never touched.
+Each text (a message's string content, or each of its text parts) is judged by its own role
+and content, never by where it stands in the conversation, so a message compresses the same
+way on every turn and the conversation's prefix stays byte-identical for provider prompt
+caches:
+
+- ``tool`` / ``function`` messages are tool outputs: lossless transforms only by default
+  (JSON minified or as a table, whitespace, repeated lines counted); ``tool_ratio`` also
+  drops words.
+- ``user`` messages are split into blocks at blank lines. Long blocks that are not a
+  request (no question, no imperative opening) are *context* - a pasted document, retrieved
+  passages - and are compressed at ``prompt_ratio`` with the meaning guards on; text inside
+  explicit document markup (``<document>``, ``<context>``, ...) is context whatever its size.
+  Everything else is the user's request, an instruction.
+- ``system`` / ``developer`` messages are instructions; only blocks inside explicit document
+  markup are context. ``instruction_ratio`` compresses instructions too (off by default).
+- ``assistant`` messages, fenced code, and any content marked ``cache_control`` (and every
+  message up to the last such breakpoint) are never changed.
+
+Nothing is tokenized unless it is a candidate for compression: the upstream's usage gives
+the prompt's size, and a part's saving is counted in the target tokenizer on that part
+alone.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tokenskip.compress import compress
 from tokenskip.force import ForceKeep
+from tokenskip.guards import GUARDS, NO_GUARDS
+from tokenskip.lossless import lossless
 from tokenskip.scorers.base import Scorer
 from tokenskip.tokens import TextTokenizer
 
@@ -22,120 +40,320 @@ _FENCED = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
 _INLINE_CODE = re.compile(r"`[^`\n]+`")
 _URL = re.compile(r"\b(?:https?|ftp)://\S+|\bwww\.\S+")
 _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.]+\b")
-_JSON_START = re.compile(r"(?m)^[ \t]*[\[{]")
+_DOCUMENT = re.compile(
+    r"<(?P<tag>document|documents|doc|context|passage|passages|article|source|search_results?)"
+    r"\b[^>]*>(?P<body>.*?)</(?P=tag)>",
+    re.DOTALL | re.IGNORECASE,
+)
+_BLOCK = re.compile(r"\n[ \t]*\n")
+_REQUEST_START = re.compile(
+    r"(?i)^\W*(?:please|can you|could you|would you|will you|i want|i need|i'd like|help|"
+    r"write|explain|summari[sz]e|answer|tell|list|give|make|create|translate|rewrite|fix|"
+    r"find|show|describe|compare|what|why|how|who|when|where|which|is|are|do|does|should)\b"
+)
 
-PROMPT_FORCE = ForceKeep(numbers=True, operators=False, tokens=(), answer_line=False)
-COMPRESSIBLE_ROLES = ("system", "developer", "user")
-
-
-def _json_spans(text: str) -> list[tuple[int, int]]:
-    """Spans of JSON objects/arrays that start a line and parse as JSON."""
-    spans = []
-    decoder = json.JSONDecoder()
-    for m in _JSON_START.finditer(text):
-        start = m.end() - 1
-        if spans and start < spans[-1][1]:
-            continue
-        try:
-            _, end = decoder.raw_decode(text, start)
-        except ValueError:
-            continue
-        spans.append((start, end))
-    return spans
+PROMPT_FORCE = ForceKeep(numbers=True, operators=False, tokens=(), answer_line=True)
+CHARS_PER_TOKEN = 4
+"""English averages about 4 characters per token: a text or block shorter than
+``min_tokens`` × 4 characters is left alone without being tokenized."""
 
 
-def _last_paragraph(text: str) -> tuple[int, int]:
-    stripped = text.rstrip()
-    cut = stripped.rfind("\n\n")
-    start = cut + 2 if cut >= 0 else 0
-    if cut < 0:  # one paragraph: protect its last sentence
-        sentence_ends = [m.end() for m in re.finditer(r"[.!?](?=\s)", stripped)]
-        start = sentence_ends[-1] if sentence_ends else 0
-    return start, len(text)
+@dataclass
+class PartCompression:
+    """One text that was changed: where it is, what it was judged to be, what it saved."""
 
+    message: int
+    """Index of the message in the request."""
+    part: int | None
+    """Index of the content part, or None for a string content."""
+    kind: str
+    """``context``, ``tool_output`` or ``instruction``."""
+    method: str
+    """``lossless`` (no word dropped) or ``lossy`` (words dropped, guards on or off)."""
+    before: str = field(repr=False)
+    """The text as the client sent it."""
+    after: str = field(repr=False)
+    """The text as it goes upstream."""
+    transforms: tuple[str, ...] = ()
+    """Lossless transforms that changed it (``json``, ``whitespace``, ``repeats``)."""
+    forced_ratio: float = 0.0
+    """Share of the text the meaning guards held (lossy only)."""
+    tokens_before: int | None = None
+    """Target-tokenizer tokens of ``before`` (None until :meth:`PromptCompression.count`)."""
+    tokens_after: int | None = None
+    """Target-tokenizer tokens of ``after``."""
 
-def protected_spans(text: str, *, is_last_user: bool) -> list[tuple[int, int]]:
-    spans = [
-        m.span()
-        for pattern in (_FENCED, _INLINE_CODE, _URL, _EMAIL)
-        for m in pattern.finditer(text)
-    ]
-    spans.extend(_json_spans(text))
-    if is_last_user:
-        spans.append(_last_paragraph(text))
-    return spans
+    @property
+    def achieved_ratio(self) -> float:
+        if not self.tokens_before or self.tokens_after is None:
+            return 1.0
+        return self.tokens_after / self.tokens_before
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "message": self.message,
+            "part": self.part,
+            "kind": self.kind,
+            "method": self.method,
+            "tokens_before": self.tokens_before,
+            "tokens_after": self.tokens_after,
+            "achieved_ratio": round(self.achieved_ratio, 4),
+            "forced_ratio": round(self.forced_ratio, 4),
+            "transforms": list(self.transforms),
+        }
 
 
 @dataclass
 class PromptCompression:
-    """Compressed messages and the target-tokenizer counts behind them."""
+    """The messages to send and what changed in them."""
 
     messages: list[dict[str, Any]]
-    original_tokens: int
-    sent_tokens: int
-    num_compressed: int
+    parts: list[PartCompression] = field(default_factory=list)
 
     @property
     def saved_tokens(self) -> int:
-        return self.original_tokens - self.sent_tokens
+        """Prompt tokens saved, in the target tokenizer (over the changed parts only)."""
+        return sum(
+            (p.tokens_before or 0) - (p.tokens_after or 0)
+            for p in self.parts
+            if p.tokens_after is not None
+        )
+
+    @property
+    def counted(self) -> bool:
+        return all(p.tokens_after is not None for p in self.parts)
+
+    def count(self, tokenizer: TextTokenizer) -> None:
+        """Count every changed part before and after. The gateway runs this beside the
+        upstream call, so counting a large tool output adds nothing to the latency."""
+        for p in self.parts:
+            if p.tokens_after is None:
+                p.tokens_before = tokenizer.count(p.before)
+                p.tokens_after = tokenizer.count(p.after)
+
+    @property
+    def num_compressed(self) -> int:
+        return len({p.message for p in self.parts})
 
 
-def _text_parts(message: dict[str, Any]) -> list[tuple[Any, str]]:
-    """(key, text) pairs of a message's text content: the string, or each text part."""
+@dataclass(frozen=True)
+class PromptSettings:
+    """The policy fields prompt compression reads (see ``CompressionPolicy``)."""
+
+    context_ratio: float | None
+    instruction_ratio: float | None
+    tool_ratio: float | None
+    min_tokens: int
+    lossless: bool
+    guards: bool
+    cache_safe: bool = True
+
+
+def protected_spans(text: str) -> list[tuple[int, int]]:
+    """Spans kept verbatim inside a compressed text: code, URLs and e-mail addresses."""
+    return [
+        m.span()
+        for pattern in (_FENCED, _INLINE_CODE, _URL, _EMAIL)
+        for m in pattern.finditer(text)
+    ]
+
+
+def is_request(block: str) -> bool:
+    """A block that asks for something: a question or an imperative opening."""
+    stripped = block.strip()
+    return stripped.endswith("?") or bool(_REQUEST_START.match(stripped))
+
+
+def context_blocks(text: str, role: str, min_chars: int) -> list[tuple[int, int]]:
+    """``[start, end)`` spans of ``text`` that are context, by the message's role."""
+    spans = [m.span("body") for m in _DOCUMENT.finditer(text)]
+    if role != "user":
+        return spans
+    code = [m.span() for m in _FENCED.finditer(text)]
+    start = 0
+    for m in [*_BLOCK.finditer(text), None]:
+        end = m.start() if m else len(text)
+        block = text[start:end]
+        inside_markup = any(a <= start and end <= b for a, b in spans)
+        in_code = any(a < end and start < b for a, b in code)
+        if (
+            not inside_markup
+            and not in_code
+            and len(block.strip()) >= min_chars
+            and not is_request(block)
+        ):
+            spans.append((start, end))
+        start = m.end() if m else len(text)
+    return sorted(spans)
+
+
+def _text_parts(message: dict[str, Any]) -> list[tuple[int | None, str]]:
+    """(part index, text) of a message's text content: the string, or each text part
+    (content marked ``cache_control`` left out)."""
     content = message.get("content")
     if isinstance(content, str):
-        return [(None, content)]
+        return [] if message.get("cache_control") else [(None, content)]
     if isinstance(content, list):
         return [
             (i, p["text"])
             for i, p in enumerate(content)
+            if isinstance(p, dict)
+            and p.get("type") == "text"
+            and isinstance(p.get("text"), str)
+            and not p.get("cache_control")
+        ]
+    return []
+
+
+def message_texts(message: dict[str, Any]) -> list[str]:
+    """Every text of a message (string content or text parts), for counting."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list):
+        return [
+            p["text"]
+            for p in content
             if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
         ]
     return []
 
 
+def _has_cache_control(message: dict[str, Any]) -> bool:
+    if message.get("cache_control"):
+        return True
+    content = message.get("content")
+    return isinstance(content, list) and any(
+        isinstance(p, dict) and p.get("cache_control") for p in content
+    )
+
+
+class _Compressor:
+    """Compresses one text of one kind with the gateway's tokenizer and scorer."""
+
+    def __init__(self, settings: PromptSettings, tokenizer: TextTokenizer, scorer: Scorer | None):
+        self.s, self.tokenizer, self.scorer = settings, tokenizer, scorer
+
+    def lossy(
+        self, text: str, ratio: float, data: tuple[tuple[int, int], ...] = ()
+    ) -> tuple[str, float]:
+        """``text`` at ``ratio`` (code, URLs and compacted JSON verbatim), and the forced share."""
+        if self.scorer is None:
+            return text, 0.0
+        result = compress(
+            text,
+            ratio,
+            tokenizer=self.tokenizer,
+            scorer=self.scorer,
+            force=PROMPT_FORCE,
+            guards=GUARDS if self.s.guards else NO_GUARDS,
+            protect=protected_spans(text) + list(data),
+            lossless=False,
+        )
+        return result.text, result.forced_ratio
+
+
 def compress_messages(
     messages: list[dict[str, Any]],
+    settings: PromptSettings,
     *,
-    ratio: float | None,
-    min_tokens: int,
     tokenizer: TextTokenizer,
     scorer: Scorer | None,
+    count: bool = True,
 ) -> PromptCompression:
-    """Compress what is long enough; count every text content before and after."""
-    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
-    out, original, sent, num_compressed = [], 0, 0, 0
+    """The messages with their context compressed; untouched messages are the same objects.
+
+    ``count=False`` leaves the token counts to a later :meth:`PromptCompression.count`.
+    A change that does not shorten the text is dropped (judged by characters: a shorter
+    text of the same words never takes more tokens)."""
+    frozen_until = -1
+    if settings.cache_safe:
+        frozen_until = max((i for i, m in enumerate(messages) if _has_cache_control(m)), default=-1)
+    out = list(messages)
+    parts: list[PartCompression] = []
+    worker = _Compressor(settings, tokenizer, scorer)
     for index, message in enumerate(messages):
-        message = dict(message)
+        role = message.get("role")
+        if index <= frozen_until or role not in ("system", "developer", "user", "tool", "function"):
+            continue
+        changed: dict[int | None, str] = {}
         for key, text in _text_parts(message):
-            count = tokenizer.count(text)
-            original += count
-            new_text, new_count = text, count
-            if (
-                ratio is not None
-                and scorer is not None
-                and ratio < 1.0
-                and message.get("role") in COMPRESSIBLE_ROLES
-                and count >= min_tokens
-            ):
-                spans = protected_spans(text, is_last_user=index == last_user)
-                result = compress(
-                    text,
-                    ratio,
-                    tokenizer=tokenizer,
-                    scorer=scorer,
-                    force=PROMPT_FORCE,
-                    protect=spans,
-                )
-                if result.kept_tokens < count:
-                    new_text, new_count = result.text, result.kept_tokens
-                    num_compressed += 1
-            sent += new_count
-            if key is None:
-                message["content"] = new_text
+            result = _compress_text(worker, settings, role, text)
+            if result is None:
+                continue
+            new_text, kind, method, transforms, forced = result
+            if len(new_text) >= len(text):
+                continue
+            changed[key] = new_text
+            parts.append(
+                PartCompression(index, key, kind, method, text, new_text, transforms, forced)
+            )
+        if changed:
+            message = dict(message)
+            if None in changed:
+                message["content"] = changed[None]
             else:
-                parts = list(message["content"])
-                parts[key] = {**parts[key], "text": new_text}
-                message["content"] = parts
-        out.append(message)
-    return PromptCompression(out, original, sent, num_compressed)
+                content = list(message["content"])
+                for key, new_text in changed.items():
+                    content[key] = {**content[key], "text": new_text}
+                message["content"] = content
+            out[index] = message
+    done = PromptCompression(out, parts)
+    if count:
+        done.count(tokenizer)
+    return done
+
+
+def _compress_text(
+    worker: _Compressor, s: PromptSettings, role: str, text: str
+) -> tuple[str, str, str, tuple[str, ...], float] | None:
+    """(new text, kind, method, transforms, forced share), or None to leave it alone."""
+    min_chars = s.min_tokens * CHARS_PER_TOKEN
+    if role in ("tool", "function"):
+        if not s.lossless and s.tool_ratio is None:
+            return None
+        if len(text) < min_chars:
+            return None
+        done = lossless(text) if s.lossless else None
+        new, transforms = (done.text, done.transforms) if done else (text, ())
+        method, forced = "lossless", 0.0
+        if s.tool_ratio is not None and s.tool_ratio < 1.0 and not (done and done.is_data):
+            lossy, forced = worker.lossy(new, s.tool_ratio, done.data_spans if done else ())
+            if lossy != new:
+                new, method = lossy, "lossy"
+        return (new, "tool_output", method, transforms, forced) if new != text else None
+    if role in ("system", "developer") and s.instruction_ratio is not None:
+        if len(text) < min_chars:
+            return None
+        new, forced = worker.lossy(text, s.instruction_ratio)
+        return (new, "instruction", "lossy", (), forced) if new != text else None
+    if s.context_ratio is None and not s.lossless:
+        return None
+    if len(text) < min_chars and not _DOCUMENT.search(text):
+        return None
+    blocks = context_blocks(text, role, min_chars)
+    if not blocks:
+        return None
+    pieces, last, transforms, forced_parts, method = [], 0, set(), [], "lossless"
+    for start, end in blocks:
+        block = text[start:end]
+        new, data, is_data = block, (), False
+        if s.lossless:
+            done = lossless(block)
+            new, data, is_data = done.text, done.data_spans, done.is_data
+            transforms.update(done.transforms)
+        if s.context_ratio is not None and s.context_ratio < 1.0 and not is_data:
+            lossy, forced = worker.lossy(new, s.context_ratio, data)
+            if lossy != new:
+                new, method = lossy, "lossy"
+                forced_parts.append(forced)
+        pieces.append(text[last:start])
+        pieces.append(new)
+        last = end
+    pieces.append(text[last:])
+    new_text = "".join(pieces)
+    if new_text == text:
+        return None
+    order = tuple(t for t in ("json", "whitespace", "repeats") if t in transforms)
+    forced = sum(forced_parts) / len(forced_parts) if forced_parts else 0.0
+    return new_text, "context", method, order, forced

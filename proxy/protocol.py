@@ -21,7 +21,18 @@ class TokenskipOptions(BaseModel):
 
     enabled: bool | None = Field(None, description="false turns every tokenskip transform off")
     prompt_ratio: float | None = Field(
-        None, gt=0, le=1, description="keep ratio for long prompt contents"
+        None, gt=0, le=1, description="keep ratio for context (documents, passages)"
+    )
+    instruction_ratio: float | None = Field(
+        None, gt=0, le=1, description="keep ratio for system/developer instructions"
+    )
+    tool_ratio: float | None = Field(
+        None, gt=0, le=1, description="keep ratio for tool outputs beyond lossless transforms"
+    )
+    lossless: bool | None = Field(None, description="false skips the lossless transforms")
+    guards: bool | None = Field(None, description="false turns the meaning guards off")
+    cache_safe: bool | None = Field(
+        None, description="false lets compression change content before a cache_control mark"
     )
     cot_ratio: float | None = Field(None, gt=0, le=1, description="keep ratio for the reasoning")
     scorer: Literal["heuristic", "self-info"] | None = Field(None, description="prompt scorer")

@@ -28,7 +28,7 @@ from proxy.ledger import Ledger, LedgerRow
 from proxy.local.early_exit import early_exit_policy
 from proxy.local.speculative import speculative_settings
 from proxy.metrics import Metrics
-from proxy.prompt import PromptCompression, compress_messages
+from proxy.prompt import PromptCompression, PromptSettings, compress_messages, message_texts
 from proxy.protocol import ChatCompletionRequest, completion_id, error_body, now
 from tokenskip.models import DEFAULT_MODEL, load_model, load_tokenizer
 from tokenskip.multi_query import TailCheck
@@ -64,16 +64,21 @@ class Prepared:
     """The entry that actually answered (differs from ``entry`` after a fallback)."""
     batch_tokens_saved: int = 0
     """Input tokens a merged multi-query call saved against one call per query."""
+    counting: Any = None
+    """The savings count running beside the upstream call (an asyncio future), or None."""
 
     def headers(self, usage: dict[str, Any] | None = None) -> dict[str, str]:
         """Savings headers: from the final usage when known (non-streaming), else what is
         known before generation (streaming: the saving, not yet the upstream's count)."""
-        saved = self.prompt.saved_tokens if self.prompt else 0
         h = {
-            "x-tokenskip-prompt-tokens-saved": str(saved),
             "x-tokenskip-cot-method": self.cot_method,
             "x-tokenskip-tokens-estimated": str(not self.exact).lower(),
         }
+        if self.prompt is None or self.prompt.counted:
+            # a stream starts before a large part is counted: its final usage chunk says
+            h["x-tokenskip-prompt-tokens-saved"] = str(
+                self.prompt.saved_tokens if self.prompt else 0
+            )
         if usage is not None:
             h["x-tokenskip-prompt-tokens-original"] = str(usage["prompt_tokens_original"])
             h["x-tokenskip-prompt-tokens-saved"] = str(usage["prompt_tokens_saved"])
@@ -235,15 +240,23 @@ class ChatService:
         counter = self.counter(entry)
         prompt = None
         prompt_ratio = policy.prompt_ratio if policy.compresses_prompt else None
-        if policy.enabled:
+        if policy.compresses_prompt:
             t0 = time.perf_counter()
-            scorer = self.scorer(policy.scorer, counter) if prompt_ratio is not None else None
+            scorer = self.scorer(policy.scorer, counter) if policy.drops_words else None
             prompt = compress_messages(
                 messages,
-                ratio=prompt_ratio,
-                min_tokens=policy.prompt_min_tokens,
+                PromptSettings(
+                    context_ratio=policy.prompt_ratio,
+                    instruction_ratio=policy.instruction_ratio,
+                    tool_ratio=policy.tool_ratio,
+                    min_tokens=policy.prompt_min_tokens,
+                    lossless=policy.lossless,
+                    guards=policy.guards,
+                    cache_safe=policy.cache_safe,
+                ),
                 tokenizer=counter.tokenizer,
                 scorer=scorer,
+                count=False,  # counted beside the upstream call (see prepare)
             )
             messages = prompt.messages
             self.metrics.compression_seconds.labels(entry.name).observe(time.perf_counter() - t0)
@@ -277,7 +290,18 @@ class ChatService:
             and not (request.tokenskip and request.tokenskip.enabled)
         ):
             return self._prepare_sync(request, started)  # pass-through: nothing heavy to offload
-        return await asyncio.to_thread(self._prepare_sync, request, started)
+        p = await asyncio.to_thread(self._prepare_sync, request, started)
+        if p.prompt is not None and not p.prompt.counted:
+            # the savings are counted while the upstream works, not before it is called
+            tokenizer = self.counter(p.entry).tokenizer
+            p.counting = asyncio.ensure_future(asyncio.to_thread(p.prompt.count, tokenizer))
+        return p
+
+    async def settle(self, p: Prepared) -> None:
+        """Wait for the savings count started by :meth:`prepare` (usage needs it)."""
+        if p.counting is not None:
+            await p.counting
+            p.counting = None
 
     def _usage(
         self, p: Prepared, prompt_tokens: int | None, completion_tokens: int | None, text: str
@@ -285,7 +309,9 @@ class ChatService:
         counter = self.counter(p.entry)
         exact = p.exact
         if prompt_tokens is None:
-            prompt_tokens = p.prompt.sent_tokens if p.prompt else 0
+            prompt_tokens = sum(
+                counter.tokenizer.count(text) for m in p.messages for text in message_texts(m)
+            )
             exact = False
         if completion_tokens is None:
             completion_tokens = counter.tokenizer.count(text)
@@ -311,7 +337,7 @@ class ChatService:
         latency = time.perf_counter() - p.started
         model = p.entry.name
         usage = usage or {
-            "prompt_tokens": p.prompt.sent_tokens if p.prompt else 0,
+            "prompt_tokens": 0,
             "completion_tokens": 0,
             "prompt_tokens_saved": p.prompt.saved_tokens if p.prompt else 0,
             "tokens_estimated": True,
@@ -364,11 +390,12 @@ class ChatService:
         m.saved.labels(model, "query_batching").inc(batch_saved)
 
     def _tokenskip_info(self, p: Prepared) -> dict[str, Any]:
+        parts = p.prompt.parts if p.prompt else []
         return {
             "prompt_ratio": p.prompt_ratio,
-            "prompt_tokens_original": p.prompt.original_tokens if p.prompt else None,
-            "prompt_tokens_sent": p.prompt.sent_tokens if p.prompt else None,
+            "prompt_tokens_saved": p.prompt.saved_tokens if p.prompt else 0,
             "messages_compressed": p.prompt.num_compressed if p.prompt else 0,
+            "compressed": [part.to_dict() for part in parts],
             "cot_ratio": p.cot_ratio,
             "cot_method": p.cot_method,
         }
@@ -388,6 +415,7 @@ class ChatService:
             except asyncio.CancelledError:
                 self._account(p, 499, False, None, "client disconnected")
                 raise
+        await self.settle(p)
         usage = self._usage(p, result.prompt_tokens, result.completion_tokens, result.text)
         self._account(p, 200, False, usage)
         return self._completion(p, result.text, result.finish_reason, usage)
@@ -422,6 +450,7 @@ class ChatService:
             if not end and not stopped:
                 raise _incomplete()
             last = end[0] if end else None
+            await self.settle(p)
             reported = last.prompt_tokens if last is not None else None
             usage = self._usage(
                 p,
@@ -512,6 +541,7 @@ class ChatService:
             if not end:
                 raise _incomplete()
             last = end[0]
+            await self.settle(p)
             usage = self._usage(p, last.prompt_tokens, last.completion_tokens, "".join(parts))
             yield chunk({}, last.finish_reason)
             if include_usage:

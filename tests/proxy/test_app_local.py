@@ -15,8 +15,9 @@ from tests.proxy.servers import serve
 
 KEY = "sk-test-key"
 LONG = (
-    "Basically, the thing is that we really just want to make sure that all of the people who "
-    "are actually involved in this project can very easily understand what is going on here. "
+    "The old harbour town has narrow streets that wind past small shops and quiet cafes near "
+    "the water. Visitors like the fresh sea air, the gentle evening light and the friendly "
+    "people who live there. "
 ) * 8
 
 
@@ -125,10 +126,8 @@ def test_stream_without_usage_option_has_no_usage_chunk(client):
 
 
 def test_long_prompts_are_compressed_and_can_be_switched_off(client):
-    messages = [
-        {"role": "system", "content": LONG},
-        {"role": "user", "content": "Summarise in three words."},
-    ]
+    # a pasted document is context: compressed; the request after it is not
+    messages = [{"role": "user", "content": LONG + "\n\nSummarise in three words."}]
     on = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=8)
     off = client.chat.completions.create(
         model="smollm2",

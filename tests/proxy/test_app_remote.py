@@ -14,9 +14,10 @@ from tests.proxy.servers import serve
 
 SECRET = "sk-upstream-SECRET-4242"
 LONG = (
-    "Basically we really just want to make sure that everyone can actually understand what is going on here. "
-    * 12
-)
+    "The old harbour town has narrow streets that wind past small shops and quiet cafes near "
+    "the water. Visitors like the fresh sea air, the gentle evening light and the friendly "
+    "people who live there. "
+) * 12
 
 
 def closed_port() -> int:
@@ -125,10 +126,11 @@ def test_counts_without_the_models_tokenizer_are_labeled_estimates(client):
 
 
 def test_prompt_compression_is_forwarded_and_priced(client, upstream, proxy, mode):
-    messages = [{"role": "system", "content": LONG}, {"role": "user", "content": "Summarise."}]
+    messages = [{"role": "user", "content": LONG + "\n\nSummarise."}]
     r = client.chat.completions.create(model="ok", messages=messages)
     sent = calls(upstream)["last_body"]["messages"][0]["content"]
     assert len(sent) < len(LONG) and r.usage.prompt_tokens_saved > 0
+    assert sent.endswith("\n\nSummarise.")
     row = proxy[1].state.ledger.rows(1)[0]
     assert row["model"] == "ok" and row["backend"] == mode and row["status"] == 200
     assert row["cost_actual"] == pytest.approx(
@@ -201,7 +203,7 @@ def test_savings_and_metrics_after_a_sequence(client, proxy):
     before = app.state.ledger.totals()["totals"]
     client.chat.completions.create(
         model="ok",
-        messages=[{"role": "system", "content": LONG}, {"role": "user", "content": "Go."}],
+        messages=[{"role": "user", "content": LONG + "\n\nGo."}],
     )
     with pytest.raises(openai.APIStatusError):
         client.chat.completions.create(**chat("bad"))

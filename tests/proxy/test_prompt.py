@@ -3,12 +3,14 @@ import json
 import pytest
 
 from proxy.cot import apply_cot_ratio
-from proxy.prompt import compress_messages, protected_spans
+from proxy.prompt import PromptSettings, compress_messages, is_request, protected_spans
+from tokenskip.lossless import expand_tables
 from tokenskip.scorers import HeuristicScorer
 
 FILLER = (
-    "Basically, the thing is that we really just want to make sure that all of the people "
-    "who are actually involved in this project can very easily understand what is going on. "
+    "The old harbour town has narrow streets that wind past small shops and quiet cafes near "
+    "the water. Visitors like the fresh sea air, the gentle evening light and the friendly "
+    "people who live there. "
 )
 
 
@@ -17,38 +19,124 @@ def scorer(tokenizer):
     return HeuristicScorer(tokenizer)
 
 
-def test_protected_spans_cover_code_urls_json_and_the_question():
-    text = (
-        "See https://example.com/x?y=1 and `pip install x`.\n```python\nprint(1)\n```\n"
-        '{"a": [1, 2]}\nSome context here.\n\nWhat is the total?'
+def settings(**overrides):
+    base = dict(
+        context_ratio=0.5,
+        instruction_ratio=None,
+        tool_ratio=None,
+        min_tokens=64,
+        lossless=True,
+        guards=True,
+        cache_safe=True,
     )
-    spans = protected_spans(text, is_last_user=True)
-    covered = {text[s:e] for s, e in spans}
-    assert "https://example.com/x?y=1" in covered
-    assert "`pip install x`" in covered
-    assert "```python\nprint(1)\n```" in covered
-    assert '{"a": [1, 2]}' in covered
-    assert "What is the total?" in covered
+    return PromptSettings(**{**base, **overrides})
 
 
-def test_long_contents_are_compressed_and_protected_parts_survive(tokenizer, scorer):
-    code = "```python\nfor i in range(10):\n    print(i)\n```"
-    system = FILLER * 6 + "\n" + code + "\nDocs: https://docs.example.org/a/b"
-    question = "So how many numbers does the loop print?"
+DOCUMENT = FILLER * 6
+QUESTION = "So how many numbers does the loop print?"
+
+
+def test_protected_spans_cover_code_and_urls():
+    text = (
+        "See https://example.com/x?y=1 and `pip install x`.\n```python\nprint(1)\n```\nmail a@b.io"
+    )
+    covered = {text[s:e] for s, e in protected_spans(text)}
+    assert {
+        "https://example.com/x?y=1",
+        "`pip install x`",
+        "```python\nprint(1)\n```",
+        "a@b.io",
+    } <= covered
+
+
+@pytest.mark.parametrize(
+    ("block", "asks"),
+    [
+        ("What is the total?", True),
+        ("Please summarise the report below in three bullet points.", True),
+        ("Can you check this", True),
+        ("The report covers the third quarter and the sales of every region.", False),
+    ],
+)
+def test_requests_are_told_from_context(block, asks):
+    assert is_request(block) is asks
+
+
+def test_user_documents_are_compressed_and_the_request_is_not(tokenizer, scorer):
     messages = [
-        {"role": "system", "content": system},
-        {"role": "user", "content": FILLER * 4 + "\n\n" + question},
-        {"role": "assistant", "content": FILLER * 4},
+        {"role": "system", "content": DOCUMENT},
+        {"role": "user", "content": DOCUMENT + "\n\n" + QUESTION},
+        {"role": "assistant", "content": DOCUMENT},
     ]
-    out = compress_messages(messages, ratio=0.5, min_tokens=64, tokenizer=tokenizer, scorer=scorer)
-    assert out.num_compressed == 2
-    assert code in out.messages[0]["content"]
-    assert "https://docs.example.org/a/b" in out.messages[0]["content"]
-    assert out.messages[1]["content"].endswith(question)
-    assert out.messages[2] == messages[2]  # assistant turns are never touched
-    assert out.sent_tokens == sum(tokenizer.count(m["content"]) for m in out.messages)
-    assert out.original_tokens == sum(tokenizer.count(m["content"]) for m in messages)
-    assert out.saved_tokens > 0
+    out = compress_messages(messages, settings(), tokenizer=tokenizer, scorer=scorer)
+    assert out.messages[0] is messages[0]  # instructions: byte for byte
+    assert out.messages[2] is messages[2]  # assistant turns are never touched
+    assert out.messages[1]["content"].endswith("\n\n" + QUESTION)
+    assert len(out.messages[1]["content"]) < len(messages[1]["content"])
+    (part,) = out.parts
+    assert (part.message, part.part, part.kind, part.method) == (1, None, "context", "lossy")
+    assert part.tokens_before == tokenizer.count(messages[1]["content"])
+    assert part.tokens_after == tokenizer.count(out.messages[1]["content"])
+    assert out.saved_tokens == part.tokens_before - part.tokens_after > 0
+
+
+def test_a_message_compresses_the_same_wherever_it_stands(tokenizer, scorer):
+    """Cache safety: no rule looks at the position in the conversation."""
+    turn = {"role": "user", "content": DOCUMENT + "\n\n" + QUESTION}
+    alone = compress_messages([turn], settings(), tokenizer=tokenizer, scorer=scorer)
+    later = compress_messages(
+        [turn, {"role": "assistant", "content": "ok"}, {"role": "user", "content": DOCUMENT}],
+        settings(),
+        tokenizer=tokenizer,
+        scorer=scorer,
+    )
+    assert alone.messages[0] == later.messages[0]
+
+
+def test_document_markup_is_context_even_in_a_system_message(tokenizer, scorer):
+    system = "You answer from the context only.\n<context>" + DOCUMENT + "</context>"
+    out = compress_messages(
+        [{"role": "system", "content": system}], settings(), tokenizer=tokenizer, scorer=scorer
+    )
+    new = out.messages[0]["content"]
+    assert new.startswith("You answer from the context only.\n<context>") and new.endswith(
+        "</context>"
+    )
+    assert len(new) < len(system)
+
+
+def test_instructions_compress_only_when_asked(tokenizer, scorer):
+    messages = [{"role": "system", "content": DOCUMENT}]
+    out = compress_messages(
+        messages, settings(instruction_ratio=0.5), tokenizer=tokenizer, scorer=scorer
+    )
+    assert out.parts[0].kind == "instruction" and out.saved_tokens > 0
+
+
+def test_tool_outputs_get_lossless_transforms_only(tokenizer, scorer):
+    rows = [{"id": i, "name": f"row {i}", "status": "active", "note": FILLER} for i in range(20)]
+    tool = {"role": "tool", "tool_call_id": "c1", "content": json.dumps(rows, indent=2)}
+    out = compress_messages([tool], settings(), tokenizer=tokenizer, scorer=scorer)
+    (part,) = out.parts
+    assert (part.kind, part.method, part.transforms) == ("tool_output", "lossless", ("json",))
+    assert expand_tables(out.messages[0]["content"]) == rows  # every key and value kept
+    assert out.messages[0]["tool_call_id"] == "c1"
+
+
+def test_cache_control_content_and_everything_before_it_stay(tokenizer, scorer):
+    marked = {
+        "role": "user",
+        "content": [{"type": "text", "text": DOCUMENT, "cache_control": {"type": "ephemeral"}}],
+    }
+    before = {"role": "user", "content": DOCUMENT}
+    after = {"role": "user", "content": DOCUMENT}
+    out = compress_messages([before, marked, after], settings(), tokenizer=tokenizer, scorer=scorer)
+    assert out.messages[0] is before and out.messages[1] is marked
+    assert out.messages[2] is not after and [p.message for p in out.parts] == [2]
+    opted_out = compress_messages(
+        [before, marked], settings(cache_safe=False), tokenizer=tokenizer, scorer=scorer
+    )
+    assert [p.message for p in opted_out.parts] == [0]  # the marked part itself never changes
 
 
 def test_short_contents_and_multimodal_parts(tokenizer, scorer):
@@ -56,24 +144,35 @@ def test_short_contents_and_multimodal_parts(tokenizer, scorer):
         {
             "role": "user",
             "content": [
-                {"type": "text", "text": FILLER * 5},
+                {"type": "text", "text": DOCUMENT},
                 {"type": "image_url", "image_url": {"url": "x"}},
             ],
         },
         {"role": "user", "content": "short question?"},
     ]
-    out = compress_messages(messages, ratio=0.5, min_tokens=64, tokenizer=tokenizer, scorer=scorer)
-    assert out.messages[1]["content"] == "short question?"
+    out = compress_messages(messages, settings(), tokenizer=tokenizer, scorer=scorer)
+    assert out.messages[1] is messages[1]
     parts = out.messages[0]["content"]
     assert parts[1] == messages[0]["content"][1]
-    assert tokenizer.count(parts[0]["text"]) < tokenizer.count(FILLER * 5)
+    assert out.parts[0].part == 0
+    assert tokenizer.count(parts[0]["text"]) < tokenizer.count(DOCUMENT)
     json.dumps(out.messages)  # still serialisable for the upstream
 
 
-def test_ratio_none_only_counts(tokenizer):
-    messages = [{"role": "user", "content": FILLER * 5}]
-    out = compress_messages(messages, ratio=None, min_tokens=0, tokenizer=tokenizer, scorer=None)
-    assert out.messages == messages and out.saved_tokens == 0 and out.original_tokens > 0
+def test_nothing_is_tokenized_when_nothing_is_compressed(scorer):
+    class Counting:
+        calls = 0
+
+        def count(self, text):
+            Counting.calls += 1
+            return len(text.split())
+
+        def encode(self, text):  # pragma: no cover - must not be reached
+            raise AssertionError("tokenized")
+
+    messages = [{"role": "system", "content": DOCUMENT}, {"role": "user", "content": "Hi there?"}]
+    out = compress_messages(messages, settings(), tokenizer=Counting(), scorer=scorer)
+    assert out.messages == messages and Counting.calls == 0 and out.parts == []
 
 
 def test_cot_knob_uses_the_tokenskip_format_for_tuned_models():
