@@ -45,9 +45,9 @@ $(BENCH_STAMP):
 	touch $(BENCH_STAMP)
 
 bench: $(STAMP) $(BENCH_STAMP)
-	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) || echo "no wrk: bench/proxy.py falls back to its aiohttp load generator"
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) || echo "no wrk: bench/gateway.py falls back to its aiohttp load generator"
 	$(PY) bench/compress.py
-	$(PY) bench/proxy.py
+	$(PY) bench/gateway.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

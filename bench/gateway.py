@@ -17,8 +17,9 @@ each is bounded in requests and in time. Results go to ``proxy_bench.json`` unde
 ``--out-dir``; a part run alone replaces only its own section. ``proxy_bench.md`` is rendered
 from the JSON.
 
-This file is ``bench/proxy.py`` and ``bench/`` comes first on ``sys.path`` when it runs, so
-nothing here may import the ``proxy`` package: the servers under test are subprocesses.
+The servers under test run as subprocesses: nothing here imports the ``proxy`` package.
+(This file was ``bench/proxy.py``; it was renamed so that it no longer shadows that
+package for the other benchmarks, whose folder comes first on ``sys.path``.)
 
 LiteLLM's proxy is installed for the benchmark only, in its own venv::
 
