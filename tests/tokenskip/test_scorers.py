@@ -120,3 +120,31 @@ def test_build_scorer_by_name(tokenizer, smol):
         build_scorer("magic", tokenizer=tokenizer)
     with pytest.raises(InvalidInputError, match="scorer-model"):
         build_scorer("classifier", tokenizer=tokenizer)
+
+
+def test_question_aware_scores_lift_what_the_question_asks_about(tokenizer, smol):
+    base = SelfInfoScorer(smol.model, tokenizer)
+    text = "The museum opens at nine. The garden has roses. The cafe sells lemon cake."
+    ids = tokenizer.encode(text).ids
+    plain = word_scores_from(base, text)
+    aware = word_scores_from(base.conditioned("What does the cafe sell?"), text)
+    # the words the question is about rise against the others, relative to plain surprisal
+    lift = {w: aware[w] - plain[w] for w in plain}
+    asked = np.mean([lift[w] for w in ("cafe", "sells", "lemon", "cake")])
+    other = np.mean([lift[w] for w in ("garden", "has", "roses")])
+    assert asked > other, lift
+    assert base.conditioned("x").score(ids).shape == (len(ids),)
+    with pytest.raises(ValueError, match="weight"):
+        base.conditioned("x", weight=-1)
+
+
+def test_conditioned_surprisal_fits_the_window(tokenizer, smol, solutions):
+    scorer = SelfInfoScorer(smol.model, tokenizer, window=40)
+    ids = tokenizer.encode(" ".join(solutions)).ids
+    context = tokenizer.encode("Question: how many pages?").ids
+    scores = scorer.score(ids, context=context)
+    assert scores.shape == (len(ids),) and np.isfinite(scores).all()
+
+
+def word_scores_from(scorer, text):
+    return word_scores(scorer, text)

@@ -6,13 +6,14 @@ from tokenskip.scorers.base import Scorer
 from tokenskip.scorers.cache import CachedScorer
 from tokenskip.scorers.classifier import TokenClassifierScorer
 from tokenskip.scorers.heuristic import HeuristicScorer
-from tokenskip.scorers.self_info import SelfInfoScorer
+from tokenskip.scorers.self_info import QuestionAwareScorer, SelfInfoScorer
 from tokenskip.tokens import TextTokenizer
 
 __all__ = [
     "SCORER_NAMES",
     "CachedScorer",
     "HeuristicScorer",
+    "QuestionAwareScorer",
     "Scorer",
     "SelfInfoScorer",
     "TokenClassifierScorer",
