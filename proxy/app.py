@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -23,7 +24,7 @@ from starlette.requests import ClientDisconnect
 
 from proxy.config import GatewayConfig, Settings, get_settings, load_config
 from proxy.errors import ProxyError, install_handlers, validation_message
-from proxy.ledger import Ledger
+from proxy.ledger import Ledger, default_url
 from proxy.metrics import Metrics
 from proxy.multi_query import (
     Batcher,
@@ -32,14 +33,31 @@ from proxy.multi_query import (
     batched_completion,
     batched_stream,
 )
-from proxy.protocol import ChatCompletionRequest, error_body
+from proxy.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ErrorResponse,
+    Health,
+    ModelList,
+    SavingsReport,
+    error_body,
+)
 from proxy.service import ChatService
+
+log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 
 
-class BodySizeLimit:
-    """ASGI middleware: 413 for bodies over the limit, by header or by bytes actually sent."""
+class Edge:
+    """ASGI middleware at the gateway's edge.
+
+    - 413 for a body over the limit, by its Content-Length or, for a chunked body, by the
+      bytes actually sent (raised as :class:`TooLarge` while the route reads it).
+    - An error that escaped every handler becomes an OpenAI-shaped 500 (or, once a response
+      has started, a clean end of it) and is logged, never re-raised, so the server keeps
+      the client's keep-alive connection for its next request.
+    """
 
     def __init__(self, app: Any, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -51,19 +69,38 @@ class BodySizeLimit:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
                 return await self._reject(send)
         received = 0
+        started = False
 
         async def limited() -> dict:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                raise _TooLarge
+                raise TooLarge(self.max_bytes)
             return message
 
+        async def tracked(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
         try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._reject(send)
+            await self.app(scope, limited, tracked)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                with contextlib.suppress(Exception):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            error = (
+                exc
+                if isinstance(exc, ProxyError)
+                else ProxyError(
+                    500, f"internal error: {type(exc).__name__}", "server_error", "internal_error"
+                )
+            )
+            await error.response()(scope, receive, send)
 
     async def _reject(self, send: Any) -> None:
         body = json.dumps(
@@ -86,8 +123,11 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(Exception):
-    pass
+class TooLarge(ProxyError):
+    """A body that passed the Content-Length check but sent more bytes (chunked)."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__(413, f"request body exceeds {max_bytes} bytes", code="request_too_large")
 
 
 def create_app(settings: Settings | None = None, config: GatewayConfig | None = None) -> FastAPI:
@@ -97,7 +137,7 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = Metrics()
-        ledger = Ledger(config.ledger_url)
+        ledger = Ledger(config.ledger_url or default_url(settings.host, settings.port))
         service = ChatService(config, ledger, metrics)
         app.state.service, app.state.ledger, app.state.metrics = service, ledger, metrics
         app.state.multi_query = MultiQuery(service)
@@ -136,7 +176,21 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     def service_of(request: Request) -> ChatService:
         return request.app.state.service
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
+    @app.post(
+        "/v1/chat/completions",
+        dependencies=[Depends(authorize)],
+        openapi_extra=_body(ChatCompletionRequest),
+        responses={
+            200: {
+                "model": ChatCompletionResponse,
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "description": "a chat completion, or an SSE stream of chunks when stream is true",
+            },
+            **ERRORS,
+        },
+        response_class=JSONResponse,
+        summary="Chat completions (OpenAI protocol)",
+    )
     async def chat_completions(
         request: Request, service: ChatService = Depends(service_of)
     ) -> Response:
@@ -168,7 +222,16 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
         result = await until_disconnected(request, service.complete(prepared))
         return JSONResponse(result, headers=prepared.headers(result["usage"]))
 
-    @app.post("/v1/multi_query", dependencies=[Depends(authorize)])
+    @app.post(
+        "/v1/multi_query",
+        dependencies=[Depends(authorize)],
+        openapi_extra=_body(MultiQueryRequest),
+        responses={
+            200: {"content": {"application/json": {"schema": {"type": "object"}}}},
+            **ERRORS,
+        },
+        summary="Many queries over one context in one call (Query-OPT)",
+    )
     async def multi_query(request: Request) -> Response:
         """Many queries over one context in one call (Query-OPT); one answer per query."""
         body = await read_body(request, MultiQueryRequest)
@@ -177,7 +240,13 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
         mq: MultiQuery = request.app.state.multi_query
         return JSONResponse(await until_disconnected(request, mq.run(body)))
 
-    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    @app.get(
+        "/v1/models",
+        dependencies=[Depends(authorize)],
+        response_model=ModelList,
+        responses=ERRORS,
+        summary="The served models",
+    )
     async def models() -> dict[str, Any]:
         created = int(time.time())
         return {
@@ -193,21 +262,98 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
             ],
         }
 
-    @app.get("/v1/savings", dependencies=[Depends(authorize)])
+    @app.get(
+        "/v1/savings",
+        dependencies=[Depends(authorize)],
+        response_model=SavingsReport,
+        responses=ERRORS,
+        summary="Ledger totals: tokens and cost saved, by model and by kind",
+    )
     async def savings(
         request: Request, since: str | None = None, until: str | None = None
     ) -> dict[str, Any]:
         return request.app.state.ledger.totals(_when(since, "since"), _when(until, "until"))
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Health, summary="Liveness and the served models")
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "models": sorted(config.models)}
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+        summary="Prometheus metrics",
+    )
     async def metrics(request: Request) -> Response:
         return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    return BodySizeLimit(app, settings.max_body_bytes)  # type: ignore[return-value]
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
+    return Edge(app, settings.max_body_bytes)  # type: ignore[return-value]
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in (
+        (400, "bad JSON or a request the gateway cannot serve"),
+        (401, "missing or wrong gateway key"),
+        (404, "unknown model"),
+        (413, "body too large"),
+        (422, "a field outside its schema"),
+        (429, "rate limited upstream"),
+        (500, "internal error"),
+        (502, "the upstream failed after retries and fallbacks"),
+        (504, "the upstream timed out"),
+    )
+}
+
+
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    """An ``openapi_extra`` request body: the routes read and validate bodies themselves
+    (to answer in OpenAI's error shape), so FastAPI cannot see the model."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+            },
+        }
+    }
+
+
+def openapi_document(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document with the request models, the bearer scheme, and errors in the
+    shape the gateway really sends (FastAPI's own 422 shape removed)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for model in (ChatCompletionRequest, MultiQueryRequest):
+        extra = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(extra.pop("$defs", {}))
+        schemas[model.__name__] = extra
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    doc["components"]["securitySchemes"] = {
+        "bearerAuth": {"type": "http", "scheme": "bearer", "description": "a gateway key"}
+    }
+    for path, ops in doc.get("paths", {}).items():
+        for op in ops.values():
+            if path.startswith("/v1/"):
+                op["security"] = [{"bearerAuth": []}]
+            responses = op.get("responses", {})
+            if "422" in responses:
+                responses["422"] = {
+                    "description": "a field outside its schema",
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/ErrorResponse"}
+                        }
+                    },
+                }
+    app.openapi_schema = doc
+    return doc
 
 
 async def read_body(request: Request, model: type[M]) -> M | None:
@@ -223,11 +369,65 @@ async def read_body(request: Request, model: type[M]) -> M | None:
         raise ProxyError(
             400, f"the request body is not valid JSON: {exc}", code="invalid_json"
         ) from None
+    except RecursionError:
+        raise ProxyError(
+            400, "the request body is nested too deeply to be a request", code="invalid_json"
+        ) from None
+    check_unicode(data)
+    if isinstance(data, dict) and isinstance(data.get("model"), str):
+        request.state.model = data["model"]  # for the ledger row of a refused request
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         message, param = validation_message(exc.errors())
         raise ProxyError(422, message, param=param) from None
+    except RecursionError:
+        raise ProxyError(
+            400, "the request body is nested too deeply to be a request", code="invalid_json"
+        ) from None
+
+
+def check_unicode(data: Any) -> None:
+    """400 for a string no tokenizer can take: a lone UTF-16 surrogate (JSON ``\\ud800``)."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+        return
+    except UnicodeEncodeError:
+        pass
+    except RecursionError:
+        raise ProxyError(
+            400, "the request body is nested too deeply to be a request", code="invalid_json"
+        ) from None
+    path = _surrogate_path(data, "")
+    raise ProxyError(
+        400,
+        f"{path or 'the body'} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff "
+        "escape), which is not text; send valid Unicode",
+        param=path or None,
+        code="invalid_unicode",
+    )
+
+
+def _surrogate_path(value: Any, path: str) -> str | None:
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return where
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                if isinstance(k, str):
+                    try:
+                        k.encode("utf-8")
+                    except UnicodeEncodeError:
+                        return where or "a key"
+                stack.append((v, f"{where}.{k}" if where else str(k)))
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+    return None
 
 
 async def until_disconnected(request: Request, work: Awaitable[Any], poll_s: float = 0.25) -> Any:
@@ -242,7 +442,9 @@ async def until_disconnected(request: Request, work: Awaitable[Any], poll_s: flo
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            raise ProxyError(499, "the client closed the connection", code="client_closed")
+            error = ProxyError(499, "the client closed the connection", code="client_closed")
+            error.accounted = True  # the service wrote the cancelled request's row
+            raise error
 
 
 def _when(value: str | None, name: str) -> float | None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +55,20 @@ class Settings(BaseSettings):
     api_keys: str = ""
     """Comma-separated client keys; empty means no auth."""
     ledger_url: str | None = None
-    """SQLAlchemy URL of the savings ledger (default: SQLite in the tokenskip cache dir)."""
+    """SQLAlchemy URL of the savings ledger (default: one SQLite file per gateway address in
+    the tokenskip cache dir, ``ledger-<host>-<port>.sqlite``)."""
     max_body_bytes: int = 4 * 1024 * 1024
     """Requests larger than this get 413."""
     local_model: str = "smollm2"
     """Model served when there is no config file."""
     local_max_batch: int = 8
     """Most requests one local batch holds."""
+    keep_alive_s: float = 75.0
+    """Seconds an idle keep-alive connection stays open (uvicorn's default is 5 s, shorter
+    than the pools of most clients, which then reuse a connection the server is closing)."""
+    compression: bool = True
+    """False serves every model with all transforms off (``tokenskip serve --no-compression``,
+    ``TOKENSKIP_COMPRESSION=false``): requests pass through untouched, still accounted."""
 
     @property
     def key_list(self) -> list[str]:
@@ -279,6 +286,8 @@ def parse_config(data: dict[str, Any], settings: Settings | None = None) -> Gate
     if ts:
         raise ValueError(f"unknown tokenskip_settings keys {sorted(ts)}")
     router_settings = dict(data.get("router_settings") or {})
+    if not settings.compression:
+        models = {n: replace(e, policy=replace(e.policy, enabled=False)) for n, e in models.items()}
     return GatewayConfig(
         models=models,
         router_settings=router_settings,
@@ -294,7 +303,9 @@ def load_config(settings: Settings) -> GatewayConfig:
     """The config file named by the settings, or one local model with default policy."""
     if settings.config is None:
         entry = ModelEntry(
-            settings.local_model, CompressionPolicy(), local_model=settings.local_model
+            settings.local_model,
+            CompressionPolicy(enabled=settings.compression),
+            local_model=settings.local_model,
         )
         return GatewayConfig(
             models={entry.name: entry},

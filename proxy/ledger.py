@@ -8,7 +8,9 @@ grouped by model and by kind of saving, each labeled measured or estimated.
 from __future__ import annotations
 
 import logging
+import math
 import queue
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -70,10 +72,60 @@ class LedgerRow:
     ts: float = field(default_factory=time.time)
 
 
-def default_url() -> str:
+MAX_INT = 2**62
+"""Token counts above this are not counts (SQL integers are 64-bit): clamped."""
+
+
+def _int(value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return max(-MAX_INT, min(MAX_INT, number))
+
+
+def _float(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def valid_row(row: LedgerRow) -> dict[str, Any]:
+    """The row as column values the database accepts: integers clamped to 64 bits,
+    non-finite numbers as NULL, strings cut to their column's length."""
+    d = asdict(row)
+    for name in (
+        "status",
+        "prompt_tokens_original",
+        "prompt_tokens_sent",
+        "completion_tokens",
+        "cot_tokens_saved_estimated",
+        "batch_tokens_saved",
+    ):
+        d[name] = _int(d[name])
+    for name in ("prompt_ratio", "cot_ratio", "cost_original", "cost_actual"):
+        d[name] = _float(d[name])
+    d["latency_ms"] = _float(d["latency_ms"]) or 0.0
+    d["ts"] = _float(d["ts"]) or time.time()
+    for name, size in (("request_id", 64), ("model", 200), ("backend", 32), ("cot_method", 16)):
+        d[name] = str(d[name])[:size]
+    if d["error"] is not None:
+        d["error"] = str(d["error"])[:2000]
+    d["stream"], d["tokens_estimated"] = bool(d["stream"]), bool(d["tokens_estimated"])
+    return d
+
+
+def default_url(host: str = "127.0.0.1", port: int = 8000) -> str:
+    """One SQLite file per gateway address, so two gateways never share a ledger unless
+    they are told to (a shared ``--ledger-url``)."""
     from tokenskip.models import cache_dir
 
-    path = cache_dir() / "ledger.sqlite"
+    safe = re.sub(r"[^\w.-]", "_", f"{host}-{port}")
+    path = cache_dir() / f"ledger-{safe}.sqlite"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
 
@@ -131,15 +183,49 @@ class Ledger:
                 except queue.Empty:
                     break
             if batch:
-                try:
-                    with self.engine.begin() as conn:
-                        conn.execute(requests_table.insert(), [asdict(r) for r in batch])
-                except Exception:  # never take the server down over accounting
-                    log.exception("ledger write of %d rows failed", len(batch))
+                self._write(batch)
             for event in events:
                 event.set()
             if stop:
                 return
+
+    def _write(self, batch: list[LedgerRow]) -> None:
+        """Insert a batch; if it fails, each row alone, so one bad row loses no other."""
+        values = [valid_row(r) for r in batch]
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(requests_table.insert(), values)
+            return
+        except Exception:  # never take the server down over accounting
+            log.warning("ledger batch of %d rows failed; writing them one by one", len(values))
+        for row, value in zip(batch, values):
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(requests_table.insert(), [value])
+            except Exception as exc:
+                log.error("ledger row of request %s rejected: %s", row.request_id, exc)
+                self._write_failed(row, exc)
+
+    def _write_failed(self, row: LedgerRow, exc: Exception) -> None:
+        """What is left of a row the database refused: who, when, what status, and why."""
+        bare = LedgerRow(
+            request_id=str(row.request_id)[:64],
+            model=str(row.model)[:200],
+            backend=str(row.backend)[:32],
+            status=row.status if isinstance(row.status, int) and 0 <= row.status < 1000 else 0,
+            stream=bool(row.stream),
+            latency_ms=0.0,
+            prompt_tokens_original=0,
+            prompt_tokens_sent=0,
+            completion_tokens=0,
+            error=f"accounting failed: {type(exc).__name__}"[:500],
+            ts=time.time(),
+        )
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(requests_table.insert(), [asdict(bare)])
+        except Exception:
+            log.exception("ledger could not record request %s at all", row.request_id)
 
     def rows(self, limit: int = 100) -> list[dict[str, Any]]:
         self.flush()

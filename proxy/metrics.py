@@ -12,8 +12,15 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "tokenskip_requests",
-            "Chat requests by model and HTTP status",
+            "API requests by model and HTTP status, refused ones (4xx) and failed ones (5xx) "
+            "included; model is '-' when the request named none that could be read",
             ["model", "status"],
+            registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "tokenskip_fallbacks",
+            "Requests answered by a fallback model after their own failed",
+            ["model", "fallback"],
             registry=self.registry,
         )
         self.latency = Histogram(

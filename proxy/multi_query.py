@@ -22,11 +22,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from proxy.errors import ProxyError
 from proxy.policy import BatchSettings
-from proxy.protocol import ChatCompletionRequest, ChatMessage, completion_id, now
+from proxy.protocol import ChatCompletionRequest, ChatMessage, completion_id, now, short
 from tokenskip.errors import InvalidInputError
 from tokenskip.multi_query import (
     Query,
@@ -48,10 +48,21 @@ RETRY_CONCURRENCY = 8
 
 
 class QueryItem(BaseModel):
+    """A query with the caller's own id, echoed back as given (a number or a string)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    id: int = Field(ge=0)
+    id: int | str = Field(description="the caller's id: a non-negative integer or a string")
     query: str = Field(min_length=1)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("an integer id must be >= 0")
+        if isinstance(v, str) and not 0 < len(v) <= 200:
+            raise ValueError("a string id must have 1 to 200 characters")
+        return v
 
 
 class MultiQueryRequest(BaseModel):
@@ -143,8 +154,10 @@ class MultiQuery:
         params: dict[str, Any],
         settings: BatchSettings | None = None,
         stop_loops: bool | None = None,
+        only_if_cheaper: bool = False,
     ) -> Merged | None:
-        """One call for all ``queries``; None when the merged prompt would not fit.
+        """One call for all ``queries``; None when the merged prompt would not fit (or, with
+        ``only_if_cheaper``, would send as many prompt tokens as one call per query).
         ``stop_loops`` (None: the model's ``batch.stop_loops``, on by default) streams the call
         and stops it once the answer being written loops."""
         if stop_loops is None:
@@ -166,6 +179,15 @@ class MultiQuery:
                 prompt_tokens,
                 max_tokens,
                 limit,
+            )
+            return None
+        if only_if_cheaper and prompt_tokens >= separate:
+            log.info(
+                "not merging %d queries: the merged prompt (%d tokens) costs no less than "
+                "one call per query (%d)",
+                len(queries),
+                prompt_tokens,
+                separate,
             )
             return None
         request = ChatCompletionRequest.model_validate(
@@ -218,16 +240,22 @@ class MultiQuery:
         if entry is None:
             raise ProxyError(
                 404,
-                f"The model '{body.model}' does not exist on this gateway",
+                f"The model '{short(body.model)}' does not exist on this gateway",
                 code="model_not_found",
                 param="model",
             )
+        # the prompt numbers the queries 1..N; the caller's own ids are echoed back
+        given = [q.id if isinstance(q, QueryItem) else i for i, q in enumerate(body.queries, 1)]
+        dupes = sorted({str(g) for g in given if given.count(g) > 1})
+        if dupes:
+            raise ProxyError(400, f"duplicate query ids: {dupes}", param="queries")
         try:
             queries = make_queries(
-                [q.model_dump() if isinstance(q, QueryItem) else q for q in body.queries]
+                [q.query if isinstance(q, QueryItem) else q for q in body.queries]
             )
         except InvalidInputError as exc:
             raise ProxyError(400, str(exc), param="queries") from None
+        client_id = {q.id: g for q, g in zip(queries, given)}
         context: str | list[dict[str, Any]]
         if isinstance(body.context, str):
             if not body.context.strip():
@@ -281,7 +309,7 @@ class MultiQuery:
             if merged is not None and q.id not in by_id:
                 answers.append(
                     {
-                        "id": q.id,
+                        "id": client_id[q.id],
                         "query": q.text,
                         "answer": merged.answers[q.id],
                         "source": "merged",
@@ -300,7 +328,7 @@ class MultiQuery:
             completion_tokens += result["usage"]["completion_tokens"]
             answers.append(
                 {
-                    "id": q.id,
+                    "id": client_id[q.id],
                     "query": q.text,
                     "answer": result["choices"][0]["message"]["content"],
                     "source": "single" if merged is None else "retried",
@@ -324,6 +352,15 @@ class MultiQuery:
                 "separate_prompt_tokens": separate,
                 "sent_prompt_tokens": counted,
                 "prompt_tokens_saved": separate - counted,
+                **(
+                    {
+                        "note": "the merged call sent more prompt tokens than one call per "
+                        "query would have: the context is too short for its merge instructions "
+                        "to pay off (transparent batching does not merge such requests)"
+                    }
+                    if separate - counted < 0
+                    else {}
+                ),
                 "calls_saved": len(queries) - calls,
                 "separate_counted": "prompt tokens of one call per query, counted with the "
                 "model's tokenizer and chat template (estimated when the tokenizer is not the model's own)",
@@ -331,7 +368,7 @@ class MultiQuery:
             "format": {
                 "merged": merged is not None,
                 "complete": bool(merged and not merged.missing),
-                "missing_ids": merged.missing if merged else [],
+                "missing_ids": [client_id[i] for i in merged.missing] if merged else [],
                 "problems": merged.problems[:10] if merged else [],
             },
             "latency_s": round(time.perf_counter() - started, 4),
@@ -461,6 +498,7 @@ class Batcher:
             answer_tokens=answer_tokens,
             params=group.params,
             settings=settings,
+            only_if_cheaper=True,
         )
         if merged is None:
             return None

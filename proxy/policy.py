@@ -12,7 +12,9 @@ from typing import Any
 from tokenskip.compress import check_ratio
 from tokenskip.scorers import SCORER_NAMES
 
-SERVED_SCORERS = ("heuristic", "self-info")
+SERVED_SCORERS = SCORER_NAMES
+MIN_RATIO = 0.01
+"""The smallest keep ratio a policy may hold (the request schema's bound too)."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,13 @@ class CompressionPolicy:
     cot_ratio: float | None = None
     """Keep ratio asked of the model's reasoning; None leaves the output alone."""
     scorer: str = "heuristic"
-    """Prompt scorer: ``heuristic`` (no model, fastest) or ``self-info`` (local LM)."""
+    """Prompt scorer: ``heuristic`` (no model, fastest), ``self-info`` (surprisal under a
+    causal LM: the embedded model, or ``scorer_model``) or ``classifier`` (a token
+    classifier directory in ``scorer_model``, e.g. one made by ``tokenskip train
+    classifier``)."""
+    scorer_model: str | None = None
+    """The model the scorer runs: any name ``tokenskip.models.load_model`` takes (for
+    ``self-info``; default the embedded model) or a classifier directory (``classifier``)."""
     cot_reference_tokens: int = 300
     """Typical reasoning length at γ = 1, from which an instruction's token budget derives."""
 
@@ -58,13 +66,19 @@ class CompressionPolicy:
                     check_ratio(value)
                 except ValueError as exc:
                     raise ValueError(f"{name}: {exc}") from None
+                if value < MIN_RATIO:
+                    raise ValueError(f"{name} must be at least {MIN_RATIO}, got {value!r}")
         for name in ("lossless", "guards", "cache_safe", "enabled"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.scorer not in SERVED_SCORERS:
             known = ", ".join(SERVED_SCORERS)
-            hint = " (the classifier scorer is not served)" if self.scorer in SCORER_NAMES else ""
-            raise ValueError(f"scorer must be one of {known}, got {self.scorer!r}{hint}")
+            raise ValueError(f"scorer must be one of {known}, got {self.scorer!r}")
+        if self.scorer == "classifier" and not self.scorer_model:
+            raise ValueError(
+                "scorer classifier needs scorer_model: a token-classifier directory "
+                "(tokenskip train classifier --out DIR)"
+            )
         if self.prompt_min_tokens < 0:
             raise ValueError(f"prompt_min_tokens must be >= 0, got {self.prompt_min_tokens}")
         if self.cot_reference_tokens <= 0:

@@ -13,6 +13,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+MIN_RATIO = 0.01
+"""The smallest keep ratio a request may ask for: below it a "ratio" is a typo, and its
+reciprocal (the CoT saving estimate) overflows."""
+MAX_NAME = 80
+"""Client-supplied names (models) are echoed in messages cut to this many characters."""
+
+
+def short(name: str) -> str:
+    """A client-supplied name for an error message, never longer than ``MAX_NAME``."""
+    return name if len(name) <= MAX_NAME else name[:MAX_NAME] + f"... ({len(name):,} characters)"
+
 
 class TokenskipOptions(BaseModel):
     """Per-request compression policy; any field left out falls back to the model's default."""
@@ -21,32 +32,70 @@ class TokenskipOptions(BaseModel):
 
     enabled: bool | None = Field(None, description="false turns every tokenskip transform off")
     prompt_ratio: float | None = Field(
-        None, gt=0, le=1, description="keep ratio for context (documents, passages)"
+        None, ge=MIN_RATIO, le=1, description="keep ratio for context (documents, passages)"
     )
     instruction_ratio: float | None = Field(
-        None, gt=0, le=1, description="keep ratio for system/developer instructions"
+        None, ge=MIN_RATIO, le=1, description="keep ratio for system/developer instructions"
     )
     tool_ratio: float | None = Field(
-        None, gt=0, le=1, description="keep ratio for tool outputs beyond lossless transforms"
+        None,
+        ge=MIN_RATIO,
+        le=1,
+        description="keep ratio for tool outputs beyond lossless transforms",
     )
     lossless: bool | None = Field(None, description="false skips the lossless transforms")
     guards: bool | None = Field(None, description="false turns the meaning guards off")
     cache_safe: bool | None = Field(
         None, description="false lets compression change content before a cache_control mark"
     )
-    cot_ratio: float | None = Field(None, gt=0, le=1, description="keep ratio for the reasoning")
-    scorer: Literal["heuristic", "self-info"] | None = Field(None, description="prompt scorer")
+    cot_ratio: float | None = Field(
+        None, ge=MIN_RATIO, le=1, description="keep ratio for the reasoning"
+    )
+    scorer: Literal["heuristic", "self-info", "classifier"] | None = Field(
+        None, description="prompt scorer"
+    )
     batch: bool | None = Field(
         None, description="false keeps this request out of transparent query batching"
     )
 
 
 class ChatMessage(BaseModel):
+    """One message; fields the gateway does not know (``tool_calls``, ``tool_call_id``,
+    ``refusal``, ``audio``...) are kept and forwarded as they came."""
+
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _parts(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            for i, part in enumerate(v):
+                kind = part.get("type")
+                if not isinstance(kind, str):
+                    raise ValueError(f"content[{i}] needs a string 'type' (text, image_url, ...)")
+                if kind == "text" and not isinstance(part.get("text"), str):
+                    raise ValueError(
+                        f"content[{i}] is a text part whose 'text' is "
+                        f"{type(part.get('text')).__name__}, not a string"
+                    )
+        return v
+
+    def missing_content(self) -> bool:
+        """True when the message has no content it needs (OpenAI answers that with 400)."""
+        if self.content is not None:
+            return False
+        extra = self.model_extra or {}
+        if self.role == "assistant":
+            # tool calls, a function call, a refusal or audio stand in for content
+            return (
+                not any(extra.get(k) for k in ("tool_calls", "function_call", "refusal", "audio"))
+                and "content" not in self.model_fields_set
+            )
+        return True
 
 
 class StreamOptions(BaseModel):
@@ -107,3 +156,94 @@ def error_body(
 ) -> dict[str, Any]:
     """OpenAI's error shape."""
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+# -- response models: what the OpenAPI document promises (bodies are built as dicts) ------
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape, used for every 4xx and 5xx."""
+
+    error: ErrorDetail
+
+
+class AssistantMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+
+
+class Choice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    index: int
+    message: AssistantMessage
+    finish_reason: str | None = None
+
+
+class Usage(BaseModel):
+    """OpenAI's usage, plus what the gateway counted (in the target model's tokenizer)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_original: int = Field(
+        description="prompt tokens the client's request would have cost: prompt_tokens + saved"
+    )
+    prompt_tokens_saved: int = Field(description="prompt tokens the compression removed")
+    tokens_estimated: bool = Field(
+        description="true when a count is the gateway's estimate, not the model's own"
+    )
+
+
+class ChatCompletionResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    tokenskip: dict[str, Any] = Field(
+        description="what the gateway did: compressed parts with their ratios, CoT method, "
+        "fallbacks"
+    )
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: str
+    models: list[str]
+
+
+class SavingsReport(BaseModel):
+    """Ledger totals over an optional window, by model and by kind of saving."""
+
+    model_config = ConfigDict(extra="allow")
+
+    window: dict[str, float | None]
+    totals: dict[str, Any]
+    by_model: list[dict[str, Any]]
+    by_kind: dict[str, Any]

@@ -29,13 +29,26 @@ from proxy.local.early_exit import early_exit_policy
 from proxy.local.speculative import speculative_settings
 from proxy.metrics import Metrics
 from proxy.prompt import PromptCompression, PromptSettings, compress_messages, message_texts
-from proxy.protocol import ChatCompletionRequest, completion_id, error_body, now
+from proxy.protocol import ChatCompletionRequest, completion_id, error_body, now, short
+from tokenskip.errors import TokenskipError
 from tokenskip.models import DEFAULT_MODEL, load_model, load_tokenizer
 from tokenskip.multi_query import TailCheck
-from tokenskip.scorers import CachedScorer, HeuristicScorer, SelfInfoScorer
+from tokenskip.scorers import CachedScorer, HeuristicScorer, SelfInfoScorer, TokenClassifierScorer
 from tokenskip.tokens import TextTokenizer
 
 log = logging.getLogger(__name__)
+
+LOCAL_UNSUPPORTED = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "logprobs",
+    "top_logprobs",
+    "parallel_tool_calls",
+    "response_format",
+)
+"""Request fields a local model cannot honour: refused by name rather than ignored."""
 
 
 @dataclass
@@ -66,6 +79,8 @@ class Prepared:
     """Input tokens a merged multi-query call saved against one call per query."""
     counting: Any = None
     """The savings count running beside the upstream call (an asyncio future), or None."""
+    fallbacks: list[str] = field(default_factory=list)
+    """``failed->next`` for every fallback taken, in order."""
 
     def headers(self, usage: dict[str, Any] | None = None) -> dict[str, str]:
         """Savings headers: from the final usage when known (non-streaming), else what is
@@ -74,6 +89,8 @@ class Prepared:
             "x-tokenskip-cot-method": self.cot_method,
             "x-tokenskip-tokens-estimated": str(not self.exact).lower(),
         }
+        if self.fallbacks:
+            h["x-tokenskip-fallback"] = ",".join(self.fallbacks)
         if self.prompt is None or self.prompt.counted:
             # a stream starts before a large part is counted: its final usage chunk says
             h["x-tokenskip-prompt-tokens-saved"] = str(
@@ -171,26 +188,42 @@ class ChatService:
             )
         return found
 
-    def scorer(self, name: str, counter: Counter) -> Any:
-        key = (name, counter.tokenizer.name)
+    def scorer(self, name: str, counter: Counter, model: str | None = None) -> Any:
+        key = (name, counter.tokenizer.name, model or "")
         found = self._scorers.get(key)
         if found is not None:
             return found
         with self._lazy_lock:
-            return self._scorer_locked(name, counter, key)
+            return self._scorer_locked(name, counter, model, key)
 
-    def _scorer_locked(self, name: str, counter: Counter, key: tuple[str, str]) -> Any:
+    def _scorer_locked(
+        self, name: str, counter: Counter, model: str | None, key: tuple[str, str, str]
+    ) -> Any:
         found = self._scorers.get(key)
         if found is None:
-            if name == "heuristic":
-                found = CachedScorer(HeuristicScorer(counter.tokenizer))
-            else:
-                if self._self_info_lm is None:
-                    self._self_info_lm = load_model(DEFAULT_MODEL).model
-                lm_tokenizer = self.counter_for_model(DEFAULT_MODEL)
-                found = CachedScorer(SelfInfoScorer(self._self_info_lm, lm_tokenizer))
+            try:
+                found = self._build_scorer(name, counter, model)
+            except (TokenskipError, OSError) as exc:
+                raise ProxyError(
+                    400, f"tokenskip: the {name} scorer cannot be loaded: {exc}", param="tokenskip"
+                ) from None
             self._scorers[key] = found
         return found
+
+    def _build_scorer(self, name: str, counter: Counter, model: str | None) -> Any:
+        if name == "heuristic":
+            return CachedScorer(HeuristicScorer(counter.tokenizer))
+        if name == "classifier":
+            return CachedScorer(TokenClassifierScorer.from_pretrained(model))
+        if model and model != DEFAULT_MODEL:
+            loaded = load_model(model)
+            return CachedScorer(
+                SelfInfoScorer(loaded.model, TextTokenizer(loaded.tokenizer, model))
+            )
+        if self._self_info_lm is None:
+            self._self_info_lm = load_model(DEFAULT_MODEL).model
+        lm_tokenizer = self.counter_for_model(DEFAULT_MODEL)
+        return CachedScorer(SelfInfoScorer(self._self_info_lm, lm_tokenizer))
 
     def counter_for_model(self, name: str) -> TextTokenizer:
         for c in self._counters.values():
@@ -212,6 +245,21 @@ class ChatService:
         self.metrics.upstream_errors.labels(entry.name, exc.code or str(exc.status)).inc()
         return exc.status >= 500 or exc.status == 429
 
+    def _fell_back(
+        self, p: Prepared, failed: ModelEntry, nxt: ModelEntry, exc: BackendError
+    ) -> None:
+        """A fallback is never silent: logged, counted, and named in a response header."""
+        log.warning(
+            "request %s: model %s failed (%s %s); falling back to %s",
+            p.request_id,
+            failed.name,
+            exc.status,
+            exc.code or exc.message[:120],
+            nxt.name,
+        )
+        p.fallbacks.append(f"{failed.name}->{nxt.name}")
+        self.metrics.fallbacks.labels(p.entry.name, nxt.name).inc()
+
     def delimiter(self, entry: ModelEntry) -> str | None:
         if entry.is_local:
             return self.local.models[entry.name].delimiter or entry.delimiter
@@ -223,10 +271,37 @@ class ChatService:
         if entry is None:
             raise ProxyError(
                 404,
-                f"The model '{request.model}' does not exist on this gateway; GET /v1/models lists the served models",
+                f"The model '{short(request.model)}' does not exist on this gateway; GET "
+                "/v1/models lists the served models",
                 code="model_not_found",
                 param="model",
             )
+        for i, m in enumerate(request.messages):
+            if m.missing_content():
+                raise ProxyError(
+                    400,
+                    f"messages[{i}] ({m.role}) has no content; give a string or a list of "
+                    "content parts",
+                    param=f"messages[{i}].content",
+                    code="missing_content",
+                )
+        if entry.is_local:
+            params = request.upstream_params()
+            unsupported = [
+                k
+                for k in LOCAL_UNSUPPORTED
+                if params.get(k) not in (None, False, [], "none")
+                and not (k == "response_format" and (params[k] or {}).get("type") == "text")
+            ]
+            if unsupported:
+                raise ProxyError(
+                    400,
+                    f"the local model '{entry.name}' cannot take {', '.join(unsupported)} "
+                    "(it does not call tools or return log-probabilities); route the request to "
+                    "a model that does, or leave these fields out",
+                    param=unsupported[0],
+                    code="unsupported_parameter",
+                )
         overrides = (
             request.tokenskip.model_dump(exclude_none=True, exclude={"batch"})
             if request.tokenskip
@@ -242,7 +317,11 @@ class ChatService:
         prompt_ratio = policy.prompt_ratio if policy.compresses_prompt else None
         if policy.compresses_prompt:
             t0 = time.perf_counter()
-            scorer = self.scorer(policy.scorer, counter) if policy.drops_words else None
+            scorer = (
+                self.scorer(policy.scorer, counter, policy.scorer_model)
+                if policy.drops_words
+                else None
+            )
             prompt = compress_messages(
                 messages,
                 PromptSettings(
@@ -334,6 +413,21 @@ class ChatService:
         usage: dict[str, Any] | None,
         error: str | None = None,
     ) -> None:
+        """One ledger row and the metrics for a request; a failure here is logged and
+        never reaches the client's response."""
+        try:
+            self._record(p, status, stream, usage, error)
+        except Exception:  # noqa: BLE001 - accounting must not break an answer
+            log.exception("accounting of request %s failed", p.request_id)
+
+    def _record(
+        self,
+        p: Prepared,
+        status: int,
+        stream: bool,
+        usage: dict[str, Any] | None,
+        error: str | None,
+    ) -> None:
         latency = time.perf_counter() - p.started
         model = p.entry.name
         usage = usage or {
@@ -345,7 +439,7 @@ class ChatService:
         sent, completion = usage["prompt_tokens"], usage["completion_tokens"]
         saved = usage["prompt_tokens_saved"]
         cot_saved = (
-            round(completion / p.cot_ratio - completion)
+            round(min(completion / p.cot_ratio, 1e12) - completion)
             if p.cot_ratio and p.cot_method != "none" and status < 400
             else 0
         )
@@ -389,6 +483,25 @@ class ChatService:
         m.saved.labels(model, "cot_compression").inc(cot_saved)
         m.saved.labels(model, "query_batching").inc(batch_saved)
 
+    def record_refusal(self, model: str | None, status: int, message: str) -> None:
+        """Ledger row and metric for a request that never reached a model."""
+        name = short(model) if isinstance(model, str) and model else "-"
+        self.ledger.record(
+            LedgerRow(
+                request_id=completion_id(),
+                model=name,
+                backend="-",
+                status=status,
+                stream=False,
+                latency_ms=0.0,
+                prompt_tokens_original=0,
+                prompt_tokens_sent=0,
+                completion_tokens=0,
+                error=message[:500],
+            )
+        )
+        self.metrics.requests.labels(name, str(status)).inc()
+
     def _tokenskip_info(self, p: Prepared) -> dict[str, Any]:
         parts = p.prompt.parts if p.prompt else []
         return {
@@ -398,6 +511,7 @@ class ChatService:
             "compressed": [part.to_dict() for part in parts],
             "cot_ratio": p.cot_ratio,
             "cot_method": p.cot_method,
+            "fallbacks": list(p.fallbacks),
         }
 
     async def complete(self, p: Prepared) -> dict[str, Any]:
@@ -409,16 +523,17 @@ class ChatService:
                 break
             except BackendError as exc:
                 if self._upstream_failed(entry, exc) and i + 1 < len(chain):
+                    self._fell_back(p, entry, chain[i + 1], exc)
                     continue
                 self._account(p, exc.status, False, None, exc.message)
-                raise ProxyError(exc.status, exc.message, exc.type, exc.code) from None
+                raise _accounted(ProxyError(exc.status, exc.message, exc.type, exc.code)) from None
             except asyncio.CancelledError:
                 self._account(p, 499, False, None, "client disconnected")
                 raise
         await self.settle(p)
         usage = self._usage(p, result.prompt_tokens, result.completion_tokens, result.text)
         self._account(p, 200, False, usage)
-        return self._completion(p, result.text, result.finish_reason, usage)
+        return self._completion(p, result.text, result.finish_reason, usage, result.raw)
 
     async def complete_watched(
         self,
@@ -441,9 +556,9 @@ class ChatService:
         status, usage, error = 499, None, "client disconnected"
         try:
             async with contextlib.aclosing(self._pieces(p, end)) as pieces:
-                async for piece in pieces:
-                    parts.append(piece)
-                    if watch.feed(piece):
+                async for delta in pieces:
+                    parts.append(delta.text)
+                    if watch.feed(delta.text):
                         stopped = True
                         break
             text = "".join(parts)
@@ -462,7 +577,7 @@ class ChatService:
             return self._completion(p, text, last.finish_reason if last else "stopped", usage)
         except BackendError as exc:
             status, error = exc.status, exc.message
-            raise ProxyError(exc.status, exc.message, exc.type, exc.code) from None
+            raise _accounted(ProxyError(exc.status, exc.message, exc.type, exc.code)) from None
         except Exception as exc:
             status, error = 500, f"{type(exc).__name__}: {exc}"
             raise
@@ -470,8 +585,22 @@ class ChatService:
             self._account(p, status, True, usage, error)
 
     def _completion(
-        self, p: Prepared, text: str, finish_reason: str, usage: dict[str, Any]
+        self,
+        p: Prepared,
+        text: str,
+        finish_reason: str,
+        usage: dict[str, Any],
+        raw: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        if raw is not None:
+            # The upstream's body as it came (tool calls, logprobs, refusal, audio,
+            # system_fingerprint, service_tier, usage details...); the gateway only names the
+            # model it was asked for and adds its own accounting.
+            body = dict(raw)
+            body["model"] = (p.served or p.entry).name
+            body["usage"] = {**(raw.get("usage") or {}), **usage}
+            body["tokenskip"] = self._tokenskip_info(p)
+            return body
         return {
             "id": p.request_id,
             "object": "chat.completion",
@@ -504,64 +633,98 @@ class ChatService:
             except BackendError as exc:
                 if not self._upstream_failed(entry, exc) or started or i + 1 == len(chain):
                     raise
+                self._fell_back(p, entry, chain[i + 1], exc)
 
-    async def _pieces(self, p: Prepared, end: list[Delta]) -> AsyncIterator[str]:
-        """The backend's text, piece by piece; the finishing delta is put in ``end``."""
+    async def _pieces(self, p: Prepared, end: list[Delta]) -> AsyncIterator[Delta]:
+        """The backend's deltas up to the finishing one, which is put in ``end``."""
         async with contextlib.aclosing(self._deltas(p)) as deltas:
             async for delta in deltas:
                 if delta.finish_reason is not None:
                     end.append(delta)
                     return
-                yield delta.text
+                yield delta
 
     async def stream(self, p: Prepared, include_usage: bool) -> AsyncIterator[str]:
-        """SSE lines: a role chunk, content chunks, a finish chunk, optional usage, [DONE]."""
+        """SSE lines. From an OpenAI-protocol upstream its chunks are forwarded as they came
+        (tool-call deltas, logprobs, refusals...); a local model's are built here: a role
+        chunk, content chunks, a finish chunk. Then the usage chunk if asked, and [DONE]."""
         created = now()
+        name = (p.served or p.entry).name
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
             body = {
                 "id": p.request_id,
                 "object": "chat.completion.chunk",
                 "created": created,
-                "model": p.entry.name,
+                "model": name,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             }
             return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
         parts: list[str] = []
         status, usage, error = 499, None, "client disconnected"
+        passthrough = False
         try:
-            yield chunk({"role": "assistant", "content": ""})
             end: list[Delta] = []
             # aclosing: if the client leaves, the backend stream is closed (and cancelled) now.
             async with contextlib.aclosing(self._pieces(p, end)) as pieces:
-                async for text in pieces:
-                    parts.append(text)
-                    yield chunk({"content": text})
+                first = True
+                async for delta in pieces:
+                    if first:
+                        passthrough, first = delta.raw is not None, False
+                        if not passthrough:
+                            yield chunk({"role": "assistant", "content": ""})
+                    parts.append(delta.text)
+                    if passthrough and delta.raw is not None:
+                        body = {**delta.raw, "model": (p.served or p.entry).name}
+                        yield f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+                    elif delta.text:
+                        yield chunk({"content": delta.text})
+                if first and end and end[0].raw is None:
+                    yield chunk({"role": "assistant", "content": ""})
             if not end:
                 raise _incomplete()
             last = end[0]
             await self.settle(p)
             usage = self._usage(p, last.prompt_tokens, last.completion_tokens, "".join(parts))
-            yield chunk({}, last.finish_reason)
+            if not passthrough:
+                yield chunk({}, last.finish_reason)
             if include_usage:
+                upstream = last.raw or {}
                 body = {
-                    "id": p.request_id,
+                    "id": upstream.get("id", p.request_id),
                     "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": p.entry.name,
+                    "created": upstream.get("created", created),
+                    **upstream,
+                    "model": (p.served or p.entry).name,
                     "choices": [],
-                    "usage": usage,
+                    "usage": {**(upstream.get("usage") or {}), **usage},
                     "tokenskip": self._tokenskip_info(p),
                 }
-                yield f"data: {json.dumps(body)}\n\n"
+                yield f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
             yield "data: [DONE]\n\n"
             status, error = 200, None
         except BackendError as exc:
             status, error = exc.status, exc.message
             yield f"data: {json.dumps(error_body(exc.message, exc.type, exc.code))}\n\n"
+            yield "data: [DONE]\n\n"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a stream ends cleanly whatever happened
+            log.exception("stream of request %s failed", p.request_id)
+            status, error = 500, f"{type(exc).__name__}: {exc}"
+            body = error_body(
+                f"internal error: {type(exc).__name__}", "server_error", "internal_error"
+            )
+            yield f"data: {json.dumps(body)}\n\n"
+            yield "data: [DONE]\n\n"
         finally:
             self._account(p, status, True, usage, error)
+
+
+def _accounted(error: ProxyError) -> ProxyError:
+    error.accounted = True
+    return error
 
 
 def _incomplete() -> BackendError:

@@ -30,6 +30,9 @@ class Completion:
     completion_tokens: int | None
     model: str
     extra: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] | None = None
+    """The upstream's whole response body (OpenAI protocol), passed through to the client
+    with only usage extended; None for backends that build their own (local models)."""
 
 
 @dataclass
@@ -40,6 +43,9 @@ class Delta:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    raw: dict[str, Any] | None = None
+    """The upstream's chunk as it came (OpenAI protocol), forwarded to the client as is; on
+    the finishing delta, the upstream's usage chunk if it sent one."""
 
 
 class Backend(Protocol):

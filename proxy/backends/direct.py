@@ -221,6 +221,7 @@ class DirectBackend:
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
             model=data.get("model") or model,
+            raw=data,
         )
 
     async def stream(
@@ -235,7 +236,7 @@ class DirectBackend:
             "stream_options": {"include_usage": True},
         }
         response = await self._send(d, body, stream=True)
-        finish = prompt_tokens = completion_tokens = None
+        finish = prompt_tokens = completion_tokens = usage_chunk = None
         try:
             async for raw in response.content:
                 line = raw.decode("utf-8").strip()
@@ -256,10 +257,13 @@ class DirectBackend:
                         usage.get("prompt_tokens"),
                         usage.get("completion_tokens"),
                     )
-                for choice in chunk.get("choices") or []:
-                    text = (choice.get("delta") or {}).get("content")
-                    if text:
-                        yield Delta(text=text)
+                choices = chunk.get("choices") or []
+                if not choices:
+                    usage_chunk = chunk if usage else usage_chunk
+                    continue
+                text = "".join((c.get("delta") or {}).get("content") or "" for c in choices)
+                yield Delta(text=text, raw=chunk)
+                for choice in choices:
                     if choice.get("finish_reason"):
                         finish = choice["finish_reason"]
         except TRANSPORT_ERRORS as exc:
@@ -285,4 +289,5 @@ class DirectBackend:
                 finish_reason=finish,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
+                raw=usage_chunk,
             )

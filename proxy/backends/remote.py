@@ -105,6 +105,7 @@ class RemoteBackend:
             prompt_tokens=getattr(usage, "prompt_tokens", None),
             completion_tokens=getattr(usage, "completion_tokens", None),
             model=getattr(response, "model", None) or model,
+            raw=_plain(response),
         )
 
     async def stream(
@@ -119,15 +120,17 @@ class RemoteBackend:
                 **params,
             )
             finish_reason = None
-            prompt_tokens = completion_tokens = None
+            prompt_tokens = completion_tokens = usage_chunk = None
             async for chunk in response:
                 usage = getattr(chunk, "usage", None)
                 if usage is not None and getattr(usage, "prompt_tokens", None) is not None:
                     prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
-                for choice in chunk.choices or []:
-                    text = getattr(choice.delta, "content", None)
-                    if text:
-                        yield Delta(text=text)
+                if _usage_only(chunk):
+                    usage_chunk = _plain(chunk) if usage is not None else usage_chunk
+                    continue
+                text = "".join(getattr(c.delta, "content", None) or "" for c in chunk.choices)
+                yield Delta(text=text, raw=_plain(chunk))
+                for choice in chunk.choices:
                     if choice.finish_reason:
                         finish_reason = choice.finish_reason
         except BackendError:
@@ -139,4 +142,29 @@ class RemoteBackend:
                 finish_reason=finish_reason,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
+                raw=usage_chunk,
             )
+
+
+def _usage_only(chunk: Any) -> bool:
+    """A chunk that carries nothing but usage (litellm gives it an empty delta choice)."""
+    for choice in chunk.choices or []:
+        delta = choice.delta
+        if (
+            choice.finish_reason
+            or getattr(delta, "content", None)
+            or getattr(delta, "tool_calls", None)
+        ):
+            return False
+        if getattr(delta, "role", None) or getattr(delta, "function_call", None):
+            return False
+    return getattr(chunk, "usage", None) is not None or not chunk.choices
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    """A litellm response object as the OpenAI-shaped dict it stands for (its unset fields
+    left out, so a field the provider did not send is not invented)."""
+    data = obj.model_dump(exclude_none=True) if hasattr(obj, "model_dump") else dict(obj)
+    data.pop("_hidden_params", None)
+    data.pop("_response_headers", None)
+    return data

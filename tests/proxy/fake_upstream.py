@@ -24,6 +24,10 @@ behaviour (litellm strips the provider prefix, so `openai/ok` arrives as `ok`):
              (a sum counting up) for LOOP_SENTENCES sentences without ever closing; streamed
              slowly (LOOP_PIECE_S per piece), so a client that stops reading is seen.
     multi_drop      like multi, but a streamed multi-query reply is cut like drop's.
+    rich     an agent's answer: two parallel tool calls (finish_reason "tool_calls"), a
+             refusal field, logprobs when asked, system_fingerprint, service_tier and usage
+             details; streamed as OpenAI streams tool calls (id and name first, then the
+             arguments in fragments, by index). RICH_* below are what it sends.
     other    HTTP 404, code "model_not_found".
 
 GET /_calls -> {"total", "by_model", "last_body", "last_auth", "pieces_streamed"} (content
@@ -62,7 +66,40 @@ MODELS = (
     "multi_partial",
     "multi_loop",
     "multi_drop",
+    "rich",
 )
+RICH_TOOL_CALLS = [
+    {
+        "id": "call_weather_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Oslo", "unit": "celsius"}'},
+    },
+    {
+        "id": "call_time_2",
+        "type": "function",
+        "function": {"name": "get_time", "arguments": '{"tz": "Europe/Oslo"}'},
+    },
+]
+RICH_LOGPROBS = {
+    "content": [
+        {"token": "Hi", "logprob": -0.25, "bytes": [72, 105], "top_logprobs": []},
+        {"token": "!", "logprob": -1.5, "bytes": [33], "top_logprobs": []},
+    ],
+    "refusal": None,
+}
+RICH_USAGE = {
+    "prompt_tokens": 31,
+    "completion_tokens": 17,
+    "total_tokens": 48,
+    "prompt_tokens_details": {"cached_tokens": 16, "audio_tokens": 0},
+    "completion_tokens_details": {
+        "reasoning_tokens": 5,
+        "audio_tokens": 0,
+        "accepted_prediction_tokens": 0,
+        "rejected_prediction_tokens": 0,
+    },
+}
+RICH_EXTRA = {"system_fingerprint": "fp_fake_42", "service_tier": "default"}
 
 
 class UpstreamDropped(RuntimeError):
@@ -123,6 +160,80 @@ def multi_answer(model: str, messages: list[dict[str, Any]], single: str) -> str
         return f'<answers>{first[:-1]}, {{"id": {queries[1][0]}, "answer": "{loop}'
     items = [{"id": int(i), "answer": "echo: " + text} for i, text in reversed(queries)]
     return "<answers>" + json.dumps(items) + "</answers>"
+
+
+def rich_answer(body: dict[str, Any], stream: bool) -> Any:
+    """The `rich` model's reply (see the module docstring)."""
+    completion_id, created = "chatcmpl-rich-0001", 1_700_000_000
+    logprobs = RICH_LOGPROBS if body.get("logprobs") else None
+    if not stream:
+        return {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": "rich",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": RICH_TOOL_CALLS,
+                        "refusal": None,
+                        "annotations": [],
+                    },
+                    "logprobs": logprobs,
+                    "finish_reason": "tool_calls",
+                }
+            ],
+            "usage": RICH_USAGE,
+            **RICH_EXTRA,
+        }
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, lp: Any = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        if logprobs is not None:
+            choice["logprobs"] = lp
+        return sse(
+            {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": "rich",
+                "choices": [choice],
+                **RICH_EXTRA,
+            }
+        )
+
+    async def events() -> AsyncIterator[bytes]:
+        yield chunk({"role": "assistant", "content": None, "refusal": None})
+        for index, call in enumerate(RICH_TOOL_CALLS):
+            head = {"index": index, "id": call["id"], "type": "function"}
+            head["function"] = {"name": call["function"]["name"], "arguments": ""}
+            yield chunk({"tool_calls": [head]})
+            args = call["function"]["arguments"]
+            for piece in (args[: len(args) // 2], args[len(args) // 2 :]):
+                yield chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+        if logprobs is not None:
+            # as OpenAI sends them: beside the content they are the log-probabilities of
+            yield chunk({"content": "Hi!"}, None, {"content": logprobs["content"], "refusal": None})
+        yield chunk({}, "tool_calls")
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            yield sse(
+                {
+                    "id": completion_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": "rich",
+                    "choices": [],
+                    "usage": RICH_USAGE,
+                    **RICH_EXTRA,
+                }
+            )
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
 
 
 def stream_pieces(answer: str) -> list[str]:
@@ -223,6 +334,8 @@ def make_upstream_app(api_key: str | None = None) -> FastAPI:
         elif model == "slow":
             await asyncio.sleep(SLOW_S)
 
+        if model == "rich":
+            return rich_answer(body, stream)
         answer, usage = echo_answer(body["messages"])
         if model.startswith("multi"):
             answer = multi_answer(model, body["messages"], answer)

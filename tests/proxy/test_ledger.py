@@ -54,3 +54,23 @@ def test_ledger_survives_a_restart(tmp_path):
 def test_an_unusable_url_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="cannot open the ledger"):
         Ledger("notadb://x")
+
+
+def test_each_gateway_address_gets_its_own_ledger_by_default(tmp_path, monkeypatch):
+    from proxy.ledger import default_url
+
+    monkeypatch.setenv("TOKENSKIP_CACHE_DIR", str(tmp_path))
+    a, b = default_url("127.0.0.1", 8000), default_url("127.0.0.1", 8001)
+    assert a != b and a.endswith("ledger-127.0.0.1-8000.sqlite")
+    assert default_url("::1", 9000).endswith("ledger-__1-9000.sqlite")
+
+
+def test_overflowing_and_non_finite_values_are_clamped_not_lost(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    ledger.record(row("a", 10**40, 5, cost_actual=float("inf"), cot_ratio=float("nan")))
+    ledger.record(row("a", 10, 5))
+    rows = ledger.rows()
+    ledger.close()
+    assert len(rows) == 2
+    big = next(r for r in rows if r["prompt_tokens_original"] > 10)
+    assert big["prompt_tokens_original"] == 2**62 and big["cost_actual"] is None

@@ -329,3 +329,17 @@ def test_a_lone_request_is_served_normally_after_the_window(proxy, upstream):
     [(text, batched)] = ask_concurrently(proxy, "mq", QUESTIONS[:1])
     assert text == f"echo: {QUESTIONS[0]}" and batched is None
     assert calls(upstream) == {"multi": 1}
+
+
+def test_string_and_integer_ids_are_echoed_as_given(proxy, upstream):
+    queries = [{"id": "q-alpha", "query": "A?"}, {"id": 7, "query": "B?"}, "C?"]
+    body = multi_query(proxy, model="mq", context=CONTEXT, queries=queries).json()
+    assert [a["id"] for a in body["answers"]] == ["q-alpha", 7, 3]
+    assert [a["answer"] for a in body["answers"]] == ["echo: A?", "echo: B?", "echo: C?"]
+
+
+def test_a_merge_costlier_than_singles_says_why(proxy, upstream):
+    body = multi_query(proxy, model="mq", context="Hi.", queries=["A?", "B?"]).json()
+    s = body["savings"]
+    assert s["prompt_tokens_saved"] < 0
+    assert "more prompt tokens than one call per query" in s["note"]

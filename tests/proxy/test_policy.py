@@ -20,7 +20,8 @@ def test_disabled_turns_everything_off():
     [
         ({"prompt_ratio": 0}, "prompt_ratio"),
         ({"cot_ratio": 1.5}, "cot_ratio"),
-        ({"scorer": "classifier"}, "not served"),
+        ({"scorer": "classifier"}, "needs scorer_model"),
+        ({"scorer": "nope"}, "scorer must be one of"),
         ({"scorer": "magic"}, "scorer must be"),
         ({"prompt_min_tokens": -1}, "prompt_min_tokens"),
         ({"bogus": 1}, "unknown tokenskip policy keys"),
