@@ -71,12 +71,15 @@ class LocalGenerator:
         batch_size: int = 8,
         frequency_penalty: float = 0.0,
         presence_penalty: float = 0.0,
+        dtype: str = "float32",
     ):
+        import torch
+
         from proxy.local.engine import Engine
         from proxy.local.runner import Runner
         from tokenskip.models import load_model
 
-        loaded = load_model(model_name)
+        loaded = load_model(model_name, dtype=getattr(torch, dtype))
         self.tokenizer = loaded.tokenizer
         adapters = {"eval": adapter} if adapter else {}
         self.engine = Engine(Runner(loaded.model, loaded.tokenizer, adapters), max_batch=batch_size)

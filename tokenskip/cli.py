@@ -106,6 +106,13 @@ def add_compress_parser(subparsers: Any) -> None:
         help="model to score with instead of --model (required for --scorer classifier)",
     )
     p.add_argument(
+        "--question",
+        default=None,
+        metavar="TEXT",
+        help="with --scorer self-info: score conditioned on this question (LongLLMLingua's "
+        "contrastive form), so what the question is about is kept first",
+    )
+    p.add_argument(
         "--cot",
         action="store_true",
         help="treat the input as a reasoning answer: compress only the reasoning, keep the final answer",
@@ -208,6 +215,12 @@ def run_compress(args: argparse.Namespace) -> int:
         scorer_model=args.scorer_model,
         allow_download=args.allow_download,
     )
+    if args.question is not None:
+        if args.scorer != "self-info":
+            raise InvalidInputError("--question needs --scorer self-info")
+        if not args.question.strip():
+            raise InvalidInputError("--question is empty")
+        scorer = scorer.conditioned(args.question)
     guards = _guards(args)
     if args.cot:
         result = compress_cot(
@@ -272,6 +285,19 @@ def add_serve_parser(subparsers: Any) -> None:
         help="SQLAlchemy URL of the savings ledger (default: SQLite in the cache dir)",
     )
     p.add_argument(
+        "--no-compression",
+        action="store_true",
+        help="turn every prompt and output transform off: requests pass through untouched "
+        "and are still accounted (env: TOKENSKIP_COMPRESSION=false)",
+    )
+    p.add_argument(
+        "--keep-alive",
+        type=positive(float),
+        default=None,
+        metavar="SECONDS",
+        help="idle keep-alive timeout (default: 75; env: TOKENSKIP_KEEP_ALIVE_S)",
+    )
+    p.add_argument(
         "--log-level",
         default="info",
         choices=["critical", "error", "warning", "info", "debug"],
@@ -294,6 +320,10 @@ def run_serve(args: argparse.Namespace) -> int:
         os.environ["TOKENSKIP_API_KEYS"] = ",".join(args.api_key)
     if args.ledger_url is not None:
         os.environ["TOKENSKIP_LEDGER_URL"] = args.ledger_url
+    if args.no_compression:
+        os.environ["TOKENSKIP_COMPRESSION"] = "false"
+    if args.keep_alive is not None:
+        os.environ["TOKENSKIP_KEEP_ALIVE_S"] = str(args.keep_alive)
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
     import uvicorn
@@ -305,6 +335,7 @@ def run_serve(args: argparse.Namespace) -> int:
         load_config(settings)  # fail here, with one line, rather than inside a worker
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
+    _check_port(settings.host, settings.port)
     uvicorn.run(
         "proxy.app:create_app",
         factory=True,
@@ -312,8 +343,25 @@ def run_serve(args: argparse.Namespace) -> int:
         port=settings.port,
         workers=args.workers,
         log_level=args.log_level,
+        timeout_keep_alive=settings.keep_alive_s,
     )
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """One clear line for a busy port, before any model loads."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise InvalidInputError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); pick another port with "
+                f'--port N (make serve ARGS="--port N")'
+            ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

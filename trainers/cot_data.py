@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from evaluation import gsm8k
-from evaluation.run import progress_bar
+from evaluation.run import portable_path, progress_bar
 from tokenskip.compress import check_ratio
 from tokenskip.errors import InvalidInputError
 
@@ -190,7 +190,7 @@ def collect_cots(
     return {
         "file": str(out),
         "source": config.source,
-        "dataset": dataset.source,
+        "dataset": portable_path(dataset.source),
         "dataset_sha256": dataset.sha256,
         "problems": len(records),
         "kept": len(kept),

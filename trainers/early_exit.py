@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation import gsm8k
+from evaluation.run import portable_path
 from tokenskip.errors import InvalidInputError
 from trainers.cot_data import JsonlWriter, example_completion
 from trainers.runs import (
@@ -91,7 +92,7 @@ def build_examples(config: EarlyExitTrainConfig, hf: Any) -> dict[str, Any]:
     tmp.replace(out)
     return {
         "file": str(out),
-        "source": dataset.source,
+        "source": portable_path(dataset.source),
         "examples": len(dataset.problems),
         "skipped_records": list(dataset.skipped),
     }

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from evaluation import gsm8k
-from evaluation.run import progress_bar
+from evaluation.run import portable_path, progress_bar
 from tokenskip.errors import InvalidInputError
 from tokenskip.multi_query import build_messages, format_answers, make_queries, single_messages
 from trainers.cot_data import JsonlWriter, example_completion, read_jsonl
@@ -190,7 +190,7 @@ def build_groups(config: QueryOptConfig, *, progress: bool = True) -> dict[str, 
                     "indices": [p.index for p in picked],
                 }
             )
-        skipped, source = list(dataset.skipped), dataset.source
+        skipped, source = list(dataset.skipped), portable_path(dataset.source)
     tmp = out.with_suffix(".tmp")
     with JsonlWriter(tmp) as writer:
         for g in groups:

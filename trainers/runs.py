@@ -27,9 +27,12 @@ def claim_run_dir(out_dir: str, config: dict[str, Any]) -> None:
         # existed still resumes
         theirs, ours = _set_only(json.loads(marker.read_text())), _set_only(mine)
         if theirs != ours:
-            fields = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+            fields = ", ".join(
+                f"{path} ({_show(a)} there, {_show(b)} now)"
+                for path, a, b in _differences(theirs, ours)
+            )
             raise InvalidInputError(
-                f"{out} holds a different run (differs in: {', '.join(fields)}); "
+                f"{out} holds a different run (differs in: {fields}); "
                 "rerun with the same settings to resume, or pick another --out"
             )
         return
@@ -39,6 +42,22 @@ def claim_run_dir(out_dir: str, config: dict[str, Any]) -> None:
         )
     out.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(mine, indent=2) + "\n")
+
+
+def _differences(theirs: Any, ours: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """Every leaf field that differs, by its dotted path (``train.learning_rate``)."""
+    if isinstance(theirs, dict) and isinstance(ours, dict):
+        out = []
+        for key in sorted(set(theirs) | set(ours)):
+            where = f"{path}.{key}" if path else key
+            out.extend(_differences(theirs.get(key), ours.get(key), where))
+        return out
+    return [] if theirs == ours else [(path, theirs, ours)]
+
+
+def _show(value: Any) -> str:
+    text = "unset" if value is None else json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _set_only(value: Any) -> Any:

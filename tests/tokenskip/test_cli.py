@@ -355,3 +355,36 @@ def test_lossless_transforms_run_first_and_can_be_skipped(cli):
     assert expand_tables(payload["text"]) == rows
     code, out, err = cli("compress", "--ratio", "0.9", "--no-lossless", "--json", stdin=data)
     assert json.loads(out)["transforms"] == []
+
+
+def test_a_busy_port_is_one_line_naming_the_flag(cli):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, out, err = cli("serve", "--port", str(port))
+    assert code == 2
+    assert err.count("\n") == 1 and "--port N" in err and str(port) in err
+
+
+def test_question_needs_the_self_info_scorer(cli):
+    code, _, err = cli("compress", "--ratio", "0.5", "--question", "What?", stdin=POLICY.encode())
+    assert code == 2 and "--scorer self-info" in err
+
+
+def test_question_aware_compression_runs(cli):
+    code, out, err = cli(
+        "compress",
+        "--ratio",
+        "0.7",
+        "--scorer",
+        "self-info",
+        "--question",
+        "How are refunds sent?",
+        "--json",
+        stdin=POLICY.encode(),
+    )
+    assert code == 0, err
+    assert "not by email" in json.loads(out)["text"]

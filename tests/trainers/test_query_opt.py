@@ -167,5 +167,11 @@ def test_a_run_made_before_a_setting_existed_still_resumes(tmp_path):
 
     claim_run_dir(str(tmp_path / "r"), {"a": 1, "train": {"lr": 2}})
     claim_run_dir(str(tmp_path / "r"), {"a": 1, "new": None, "train": {"lr": 2, "x": None}})
-    with pytest.raises(InvalidInputError, match="differs in: new"):
+    with pytest.raises(InvalidInputError, match=r"differs in: new \(unset there, 3 now\)"):
         claim_run_dir(str(tmp_path / "r"), {"a": 1, "new": 3, "train": {"lr": 2}})
+    # a nested setting is named by its own path, not by its section
+    with pytest.raises(
+        InvalidInputError,
+        match=r"differs in: train\.lr \(2 there, 5 now\)\)",
+    ):
+        claim_run_dir(str(tmp_path / "r"), {"a": 1, "train": {"lr": 5}})
