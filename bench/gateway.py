@@ -51,7 +51,7 @@ import proxy_report
 from provenance import command_line, git
 from targets import BENCH_VENV, REPO_ROOT
 
-from tokenskip.cli import positive
+from tokenskip.cli.args import positive
 
 PARTS: dict[str, Callable[[argparse.Namespace, Path], dict[str, Any]]] = {
     "overhead": proxy_overhead.run,

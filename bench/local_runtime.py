@@ -19,27 +19,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import threading
 import time
 from pathlib import Path
 
 import torch
+from provenance import command_line
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from provenance import command_line  # noqa: E402
-
-from evaluation import gsm8k  # noqa: E402
-from evaluation.report import provenance  # noqa: E402
-from proxy.local.early_exit import calibrate_exits, self_continued  # noqa: E402
-from proxy.local.engine import Engine, GenerationRequest  # noqa: E402
-from proxy.local.runner import Runner  # noqa: E402
-from proxy.local.speculative import (  # noqa: E402
+from tokenskip.models import load_model
+from tokenskip.provenance import provenance
+from tokenskip.runtime.early_exit import calibrate_exits, self_continued
+from tokenskip.runtime.engine import Engine, GenerationRequest
+from tokenskip.runtime.runner import Runner
+from tokenskip.runtime.speculative import (
     SpeculativeSettings,
     calibrate,
 )
-from tokenskip.models import load_model  # noqa: E402
+from tokenskip.tasks import gsm8k
 
 
 def engine_run(engine: Engine, prompts: list[list[int]], n: int, together: bool) -> tuple:

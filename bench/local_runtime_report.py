@@ -6,13 +6,9 @@ Data first: nothing here measures anything.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from provenance import notes_lines, render_main  # noqa: E402
+from provenance import notes_lines, render_main
 
 LOSSLESS_TARGET = 1.3  # the target: lossless mode vs HF generate, batch 1
 

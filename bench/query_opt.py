@@ -20,26 +20,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from provenance import command_line
 
-from provenance import command_line  # noqa: E402
-
-from evaluation import gsm8k  # noqa: E402
-from evaluation.generate import LocalGenerator, Prompt  # noqa: E402
-from evaluation.report import provenance  # noqa: E402
-from tokenskip.multi_query import (  # noqa: E402
+from tokenskip.multi_query import (
     build_messages,
     make_queries,
     parse_answers,
     repeating,
     single_messages,
 )
-from trainers.query_opt import gsm8k_context  # noqa: E402
+from tokenskip.provenance import provenance
+from tokenskip.runtime.generate import LocalGenerator, Prompt
+from tokenskip.tasks import gsm8k
+from tokenskip.trainers.query_opt import gsm8k_context
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -81,7 +78,7 @@ def run(args: argparse.Namespace) -> dict:
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     # every merged reply, for reading the failures (small: a few KB per group)
-    replies = open(Path(args.out).with_suffix(".replies.jsonl"), "w", encoding="utf-8")  # noqa: SIM115
+    replies = open(Path(args.out).with_suffix(".replies.jsonl"), "w", encoding="utf-8")  # noqa: SIM115 - written line by line as replies come, closed at the end
     offset = 0
     for n in args.ns:
         problems = test.problems[offset : offset + n * args.groups]

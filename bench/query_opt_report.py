@@ -6,13 +6,9 @@ measures anything.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from provenance import notes_lines, render_main  # noqa: E402
+from provenance import notes_lines, render_main
 
 # the targets, after training, at N = 4
 FORMAT_TARGET, REDUCTION_TARGET, ACCURACY_POINTS = 0.95, 3.0, 2.0

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 from pathlib import Path
 
 import pytest
 import torch
 
 # Triton kernels run in Triton's interpreter on machines without CUDA; the variable is read
-# when a kernel is defined, so it must be set before anything imports proxy.local.kernels.
+# when a kernel is defined, so it must be set before anything imports tokenskip.runtime.kernels.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -57,3 +58,25 @@ def solutions() -> list[str]:
         with path.open() as f:
             return [strip_calculator(json.loads(line)["answer"]) for _, line in zip(range(12), f)]
     return list(SOLUTIONS)
+
+
+@pytest.fixture
+def network_attempts(monkeypatch) -> list[tuple]:
+    """Refuse (and record) every DNS lookup and connection, so a test can assert none happened.
+
+    The hub is in offline mode as under ``make test`` (HF_HUB_OFFLINE=1), whatever the caller's
+    environment says, so the result does not depend on how pytest was started.
+    """
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    attempts: list[tuple] = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network access attempted in an offline test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return attempts

@@ -7,6 +7,8 @@ tokenizer's end-of-turn token by default (the paper used ``<|eot_id|>`` for LLaM
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from tokenskip.compress import check_ratio
@@ -14,6 +16,18 @@ from tokenskip.errors import InvalidInputError
 
 ADAPTER_META = "tokenskip.json"
 """Beside a TokenSkip adapter's (or merged model's) weights: its delimiter and provenance."""
+
+
+def delimiter_in(directory: str | Path | None) -> str | None:
+    """The TokenSkip delimiter a directory's ``tokenskip.json`` declares; None if it has none
+    (a model or adapter not trained with the ratio prompt). The one reader of that file's
+    delimiter (the local runtime, the gateway and ``tokenskip eval`` use it)."""
+    if not directory:
+        return None
+    meta_file = Path(directory) / ADAPTER_META
+    if not meta_file.is_file():
+        return None
+    return json.loads(meta_file.read_text()).get("delimiter")
 
 
 def format_ratio(ratio: float) -> str:

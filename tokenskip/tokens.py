@@ -209,3 +209,25 @@ def as_text_tokenizer(tokenizer: Any) -> TextTokenizer:
     if isinstance(tokenizer, TextTokenizer):
         return tokenizer
     return TextTokenizer(tokenizer)
+
+
+def chat_prompt_tokens(tokenizer: TextTokenizer, messages: list[dict[str, Any]]) -> int:
+    """Prompt tokens of chat ``messages`` as the model sees them: its chat template with the
+    generation prompt where the tokenizer has one, else each message's text plus 4 tokens of
+    framing (the usual ``<|role|> ... <|end|>`` cost). The one chat-prompt counter of the
+    project (gateway batching, evaluation, trainers)."""
+
+    def text(m: dict[str, Any]) -> str:
+        content = m.get("content")
+        if isinstance(content, list):
+            return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return content if isinstance(content, str) else ""
+
+    hf = getattr(tokenizer, "hf", None)
+    if hf is not None and getattr(hf, "chat_template", None):
+        chat = [{"role": m["role"], "content": text(m)} for m in messages]
+        ids = hf.apply_chat_template(
+            chat, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        return len(ids)
+    return sum(tokenizer.count(text(m)) + 4 for m in messages)

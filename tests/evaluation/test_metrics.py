@@ -1,6 +1,6 @@
 import pytest
 
-from evaluation.metrics import achieved_ratio, mean, median, wilson_interval
+from tokenskip.evaluation.metrics import achieved_ratio, mean, median, wilson_interval
 
 
 @pytest.mark.parametrize(("k", "n"), [(0, 10), (10, 10), (5, 10), (55, 100), (1, 1)])

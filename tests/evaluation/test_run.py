@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from evaluation import gsm8k
-from evaluation.cache import GenerationCache
-from evaluation.generate import Generation
-from evaluation.report import render_markdown, write_reports
-from evaluation.run import EvalConfig, Runner
 from tokenskip.errors import InvalidInputError
+from tokenskip.evaluation.cache import GenerationCache
+from tokenskip.evaluation.report import render_markdown, write_reports
+from tokenskip.evaluation.run import EvalConfig, Runner
+from tokenskip.runtime.generate import Generation
+from tokenskip.tasks import gsm8k
 
 PROBLEMS = [
     {"question": "Tom has 3 apples and buys 4 more. How many?", "answer": "3 + 4 = 7\n#### 7"},

@@ -9,9 +9,9 @@ import openai
 import pytest
 import torch
 
-from proxy.app import create_app
-from proxy.config import Settings, parse_config
 from tests.proxy.servers import serve
+from tokenskip.proxy.app import create_app
+from tokenskip.proxy.config import Settings, parse_config
 
 KEY = "sk-test-key"
 LONG = (

@@ -7,10 +7,10 @@ import httpx
 import openai
 import pytest
 
-from proxy.app import create_app
-from proxy.config import Settings, parse_config
 from tests.proxy.fake_upstream import make_upstream_app
 from tests.proxy.servers import serve
+from tokenskip.proxy.app import create_app
+from tokenskip.proxy.config import Settings, parse_config
 
 SECRET = "sk-upstream-SECRET-4242"
 LONG = (

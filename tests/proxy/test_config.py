@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from proxy.config import Settings, load_config, parse_config
+from tokenskip.proxy.config import Settings, load_config, parse_config
+from tokenskip.runtime.configs import SpeculativeConfig
 
 CONFIG = """
 model_list:
@@ -109,5 +110,5 @@ def test_batching_speculation_and_kernels_are_per_model_options():
     batch = cfg.models["gpt-mini"].batch
     assert (batch.window_ms, batch.max_queries) == (15, 4)
     assert cfg.models["tuned"].batch is None
-    assert cfg.models["local"].speculative == {"skip": [5, 6], "k": 3}
+    assert cfg.models["local"].speculative == SpeculativeConfig(skip=(5, 6), k=3)
     assert cfg.models["local"].kernels is True

@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from proxy.ledger import Ledger, LedgerRow
+from tokenskip.proxy.ledger import Ledger, LedgerRow
 
 
 def row(model, original, sent, status=200, **kw):
@@ -57,7 +57,7 @@ def test_an_unusable_url_is_a_clear_error(tmp_path):
 
 
 def test_each_gateway_address_gets_its_own_ledger_by_default(tmp_path, monkeypatch):
-    from proxy.ledger import default_url
+    from tokenskip.proxy.ledger import default_url
 
     monkeypatch.setenv("TOKENSKIP_CACHE_DIR", str(tmp_path))
     a, b = default_url("127.0.0.1", 8000), default_url("127.0.0.1", 8001)

@@ -7,11 +7,11 @@ import httpx
 import openai
 import pytest
 
-from proxy.app import create_app
-from proxy.config import Settings, parse_config
 from tests.proxy.fake_upstream import make_upstream_app
 from tests.proxy.servers import serve
 from tokenskip.multi_query import build_messages, make_queries, single_messages
+from tokenskip.proxy.app import create_app
+from tokenskip.proxy.config import Settings, parse_config
 
 CONTEXT = (
     "Meeting notes. Alice proposed moving the launch to March because the supplier is late. "

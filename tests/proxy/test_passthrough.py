@@ -7,8 +7,6 @@ import httpx
 import openai
 import pytest
 
-from proxy.app import create_app
-from proxy.config import Settings, parse_config
 from tests.proxy.fake_upstream import (
     RICH_EXTRA,
     RICH_LOGPROBS,
@@ -17,6 +15,8 @@ from tests.proxy.fake_upstream import (
     make_upstream_app,
 )
 from tests.proxy.servers import serve
+from tokenskip.proxy.app import create_app
+from tokenskip.proxy.config import Settings, parse_config
 
 TOOLS = [
     {

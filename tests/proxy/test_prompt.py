@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from proxy.cot import apply_cot_ratio
-from proxy.prompt import PromptSettings, compress_messages, is_request, protected_spans
+from tokenskip.cot_control import apply_cot_ratio
 from tokenskip.lossless import expand_tables
+from tokenskip.proxy.prompt import PromptSettings, compress_messages, is_request, protected_spans
 from tokenskip.scorers import HeuristicScorer
 
 FILLER = (

@@ -13,11 +13,11 @@ import threading
 import httpx
 import pytest
 
-from proxy.app import create_app
-from proxy.config import Settings, parse_config
-from proxy.ledger import Ledger, LedgerRow
 from tests.proxy.fake_upstream import make_upstream_app
 from tests.proxy.servers import serve
+from tokenskip.proxy.app import create_app
+from tokenskip.proxy.config import Settings, parse_config
+from tokenskip.proxy.ledger import Ledger, LedgerRow
 
 MAX_BODY = 64 * 1024
 
@@ -210,22 +210,22 @@ def test_after_a_500_the_keep_alive_connection_serves_the_next_request(gateway, 
 def test_an_unexpected_error_mid_stream_ends_with_an_error_event(gateway, monkeypatch):
     url, app = gateway
     service = app.state.service
-    original = service._usage
+    original = service.accounting.usage
 
     def broken(*a, **k):
         raise RuntimeError("accounting bug")
 
-    monkeypatch.setattr(service, "_usage", broken)
+    monkeypatch.setattr(service.accounting, "usage", broken)
     with httpx.stream("POST", url + "/v1/chat/completions", json=ask(stream=True), timeout=20) as r:
         lines = [line for line in r.iter_lines() if line]
-    monkeypatch.setattr(service, "_usage", original)
+    monkeypatch.setattr(service.accounting, "usage", original)
     assert json.loads(lines[-2][6:])["error"]["type"] == "server_error"
     assert lines[-1] == "data: [DONE]"
 
 
 def test_a_fallback_is_named_in_a_header_counted_and_logged(gateway, caplog):
     url, _ = gateway
-    with caplog.at_level(logging.WARNING, logger="proxy.service"):
+    with caplog.at_level(logging.WARNING, logger="tokenskip.proxy.service"):
         r = post(url, {"model": "bad", "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 200
     assert r.headers["x-tokenskip-fallback"] == "bad->ok"
@@ -268,7 +268,7 @@ def test_one_poisoned_row_among_40_concurrent_requests_loses_nothing(gateway):
 
 
 def test_the_ledger_writes_every_other_row_when_one_is_refused(tmp_path, monkeypatch, caplog):
-    import proxy.ledger as ledger_module
+    import tokenskip.proxy.ledger as ledger_module
 
     ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}", flush_interval_s=0.5)
     real = ledger_module.valid_row
@@ -294,7 +294,7 @@ def test_the_ledger_writes_every_other_row_when_one_is_refused(tmp_path, monkeyp
             completion_tokens=float("nan") if i == 5 else 2,
         )
 
-    with caplog.at_level(logging.ERROR, logger="proxy.ledger"):
+    with caplog.at_level(logging.ERROR, logger="tokenskip.proxy.ledger"):
         threads = [threading.Thread(target=ledger.record, args=(row(i),)) for i in range(40)]
         for t in threads:
             t.start()

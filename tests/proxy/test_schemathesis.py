@@ -13,10 +13,10 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import checks as st_checks
 
-from proxy.app import create_app
-from proxy.config import Settings, parse_config
 from tests.proxy.fake_upstream import make_upstream_app
 from tests.proxy.servers import serve
+from tokenskip.proxy.app import create_app
+from tokenskip.proxy.config import Settings, parse_config
 
 KEY = "sk-schema-test"
 

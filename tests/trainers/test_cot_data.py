@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from evaluation.gsm8k import INSTRUCTION
 from tests.trainers.conftest import PROBLEMS, write_gsm8k
 from tokenskip.errors import InvalidInputError
-from trainers.cot_data import (
+from tokenskip.tasks.gsm8k import INSTRUCTION
+from tokenskip.trainers.cot_data import (
     BuildConfig,
     CollectConfig,
     CompressConfig,

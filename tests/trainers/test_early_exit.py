@@ -11,15 +11,21 @@ from tests.trainers.conftest import write_gsm8k
 from tokenskip.cli import main
 from tokenskip.errors import InvalidInputError
 from tokenskip.models import load_model
-from trainers.cot_data import read_jsonl
-from trainers.early_exit import (
+from tokenskip.trainers.cot_data import read_jsonl
+from tokenskip.trainers.early_exit import (
     EarlyExitTrainConfig,
     build_examples,
     early_exit_loss,
     exit_weights,
     run_early_exit,
 )
-from trainers.sft import LoraSettings, PairCollator, TrainSettings, read_pairs, tokenize_pair
+from tokenskip.trainers.sft import (
+    LoraSettings,
+    PairCollator,
+    TrainSettings,
+    read_pairs,
+    tokenize_pair,
+)
 
 
 def config(tmp_path, **overrides):

@@ -7,15 +7,15 @@ import pytest
 from tests.trainers.conftest import PROBLEMS, write_gsm8k
 from tokenskip.errors import InvalidInputError
 from tokenskip.multi_query import BEGIN, END, parse_answers
-from trainers.cot_data import read_jsonl
-from trainers.query_opt import (
+from tokenskip.trainers.cot_data import read_jsonl
+from tokenskip.trainers.query_opt import (
     QueryOptConfig,
     build_examples,
     build_groups,
     gsm8k_context,
     run_query_opt,
 )
-from trainers.sft import LoraSettings, TrainSettings
+from tokenskip.trainers.sft import LoraSettings, TrainSettings
 
 
 def config(tmp_path, **overrides):
@@ -125,7 +125,7 @@ def test_a_tiny_run_writes_an_adapter_with_its_metadata(tmp_path):
 
 
 def test_gsm8k_context_format():
-    from evaluation.gsm8k import INSTRUCTION, Problem
+    from tokenskip.tasks.gsm8k import INSTRUCTION, Problem
 
     shot = Problem(0, "Q?", "A <<1+1=2>>2\n#### 2", "2")
     assert gsm8k_context((shot,)) == f"{INSTRUCTION}\n\nQuestion: Q?\nAnswer: A 2\n#### 2"
@@ -163,7 +163,7 @@ def test_init_adapter_must_be_an_adapter_directory(tmp_path):
 
 
 def test_a_run_made_before_a_setting_existed_still_resumes(tmp_path):
-    from trainers.runs import claim_run_dir
+    from tokenskip.trainers.runs import claim_run_dir
 
     claim_run_dir(str(tmp_path / "r"), {"a": 1, "train": {"lr": 2}})
     claim_run_dir(str(tmp_path / "r"), {"a": 1, "new": None, "train": {"lr": 2, "x": None}})

@@ -7,7 +7,7 @@ import pytest
 
 from tokenskip.errors import InvalidInputError
 from tokenskip.scorers import TokenClassifierScorer
-from trainers.token_classifier import (
+from tokenskip.trainers.token_classifier import (
     ClassifierConfig,
     prose_chunks,
     read_corpus,

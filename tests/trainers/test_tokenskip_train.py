@@ -7,14 +7,14 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from proxy.local.engine import Engine, GenerationRequest
-from proxy.local.runner import Runner
 from tests.trainers.conftest import write_gsm8k
 from tokenskip.cli import main
 from tokenskip.errors import InvalidInputError
 from tokenskip.models import load_model
-from trainers.sft import LoraSettings, TrainSettings, last_checkpoint
-from trainers.tokenskip_run import TokenSkipConfig, read_adapter_meta, run_tokenskip
+from tokenskip.runtime.engine import Engine, GenerationRequest
+from tokenskip.runtime.runner import Runner
+from tokenskip.trainers.sft import LoraSettings, TrainSettings, last_checkpoint
+from tokenskip.trainers.tokenskip_run import TokenSkipConfig, read_adapter_meta, run_tokenskip
 
 
 def tiny_config(tmp_path, **overrides):
@@ -195,9 +195,9 @@ def test_cli_refuses_a_bad_delimiter_before_any_work(tmp_path, capsys):
 def test_the_proxy_serves_the_trained_adapter_and_merged_model_with_the_ratio_knob(trained):
     import openai
 
-    from proxy.app import create_app
-    from proxy.config import Settings, parse_config
     from tests.proxy.servers import serve
+    from tokenskip.proxy.app import create_app
+    from tokenskip.proxy.config import Settings, parse_config
 
     tmp, _, _ = trained
     settings = Settings(ledger_url=f"sqlite:///{tmp / 'ledger.sqlite'}")

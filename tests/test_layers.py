@@ -1,0 +1,86 @@
+"""The house's layers import only downward, and no two modules import each other in a circle.
+
+core (``tokenskip/*.py``, ``tokenskip/scorers``) → ``tokenskip.runtime`` (local generation) →
+``tokenskip.tasks`` (GSM8K) → ``tokenskip.proxy`` / ``tokenskip.evaluation`` /
+``tokenskip.trainers`` (side by side, never importing each other) → ``tokenskip.cli``.
+Read from the source with ``ast`` (imports inside functions count too), so a lazy import that
+runs upward fails here as surely as a top-level one.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "tokenskip"
+LAYER = {"core": 0, "runtime": 1, "tasks": 2, "proxy": 3, "evaluation": 3, "trainers": 3, "cli": 4}
+SIDE_BY_SIDE = {"proxy", "evaluation", "trainers"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in LAYER else "core"
+
+
+def imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return {m for m in found if m == "tokenskip" or m.startswith("tokenskip.")}
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+GRAPH = {
+    name: {m for m in imports(path) if m in MODULES and m != name} for name, path in MODULES.items()
+}
+
+
+def test_the_package_is_laid_out_as_documented():
+    rooms = {room(m) for m in MODULES}
+    assert rooms == set(LAYER)
+    for old in ("proxy", "evaluation", "trainers"):  # no top-level packages that can clash
+        assert not (PACKAGE.parent / old / "__init__.py").exists()
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_imports_run_downward(name):
+    here = room(name)
+    for target in sorted(GRAPH[name]):
+        there = room(target)
+        if target == "tokenskip":
+            continue  # the package's own __init__ (core API)
+        assert LAYER[there] <= LAYER[here], f"{name} ({here}) imports {target} ({there}): upward"
+        if here in SIDE_BY_SIDE and there in SIDE_BY_SIDE:
+            assert here == there, f"{name} imports {target}: {here} and {there} are side by side"
+
+
+def test_no_import_circles():
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(GRAPH[node]):
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt) :] + [nxt]
+                raise AssertionError("import circle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for name in sorted(GRAPH):
+        if name not in state:
+            visit(name)

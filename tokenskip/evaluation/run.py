@@ -1,0 +1,514 @@
+"""One GSM8K token-savings run: methods × ratios × budgets, resumable, data first.
+
+Methods (rows of the report):
+- ``original``: the base model, zero-shot (or k-shot) CoT; the reference every saving is
+  measured against.
+- ``tokenskip``: the evaluated adapter with the ratio in the TokenSkip prompt format (or,
+  through ``--base-url``, the proxy's ``cot_ratio`` knob).
+- ``instruction``: the base model told to be concise within γ × its mean CoT length.
+- ``truncation``: the original output cut at γ of its tokens (no new generation).
+- ``prompt-compression``: k-shot exemplars compressed with the core at γ (needs shots).
+
+Budgets: generation is capped at the largest budget; with a local model the smaller budgets
+are the same greedy generation cut at that many tokens (identical to a run capped there).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tokenskip.compress import check_ratio
+from tokenskip.errors import InvalidInputError
+from tokenskip.evaluation.cache import GenerationCache, ThroughputLog, sample_key
+from tokenskip.evaluation.metrics import achieved_ratio, mean, median, wilson_interval
+from tokenskip.progress import progress_bar
+from tokenskip.provenance import portable_path
+from tokenskip.ratio_prompt import ADAPTER_META, delimiter_in
+from tokenskip.runtime.generate import Generation, Generator, Prompt
+from tokenskip.scorers import SCORER_NAMES
+from tokenskip.tasks import gsm8k
+from tokenskip.tokens import TextTokenizer, chat_prompt_tokens
+
+METHODS = ("original", "tokenskip", "instruction", "truncation", "prompt-compression")
+DEFAULT_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Everything that defines a run; validated before any model loads."""
+
+    model: str = "smollm2"
+    """Local model (embedded name, directory, GGUF), or the served name with ``base_url``."""
+    adapter: str | None = None
+    """TokenSkip LoRA adapter directory (its ``tokenskip.json`` gives the delimiter)."""
+    base_url: str | None = None
+    """An OpenAI-compatible server to evaluate instead of a local model."""
+    api_key: str = "unused"
+    """Key for ``base_url``."""
+    tokenizer: str | None = None
+    """Model whose tokenizer counts CoT tokens (default: ``model`` locally, smollm2 remotely)."""
+    data: str | None = None
+    """GSM8K JSONL file or directory, or ``openai/gsm8k`` (default: ../shared/data/gsm8k)."""
+    split: str = "test"
+    """Data split to evaluate."""
+    limit: int | None = None
+    """Evaluate the first N problems only."""
+    ratios: tuple[float, ...] = DEFAULT_RATIOS
+    """Keep ratios γ; 1.0 is always included."""
+    methods: tuple[str, ...] = (
+        "original",
+        "tokenskip",
+        "instruction",
+        "truncation",
+        "prompt-compression",
+    )
+    """Methods to run; ones that do not apply (no adapter, no shots) are skipped and said so."""
+    budgets: tuple[int, ...] = (256, 512)
+    """Generation caps (max_new_tokens) to report accuracy at."""
+    batch_size: int = 8
+    """Concurrent samples (local batch size or concurrent HTTP requests)."""
+    shots: int = 0
+    """k-shot exemplars from the train split (0 = zero-shot)."""
+    scorer: str = "heuristic"
+    """Scorer for the prompt-compression baseline: ``heuristic``, ``self-info`` (the embedded
+    model), ``self-info:MODEL`` or ``classifier:DIR``."""
+    dtype: str = "float32"
+    """Weights of a local model: ``float32`` or ``bfloat16`` (~2-3x faster on CPUs with
+    AVX-512 BF16; greedy output can differ in rare near-ties)."""
+    latency_samples: int = 5
+    """Samples per generated config re-run one at a time for batch-1 latency (0 = skip)."""
+    price_per_1k_output: float = 0.0006
+    """USD per 1,000 output tokens, to express savings as cost."""
+    out_dir: str = "runs/gsm8k"
+    """Where the cache and the reports go (``runs/`` is not committed)."""
+
+    def __post_init__(self) -> None:
+        ratios = tuple(sorted({check_ratio(r) for r in self.ratios} | {1.0}, reverse=True))
+        object.__setattr__(self, "ratios", ratios)
+        unknown = sorted(set(self.methods) - set(METHODS))
+        if unknown:
+            raise InvalidInputError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+        if not self.budgets or any(int(b) <= 0 for b in self.budgets):
+            raise InvalidInputError(f"budgets must be positive token counts, got {self.budgets}")
+        object.__setattr__(self, "budgets", tuple(sorted({int(b) for b in self.budgets})))
+        if self.limit is not None and self.limit <= 0:
+            raise InvalidInputError(f"limit must be positive, got {self.limit}")
+        if self.batch_size <= 0 or self.shots < 0 or self.latency_samples < 0:
+            raise InvalidInputError("batch_size must be > 0; shots and latency_samples >= 0")
+        if self.adapter is not None and self.base_url is not None:
+            raise InvalidInputError(
+                "--adapter is for local models; through --base-url the server applies its adapter"
+            )
+        if self.dtype not in ("float32", "bfloat16"):
+            raise InvalidInputError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+        kind = self.scorer.split(":", 1)[0]
+        if kind not in SCORER_NAMES or (kind == "classifier" and ":" not in self.scorer):
+            raise InvalidInputError(
+                f"scorer must be heuristic, self-info, self-info:MODEL or classifier:DIR, got {self.scorer!r}"
+            )
+        if self.adapter is not None and not (Path(self.adapter) / "adapter_config.json").is_file():
+            raise InvalidInputError(f"--adapter {self.adapter} has no adapter_config.json")
+
+
+@dataclass
+class Sample:
+    """One problem under one (method, ratio): what was asked and what came back."""
+
+    problem: gsm8k.Problem
+    prompt: Prompt
+    prompt_tokens: int
+    generation: Generation | None = None
+    derived_from: str | None = None
+    """For truncation: the method whose generation is cut."""
+
+
+@dataclass
+class Config:
+    method: str
+    ratio: float
+    samples: list[Sample] = field(default_factory=list)
+    wall_s: float = 0.0
+    """Generation time in this run (0 when every sample came from the cache)."""
+    throughput_key: str = ""
+    latencies: list[Generation] = field(default_factory=list)
+
+
+class Runner:
+    def __init__(
+        self,
+        config: EvalConfig,
+        generator: Generator,
+        target: TextTokenizer,
+        dataset: gsm8k.Dataset,
+        shots: tuple[gsm8k.Problem, ...],
+        delimiter: str | None,
+        progress: bool = True,
+    ):
+        self.config, self.generator, self.target, self.dataset = config, generator, target, dataset
+        self.shots, self.delimiter, self.progress = shots, delimiter, progress
+        self.cache = GenerationCache(Path(config.out_dir) / "cache.jsonl")
+        self.throughput = ThroughputLog(Path(config.out_dir) / "throughput.jsonl")
+        self.max_budget = max(config.budgets)
+        self.derives_budgets = hasattr(generator, "tokenizer")
+
+    # -- prompts --------------------------------------------------------------------------
+    def _count_prompt(self, messages: list[dict[str, Any]]) -> int:
+        return chat_prompt_tokens(self.target, messages)
+
+    def prompts(self, method: str, ratio: float, mean_cot: float) -> list[Prompt]:
+        from tokenskip.cot_control import apply_cot_ratio
+        from tokenskip.ratio_prompt import ratio_suffix
+
+        out = []
+        shots = self.shots
+        if method == "prompt-compression" and ratio < 1.0:
+            shots = tuple(self._compressed_shots(ratio))
+        for p in self.dataset.problems:
+            messages = gsm8k.build_messages(p.question, shots=shots)
+            if method == "tokenskip":
+                if self.config.base_url:
+                    out.append(
+                        Prompt(
+                            tuple(messages),
+                            extra_body={"tokenskip": {"cot_ratio": ratio, "prompt_ratio": None}},
+                        )
+                    )
+                else:
+                    out.append(
+                        Prompt(
+                            tuple(messages),
+                            suffix=ratio_suffix(ratio, self.delimiter),
+                            adapter=True,
+                        )
+                    )
+            elif method == "instruction" and ratio < 1.0:
+                concise, _ = apply_cot_ratio(
+                    messages, ratio, delimiter=None, reference_tokens=max(1, round(mean_cot))
+                )
+                out.append(Prompt(tuple(concise)))
+            else:
+                out.append(Prompt(tuple(messages)))
+        return out
+
+    def _compressed_shots(self, ratio: float) -> list[gsm8k.Problem]:
+        """Every exemplar compressed at γ, question and solution (LLMLingua's setting): the
+        question with the prompt guards, the solution's reasoning with the chain-of-thought
+        guards and its ``#### N`` line verbatim."""
+        from dataclasses import replace
+
+        from tokenskip.compress import compress, compress_cot
+
+        scorer = self._scorer()
+        return [
+            replace(
+                s,
+                question=compress(s.question, ratio, tokenizer=self.target, scorer=scorer).text,
+                solution=compress_cot(
+                    gsm8k.strip_calculator(s.solution), ratio, tokenizer=self.target, scorer=scorer
+                ).text,
+            )
+            for s in self.shots
+        ]
+
+    def _scorer(self) -> Any:
+        if getattr(self, "_scorer_obj", None) is None:
+            from tokenskip.models import load_model
+            from tokenskip.scorers import (
+                CachedScorer,
+                HeuristicScorer,
+                SelfInfoScorer,
+                TokenClassifierScorer,
+            )
+
+            kind, _, where = self.config.scorer.partition(":")
+            if kind == "heuristic":
+                scorer: Any = HeuristicScorer(self.target)
+            elif kind == "classifier":
+                scorer = TokenClassifierScorer.from_pretrained(where)
+            else:
+                loaded = load_model(where or "smollm2")
+                scorer = SelfInfoScorer(
+                    loaded.model, TextTokenizer(loaded.tokenizer, where or "smollm2")
+                )
+            self._scorer_obj = CachedScorer(scorer)
+        return self._scorer_obj
+
+    # -- generation -----------------------------------------------------------------------
+    def _key(self, prompt: Prompt, budget: int, latency: bool = False) -> str:
+        return sample_key(
+            generator=self.generator.name,
+            adapter=self.config.adapter,
+            messages=prompt.with_suffix(),
+            extra=prompt.extra_body,
+            adapter_on=prompt.adapter,
+            budget=budget,
+            latency=latency,
+        )
+
+    def generate(self, cfg: Config, budgets: list[int]) -> None:
+        """Fill every sample's generation for each budget run (cached samples are skipped)."""
+        cfg.throughput_key = sample_key(
+            samples=[self._key(s.prompt, b) for s in cfg.samples for b in budgets],
+            batch_size=self.config.batch_size,
+        )
+        for budget in budgets:
+            todo = [
+                i
+                for i, s in enumerate(cfg.samples)
+                if self.cache.get(self._key(s.prompt, budget)) is None
+            ]
+            if todo:
+                bar = progress_bar(
+                    len(todo), f"{cfg.method} γ={cfg.ratio:g} cap {budget}", self.progress
+                )
+                prompts = [cfg.samples[i].prompt for i in todo]
+
+                def store(
+                    j: int,
+                    g: Generation,
+                    prompts: list[Prompt] = prompts,
+                    budget: int = budget,
+                    bar: Any = bar,
+                ) -> None:
+                    self.cache.put(self._key(prompts[j], budget), g)
+                    bar.update(1)
+
+                started = time.perf_counter()
+                results = self.generator.generate(prompts, budget, on_result=store)
+                wall = time.perf_counter() - started
+                cfg.wall_s += wall
+                self.throughput.add(
+                    cfg.throughput_key, wall, sum(g.output_tokens for g in results), len(todo)
+                )
+                bar.close()
+        for s in cfg.samples:
+            s.generation = self.cache.get(self._key(s.prompt, budgets[-1]))
+        n = min(self.config.latency_samples, len(cfg.samples))
+        for s in cfg.samples[:n]:
+            key = self._key(s.prompt, budgets[-1], latency=True)
+            g = self.cache.get(key)
+            if g is None:
+                g = self.generator.generate([s.prompt], budgets[-1])[0]
+                self.cache.put(key, g)
+            cfg.latencies.append(g)
+
+    def at_budget(self, s: Sample, budget: int) -> tuple[str, bool, int]:
+        """(text, finished, output tokens) of a sample's generation capped at ``budget``."""
+        g = s.generation if self.derives_budgets else self.cache.get(self._key(s.prompt, budget))
+        assert g is not None
+        if self.derives_budgets and g.output_tokens > budget:
+            text = self.generator.tokenizer.decode(
+                list(g.token_ids[:budget]), skip_special_tokens=True
+            )
+            return text, False, budget
+        return g.text, g.finished, g.output_tokens
+
+    def truncated(self, text: str, ratio: float) -> str:
+        """The first ``ratio`` of a text's target tokens."""
+        enc = self.target.encode(text)
+        keep = round(ratio * len(enc.ids))
+        return text[: enc.offsets[keep - 1][1]] if keep > 0 else ""
+
+    # -- the run --------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        c = self.config
+        configs: list[Config] = []
+        original = self._config("original", 1.0, 0.0)
+        self.generate(original, self._gen_budgets())
+        configs.append(original)
+        mean_cot = mean(
+            [
+                self.target.count(gsm8k.cot_and_answer(self.at_budget(s, self.max_budget)[0])[0])
+                for s in original.samples
+            ]
+        )
+        skipped: dict[str, str] = {}
+        for method in c.methods:
+            if method == "original":
+                continue
+            reason = self._not_applicable(method)
+            if reason:
+                skipped[method] = reason
+                continue
+            for ratio in c.ratios:
+                if method in ("instruction", "prompt-compression", "truncation") and ratio == 1.0:
+                    continue  # identical to the original run
+                cfg = self._config(method, ratio, mean_cot)
+                if method == "truncation":
+                    for s, o in zip(cfg.samples, original.samples):
+                        s.generation, s.derived_from = o.generation, "original"
+                else:
+                    self.generate(cfg, self._gen_budgets())
+                configs.append(cfg)
+        return self.summarize(configs, original, skipped)
+
+    def _gen_budgets(self) -> list[int]:
+        return [self.max_budget] if self.derives_budgets else list(self.config.budgets)
+
+    def _not_applicable(self, method: str) -> str | None:
+        if method == "tokenskip" and not (self.config.adapter or self.config.base_url):
+            return "needs --adapter (a TokenSkip LoRA) or --base-url of a server that applies cot_ratio"
+        if method == "prompt-compression" and self.config.shots == 0:
+            return "needs --shots > 0 (it compresses the k-shot exemplars)"
+        return None
+
+    def _config(self, method: str, ratio: float, mean_cot: float) -> Config:
+        prompts = self.prompts("original" if method == "truncation" else method, ratio, mean_cot)
+        cfg = Config(method, ratio)
+        for p, prompt in zip(self.dataset.problems, prompts):
+            cfg.samples.append(Sample(p, prompt, self._count_prompt(prompt.with_suffix())))
+        return cfg
+
+    def evaluate(self, cfg: Config, s: Sample, budget: int) -> dict[str, Any]:
+        text, finished, output_tokens = self.at_budget(s, budget)
+        if cfg.method == "truncation":
+            text = self.truncated(text, cfg.ratio)
+            output_tokens = self.target.count(text)
+        predicted = gsm8k.extract_answer(text)
+        return {
+            "correct": gsm8k.is_correct(predicted, s.problem.answer),
+            "predicted": predicted,
+            "finished": finished,
+            "cot_tokens": self.target.count(gsm8k.cot_and_answer(text)[0]),
+            "output_tokens": output_tokens,
+        }
+
+    def summarize(
+        self, configs: list[Config], original: Config, skipped: dict[str, str]
+    ) -> dict[str, Any]:
+        c = self.config
+        per_sample: dict[tuple[str, float, int], list[dict[str, Any]]] = {}
+        for cfg in configs:
+            for b in c.budgets:
+                per_sample[(cfg.method, cfg.ratio, b)] = [
+                    self.evaluate(cfg, s, b) for s in cfg.samples
+                ]
+        rows = []
+        for cfg in configs:
+            reference = "tokenskip" if cfg.method == "tokenskip" else "original"
+            row: dict[str, Any] = {
+                "method": cfg.method,
+                "ratio": cfg.ratio,
+                "n": len(cfg.samples),
+                "prompt_tokens_mean": mean([s.prompt_tokens for s in cfg.samples]),
+                "budgets": {},
+            }
+            for b in c.budgets:
+                evals = per_sample[(cfg.method, cfg.ratio, b)]
+                ref = per_sample.get((reference, 1.0, b)) or per_sample[("original", 1.0, b)]
+                base = per_sample[("original", 1.0, b)]
+                correct = sum(e["correct"] for e in evals)
+                saved = mean([e["output_tokens"] for e in base]) - mean(
+                    [e["output_tokens"] for e in evals]
+                )
+                row["budgets"][str(b)] = {
+                    "accuracy": correct / len(evals) if evals else 0.0,
+                    "ci95": wilson_interval(correct, len(evals)),
+                    "cut_off": mean([0.0 if e["finished"] else 1.0 for e in evals]),
+                    "cot_tokens_mean": mean([e["cot_tokens"] for e in evals]),
+                    "output_tokens_mean": mean([e["output_tokens"] for e in evals]),
+                    "achieved_ratio": achieved_ratio(
+                        [e["cot_tokens"] for e in evals], [e["cot_tokens"] for e in ref]
+                    ),
+                    "achieved_ratio_reference": f"{reference} γ=1.0",
+                    "output_tokens_saved_per_sample": saved,
+                    "cost_saved_per_1k_samples_usd": saved * c.price_per_1k_output,
+                }
+            if cfg.latencies:
+                secs = [g.seconds for g in cfg.latencies]
+                row["latency_batch1"] = {
+                    "samples": len(secs),
+                    "mean_s": mean(secs),
+                    "median_s": median(secs),
+                    "tokens_per_s": sum(g.output_tokens for g in cfg.latencies)
+                    / max(sum(secs), 1e-9),
+                }
+            measured = self.throughput.total(cfg.throughput_key) if cfg.throughput_key else None
+            if measured and measured["wall_s"] > 0:
+                row["throughput"] = {
+                    "batch_size": c.batch_size,
+                    "wall_s": measured["wall_s"],
+                    "output_tokens_per_s": measured["tokens"] / measured["wall_s"],
+                    "samples_generated": measured["samples"],
+                    "passes": measured["passes"],
+                    "measured_in_this_run": cfg.wall_s > 0,
+                }
+            elif cfg.method != "truncation":
+                row["throughput"] = {
+                    "batch_size": c.batch_size,
+                    "note": "all samples came from a cache without speed records: not measured",
+                }
+            rows.append(row)
+        samples = [
+            {
+                "method": cfg.method,
+                "ratio": cfg.ratio,
+                "budget": b,
+                "index": sample.problem.index,
+                **e,
+            }
+            for cfg in configs
+            for b in c.budgets
+            for sample, e in zip(cfg.samples, per_sample[(cfg.method, cfg.ratio, b)])
+        ]
+        return {"rows": rows, "skipped_methods": skipped, "samples": samples}
+
+
+def run_eval(config: EvalConfig, *, command: str = "", progress: bool = True) -> dict[str, Any]:
+    """Validate, load, generate (resumably), measure, and write JSON + Markdown + plots."""
+
+    from tokenskip.evaluation.report import write_reports
+    from tokenskip.models import load_tokenizer
+    from tokenskip.provenance import provenance
+    from tokenskip.runtime.generate import LocalGenerator, OpenAIGenerator
+
+    dataset = gsm8k.load_gsm8k(config.data, split=config.split, limit=config.limit)
+    shots: tuple[gsm8k.Problem, ...] = ()
+    if config.shots:
+        shots = gsm8k.shots_from(gsm8k.load_gsm8k(config.data, split="train"), config.shots)
+    delimiter = None
+    if config.adapter:
+        delimiter = delimiter_in(config.adapter)
+        if delimiter is None:
+            raise InvalidInputError(
+                f"--adapter {config.adapter} has no {ADAPTER_META} with a delimiter: it was not "
+                "trained with TokenSkip's ratio prompt"
+            )
+    tokenizer_name = config.tokenizer or ("smollm2" if config.base_url else config.model)
+    target = TextTokenizer(load_tokenizer(tokenizer_name), name=tokenizer_name)
+    if config.base_url:
+        generator: Any = OpenAIGenerator(
+            config.base_url, config.model, api_key=config.api_key, concurrency=config.batch_size
+        )
+    else:
+        generator = LocalGenerator(
+            config.model, adapter=config.adapter, batch_size=config.batch_size, dtype=config.dtype
+        )
+    try:
+        result = Runner(config, generator, target, dataset, shots, delimiter, progress).run()
+    finally:
+        generator.close()
+    meta = {
+        "model": config.model if not config.base_url else f"{config.model} via {config.base_url}",
+        "adapter": config.adapter,
+        "tokenizer": tokenizer_name,
+        "dataset": {
+            "source": portable_path(dataset.source),
+            "split": config.split,
+            "n": len(dataset.problems),
+            "sha256": dataset.sha256,
+        },
+        "config": {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in config.__dict__.items()
+            if k != "api_key"
+        },
+        "command": command,
+        **provenance(),
+    }
+    run = {"meta": meta, **result}
+    run["paths"] = {k: str(v) for k, v in write_reports(run, Path(config.out_dir)).items()}
+    return run

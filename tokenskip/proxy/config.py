@@ -1,0 +1,291 @@
+"""Gateway configuration: environment settings plus a LiteLLM-style YAML file.
+
+```yaml
+model_list:                       # LiteLLM's form; existing LiteLLM configs load as they are
+  - model_name: gpt-4o-mini
+    litellm_params: {model: openai/gpt-4o-mini, api_key: os.environ/OPENAI_API_KEY}
+    tokenskip: {prompt_ratio: 0.6, cot_ratio: 0.8, tokenizer: smollm2}
+  - model_name: smollm2           # served in-process
+    local: {model: smollm2}
+  - model_name: smollm2-tokenskip # same base, a TokenSkip LoRA adapter (its tokenskip.json
+    local: {model: smollm2, adapter: runs/tokenskip-smollm2}   # marks it TokenSkip-tuned)
+router_settings: {num_retries: 2, timeout: 30, cooldown_time: 30, fallbacks: [{a: [b]}]}
+general_settings: {master_key: sk-...}          # LiteLLM's key setting is honoured
+tokenskip_settings: {api_keys: [sk-...], ledger_url: sqlite:///ledger.db,
+                     defaults: {prompt_ratio: 0.7}, local_max_batch: 8,
+                     direct_openai_compatible: true}
+```
+
+OpenAI-protocol deployments (``openai/`` or ``hosted_vllm/`` with an ``api_base``) are served
+by the direct backend, without litellm's per-call overhead; ``direct_openai_compatible: false``
+sends them through litellm too.
+
+A model's ``tokenskip`` block holds policy keys (see :class:`CompressionPolicy`), plus
+``tokenizer`` (the model or path whose tokenizer counts its tokens exactly; without it counts
+use the embedded tokenizer and are labeled estimates) and ``delimiter`` (for a remote model
+fine-tuned with TokenSkip: its ratio delimiter).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tokenskip.proxy.backends.direct import is_direct
+from tokenskip.proxy.policy import BatchSettings, CompressionPolicy
+from tokenskip.runtime.configs import EarlyExitConfig, SpeculativeConfig
+
+
+class Settings(BaseSettings):
+    """Service settings, from ``TOKENSKIP_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="TOKENSKIP_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    """Interface to bind."""
+    port: int = 8000
+    """TCP port to listen on."""
+    config: Path | None = None
+    """YAML config (LiteLLM model_list form); none serves ``local_model`` alone."""
+    api_keys: str = ""
+    """Comma-separated client keys; empty means no auth."""
+    ledger_url: str | None = None
+    """SQLAlchemy URL of the savings ledger (default: one SQLite file per gateway address in
+    the tokenskip cache dir, ``ledger-<host>-<port>.sqlite``)."""
+    max_body_bytes: int = 4 * 1024 * 1024
+    """Requests larger than this get 413."""
+    local_model: str = "smollm2"
+    """Model served when there is no config file."""
+    local_max_batch: int = 8
+    """Most requests one local batch holds."""
+    keep_alive_s: float = 75.0
+    """Seconds an idle keep-alive connection stays open (uvicorn's default is 5 s, shorter
+    than the pools of most clients, which then reuse a connection the server is closing)."""
+    compression: bool = True
+    """False serves every model with all transforms off (``tokenskip serve --no-compression``,
+    ``TOKENSKIP_COMPRESSION=false``): requests pass through untouched, still accounted."""
+
+    @property
+    def key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+
+@functools.lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One served model name."""
+
+    name: str
+    policy: CompressionPolicy
+    litellm_params: dict[str, Any] | None = None
+    """Remote deployment parameters (None for a local model)."""
+    local_model: str | None = None
+    """Base model served in-process (embedded name, directory or GGUF)."""
+    adapter: str | None = None
+    """LoRA adapter directory for a local model."""
+    speculative: SpeculativeConfig | None = None
+    """Local model: self-speculative decoding, ``{skip: [layers], k: 4, lookup: true}``; no
+    ``skip`` (or ``true``) calibrates the skip set at load (cached beside the model); ``lookup`` drafts
+    from earlier occurrences in the prompt and output first."""
+    early_exit: EarlyExitConfig | None = None
+    """Local model: adaptive early exit (lossy, opt-in), ``{target: 0.95, layers: [...]}``;
+    ``true`` calibrates with the defaults at load (cached beside the model)."""
+    kernels: bool = False
+    """Local model: route RMSNorm and SwiGLU through the Triton kernels (CUDA only; the
+    torch references elsewhere)."""
+    tokenizer: str | None = None
+    """Model whose tokenizer counts tokens exactly (remote models)."""
+    delimiter: str | None = None
+    """TokenSkip delimiter of a remote TokenSkip-tuned model."""
+    model_info: dict[str, Any] = field(default_factory=dict)
+    batch: BatchSettings | None = None
+    """Transparent query batching (Query-OPT) for this model; None = off."""
+    backend: str = "local"
+    """Which backend serves it: ``local``, ``direct`` (OpenAI protocol, no litellm) or ``litellm``."""
+
+    @property
+    def is_local(self) -> bool:
+        return self.local_model is not None
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    models: dict[str, ModelEntry]
+    router_settings: dict[str, Any] = field(default_factory=dict)
+    api_keys: tuple[str, ...] = ()
+    ledger_url: str | None = None
+    local_max_batch: int = 8
+    defaults: CompressionPolicy = field(default_factory=CompressionPolicy)
+    fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Models to try, in order, when a model's deployment fails (5xx, 429, timeout)."""
+
+    def litellm_model_list(self) -> list[dict[str, Any]]:
+        """The litellm-served entries in the exact form litellm's Router takes."""
+        out = []
+        for entry in self.models.values():
+            if entry.backend == "litellm":
+                item = {"model_name": entry.name, "litellm_params": dict(entry.litellm_params)}
+                if entry.model_info:
+                    item["model_info"] = dict(entry.model_info)
+                out.append(item)
+        return out
+
+
+def _entry(raw: Any, index: int, defaults: CompressionPolicy, direct_ok: bool) -> ModelEntry:
+    where = f"model_list[{index}]"
+    if not isinstance(raw, dict) or not isinstance(raw.get("model_name"), str):
+        raise ValueError(f"{where}: each entry needs a string model_name")
+    name = raw["model_name"]
+    block = dict(raw.get("tokenskip") or {})
+    tokenizer = block.pop("tokenizer", None)
+    delimiter = block.pop("delimiter", None)
+    try:
+        batch = BatchSettings.from_mapping(block.pop("batch", None))
+        policy = CompressionPolicy.from_mapping(block, defaults)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where} ({name}): tokenskip: {exc}") from None
+    local = raw.get("local")
+    params = raw.get("litellm_params")
+    if (local is None) == (params is None):
+        raise ValueError(f"{where} ({name}): give exactly one of litellm_params or local")
+    if local is not None:
+        if not isinstance(local, dict) or not local.get("model"):
+            raise ValueError(
+                f"{where} ({name}): local needs a model, e.g. local: {{model: smollm2}}"
+            )
+        return ModelEntry(
+            name,
+            policy,
+            local_model=str(local["model"]),
+            adapter=local.get("adapter"),
+            kernels=bool(local.get("kernels", False)),
+            speculative=_speculative(local.get("speculative"), f"{where} ({name})"),
+            early_exit=_early_exit(local, f"{where} ({name})"),
+            tokenizer=tokenizer,
+            batch=batch,
+        )
+    if not isinstance(params, dict) or not params.get("model"):
+        raise ValueError(f"{where} ({name}): litellm_params needs a model, e.g. openai/gpt-4o-mini")
+    return ModelEntry(
+        name,
+        policy,
+        litellm_params=params,
+        tokenizer=tokenizer,
+        delimiter=delimiter,
+        model_info=dict(raw.get("model_info") or {}),
+        batch=batch,
+        backend="direct" if direct_ok and is_direct(params) else "litellm",
+    )
+
+
+def _speculative(raw: Any, where: str) -> SpeculativeConfig | None:
+    return SpeculativeConfig.parse(raw, f"{where}: local.speculative")
+
+
+def _early_exit(local: dict[str, Any], where: str) -> EarlyExitConfig | None:
+    raw = local.get("early_exit")
+    if raw not in (None, False) and local.get("speculative") not in (None, False):
+        raise ValueError(
+            f"{where}: local.speculative (lossless) and local.early_exit (lossy) exclude each "
+            "other; pick one"
+        )
+    return EarlyExitConfig.parse(raw, f"{where}: local.early_exit")
+
+
+def _fallbacks(raw: Any, models: dict[str, ModelEntry]) -> dict[str, tuple[str, ...]]:
+    """LiteLLM's ``fallbacks: [{model: [fallback, ...]}, ...]``, every name checked."""
+    out: dict[str, tuple[str, ...]] = {}
+    for item in raw or []:
+        if not isinstance(item, dict):
+            raise ValueError(
+                "router_settings.fallbacks must be a list of {model: [fallbacks]} mappings"
+            )
+        for model, targets in item.items():
+            targets = [targets] if isinstance(targets, str) else list(targets or [])
+            for name in [model, *targets]:
+                if name not in models:
+                    raise ValueError(
+                        f"router_settings.fallbacks names '{name}', which is not in model_list"
+                    )
+            out[model] = tuple(targets)
+    return out
+
+
+def parse_config(data: dict[str, Any], settings: Settings | None = None) -> GatewayConfig:
+    settings = settings or Settings()
+    if not isinstance(data, dict):
+        raise ValueError("the config must be a YAML mapping with a model_list")
+    ts = dict(data.get("tokenskip_settings") or {})
+    try:
+        defaults = CompressionPolicy.from_mapping(ts.pop("defaults", None))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"tokenskip_settings.defaults: {exc}") from None
+    direct_ok = bool(ts.pop("direct_openai_compatible", True))
+    raw_models = data.get("model_list")
+    if not isinstance(raw_models, list) or not raw_models:
+        raise ValueError("the config needs a non-empty model_list")
+    models: dict[str, ModelEntry] = {}
+    for i, raw in enumerate(raw_models):
+        entry = _entry(raw, i, defaults, direct_ok)
+        if entry.name in models:
+            raise ValueError(
+                f"model_list[{i}]: duplicate model_name '{entry.name}' (load balancing over several deployments is not supported yet)"
+            )
+        models[entry.name] = entry
+    keys = list(settings.key_list) + list(ts.pop("api_keys", None) or [])
+    master = (data.get("general_settings") or {}).get("master_key")
+    if master:
+        keys.append(
+            os.environ.get(master.split("/", 1)[1], "")
+            if str(master).startswith("os.environ/")
+            else master
+        )
+    ledger_url = settings.ledger_url or ts.pop("ledger_url", None)
+    max_batch = int(ts.pop("local_max_batch", settings.local_max_batch))
+    if ts:
+        raise ValueError(f"unknown tokenskip_settings keys {sorted(ts)}")
+    router_settings = dict(data.get("router_settings") or {})
+    if not settings.compression:
+        models = {n: replace(e, policy=replace(e.policy, enabled=False)) for n, e in models.items()}
+    return GatewayConfig(
+        models=models,
+        router_settings=router_settings,
+        fallbacks=_fallbacks(router_settings.get("fallbacks"), models),
+        api_keys=tuple(k for k in keys if k),
+        ledger_url=ledger_url,
+        local_max_batch=max_batch,
+        defaults=defaults,
+    )
+
+
+def load_config(settings: Settings) -> GatewayConfig:
+    """The config file named by the settings, or one local model with default policy."""
+    if settings.config is None:
+        entry = ModelEntry(
+            settings.local_model,
+            CompressionPolicy(enabled=settings.compression),
+            local_model=settings.local_model,
+        )
+        return GatewayConfig(
+            models={entry.name: entry},
+            api_keys=tuple(settings.key_list),
+            ledger_url=settings.ledger_url,
+            local_max_batch=settings.local_max_batch,
+        )
+    try:
+        data = yaml.safe_load(Path(settings.config).read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot read config {settings.config}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config {settings.config} is not valid YAML: {exc}") from None
+    return parse_config(data, settings)

@@ -1,0 +1,189 @@
+"""The gateway's routes: thin handlers over the chat service, multi-query and the ledger.
+
+Each handler reads and validates its own body (:func:`tokenskip.proxy.edge.read_body`, so
+errors come in OpenAI's shape) and hands the work to the objects the app's lifespan put on
+``app.state``.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from tokenskip.proxy.batcher import Batcher, batched_completion, batched_stream
+from tokenskip.proxy.edge import read_body, until_disconnected
+from tokenskip.proxy.errors import ProxyError
+from tokenskip.proxy.multi_query import MultiQuery
+from tokenskip.proxy.openapi import ERRORS, request_body
+from tokenskip.proxy.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    Health,
+    ModelList,
+    MultiQueryRequest,
+    SavingsReport,
+)
+from tokenskip.proxy.service import ChatService
+
+router = APIRouter()
+
+
+def authorize(request: Request) -> None:
+    """401 unless the request carries one of the gateway's keys (when it has any)."""
+    keys = request.app.state.api_keys
+    if not keys:
+        return
+    header = request.headers.get("authorization", "")
+    token = (
+        header[7:].strip()
+        if header.lower().startswith("bearer ")
+        else request.headers.get("api-key", "")
+    )
+    if token not in keys:
+        raise ProxyError(
+            401,
+            "Incorrect API key provided. Pass a gateway key as 'Authorization: Bearer <key>'.",
+            code="invalid_api_key",
+        )
+
+
+def service_of(request: Request) -> ChatService:
+    return request.app.state.service
+
+
+@router.post(
+    "/v1/chat/completions",
+    dependencies=[Depends(authorize)],
+    openapi_extra=request_body(ChatCompletionRequest),
+    responses={
+        200: {
+            "model": ChatCompletionResponse,
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "a chat completion, or an SSE stream of chunks when stream is true",
+        },
+        **ERRORS,
+    },
+    response_class=JSONResponse,
+    summary="Chat completions (OpenAI protocol)",
+)
+async def chat_completions(
+    request: Request, service: ChatService = Depends(service_of)
+) -> Response:
+    body = await read_body(request, ChatCompletionRequest)
+    if body is None:
+        return Response(status_code=499)  # the client left while sending; nothing to answer
+    batcher: Batcher = request.app.state.batcher
+    if batcher.settings(body.model) is not None:
+        answer = await until_disconnected(request, batcher.submit(body))
+        if answer is not None:
+            if body.stream:
+                return StreamingResponse(
+                    batched_stream(body, answer),
+                    media_type="text/event-stream",
+                    headers={"cache-control": "no-cache", "x-tokenskip-batched": "true"},
+                )
+            return JSONResponse(
+                batched_completion(body, answer), headers={"x-tokenskip-batched": "true"}
+            )
+    prepared = await service.prepare(body)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        headers = {**prepared.headers(), "cache-control": "no-cache"}
+        return StreamingResponse(
+            service.stream(prepared, include_usage),
+            media_type="text/event-stream",
+            headers=headers,
+        )
+    result = await until_disconnected(request, service.complete(prepared))
+    return JSONResponse(result, headers=prepared.headers(result["usage"]))
+
+
+@router.post(
+    "/v1/multi_query",
+    dependencies=[Depends(authorize)],
+    openapi_extra=request_body(MultiQueryRequest),
+    responses={
+        200: {"content": {"application/json": {"schema": {"type": "object"}}}},
+        **ERRORS,
+    },
+    summary="Many queries over one context in one call (Query-OPT)",
+)
+async def multi_query(request: Request) -> Response:
+    """Many queries over one context in one call (Query-OPT); one answer per query."""
+    body = await read_body(request, MultiQueryRequest)
+    if body is None:
+        return Response(status_code=499)
+    mq: MultiQuery = request.app.state.multi_query
+    return JSONResponse(await until_disconnected(request, mq.run(body)))
+
+
+@router.get(
+    "/v1/models",
+    dependencies=[Depends(authorize)],
+    response_model=ModelList,
+    responses=ERRORS,
+    summary="The served models",
+)
+async def models(request: Request) -> dict[str, Any]:
+    config = request.app.state.config
+    created = int(time.time())
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "tokenskip-local" if e.is_local else "tokenskip",
+            }
+            for name, e in config.models.items()
+        ],
+    }
+
+
+@router.get(
+    "/v1/savings",
+    dependencies=[Depends(authorize)],
+    response_model=SavingsReport,
+    responses=ERRORS,
+    summary="Ledger totals: tokens and cost saved, by model and by kind",
+)
+async def savings(
+    request: Request, since: str | None = None, until: str | None = None
+) -> dict[str, Any]:
+    return request.app.state.ledger.totals(_when(since, "since"), _when(until, "until"))
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness and the served models")
+async def healthz(request: Request) -> dict[str, Any]:
+    return {"status": "ok", "models": sorted(request.app.state.config.models)}
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    summary="Prometheus metrics",
+)
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def _when(value: str | None, name: str) -> float | None:
+    """Unix seconds or ISO-8601 → unix seconds."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise ProxyError(
+            400, f"{name} must be unix seconds or ISO-8601, got {value!r}", param=name
+        ) from None

@@ -1,0 +1,287 @@
+"""The chat service: a prepared request through its backend (with fallbacks) to an answer.
+
+Routes hand it a validated request; :meth:`ChatService.prepare` applies policy, compression
+and the CoT knob (:mod:`tokenskip.proxy.prepare`), then :meth:`~ChatService.complete` or
+:meth:`~ChatService.stream` call the model's backend, fall back to the next model on a 5xx
+or 429 before any output, and return a response body (or SSE lines). The models live in
+:mod:`tokenskip.proxy.registry`, usage and the ledger in :mod:`tokenskip.proxy.accounting`,
+the bodies the gateway builds in :mod:`tokenskip.proxy.openai_format`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from tokenskip.multi_query import TailCheck
+from tokenskip.proxy.accounting import Accounting
+from tokenskip.proxy.backends.base import BackendError, Delta
+from tokenskip.proxy.config import GatewayConfig, ModelEntry
+from tokenskip.proxy.errors import ProxyError
+from tokenskip.proxy.ledger import Ledger
+from tokenskip.proxy.metrics import Metrics
+from tokenskip.proxy.prepare import Prepared, prepare, settle
+from tokenskip.proxy.protocol import (
+    DONE,
+    ChatCompletionRequest,
+    chunk_body,
+    completion_body,
+    error_body,
+    now,
+    sse,
+)
+from tokenskip.proxy.registry import Counter, Registry
+
+log = logging.getLogger(__name__)
+
+
+class ChatService:
+    """Answers chat requests for one gateway over its models, ledger and metrics."""
+
+    def __init__(self, config: GatewayConfig, ledger: Ledger, metrics: Metrics):
+        self.config = config
+        self.ledger = ledger
+        self.metrics = metrics
+        self.models = Registry(config)
+        self.accounting = Accounting(self.models, ledger, metrics)
+
+    @property
+    def local(self) -> Any:
+        """The local backend (its engines are the local models' schedulers)."""
+        return self.models.local
+
+    def counter(self, entry: ModelEntry) -> Counter:
+        return self.models.counter(entry)
+
+    async def aclose(self) -> None:
+        await self.models.aclose()
+
+    async def prepare(self, request: ChatCompletionRequest) -> Prepared:
+        return await prepare(self.models, self.metrics, request)
+
+    def record_refusal(self, model: str | None, status: int, message: str) -> None:
+        self.accounting.record_refusal(model, status, message)
+
+    # -- fallbacks ------------------------------------------------------------------------
+    def _upstream_failed(self, entry: ModelEntry, exc: BackendError) -> bool:
+        """Count a failure; True if a fallback may be tried for it."""
+        self.metrics.upstream_errors.labels(entry.name, exc.code or str(exc.status)).inc()
+        return exc.status >= 500 or exc.status == 429
+
+    def _fell_back(
+        self, p: Prepared, failed: ModelEntry, nxt: ModelEntry, exc: BackendError
+    ) -> None:
+        """A fallback is never silent: logged, counted, and named in a response header."""
+        log.warning(
+            "request %s: model %s failed (%s %s); falling back to %s",
+            p.request_id,
+            failed.name,
+            exc.status,
+            exc.code or exc.message[:120],
+            nxt.name,
+        )
+        p.fallbacks.append(f"{failed.name}->{nxt.name}")
+        self.metrics.fallbacks.labels(p.entry.name, nxt.name).inc()
+
+    # -- answers --------------------------------------------------------------------------
+    async def complete(self, p: Prepared) -> dict[str, Any]:
+        chain = self.models.chain(p.entry)
+        for i, entry in enumerate(chain):
+            try:
+                result = await self.models.backend(entry).complete(entry.name, p.messages, p.params)
+                p.served = entry
+                break
+            except BackendError as exc:
+                if self._upstream_failed(entry, exc) and i + 1 < len(chain):
+                    self._fell_back(p, entry, chain[i + 1], exc)
+                    continue
+                self.accounting.account(p, exc.status, False, None, exc.message)
+                raise _accounted(ProxyError(exc.status, exc.message, exc.type, exc.code)) from None
+            except asyncio.CancelledError:
+                self.accounting.account(p, 499, False, None, "client disconnected")
+                raise
+        await settle(p)
+        usage = self.accounting.usage(
+            p, result.prompt_tokens, result.completion_tokens, result.text
+        )
+        self.accounting.account(p, 200, False, usage)
+        return self._completion(p, result.text, result.finish_reason, usage, result.raw)
+
+    async def complete_watched(
+        self,
+        p: Prepared,
+        stop: Callable[[str], bool],
+        *,
+        prompt_tokens: int | None = None,
+        every: int = 64,
+        window: int = 4096,
+    ) -> dict[str, Any]:
+        """Like :meth:`complete`, but streamed from the backend and cut as soon as
+        ``stop(the last window characters)`` says so (checked every ``every`` new characters,
+        :class:`TailCheck`): then the finish reason is ``"stopped"``, the upstream call is
+        closed, and the usage is the gateway's count (``tokens_estimated``): ``prompt_tokens``
+        as the caller counted the prompt, the completion counted from the text received."""
+        parts: list[str] = []
+        watch = TailCheck(stop, every, window)
+        end: list[Delta] = []
+        stopped = False
+        status, usage, error = 499, None, "client disconnected"
+        try:
+            async with contextlib.aclosing(self._pieces(p, end)) as pieces:
+                async for delta in pieces:
+                    parts.append(delta.text)
+                    if watch.feed(delta.text):
+                        stopped = True
+                        break
+            text = "".join(parts)
+            if not end and not stopped:
+                raise _incomplete()
+            last = end[0] if end else None
+            await settle(p)
+            reported = last.prompt_tokens if last is not None else None
+            usage = self.accounting.usage(
+                p,
+                reported if reported is not None else prompt_tokens,
+                last.completion_tokens if last is not None else None,
+                text,
+            )
+            status, error = 200, None
+            return self._completion(p, text, last.finish_reason if last else "stopped", usage)
+        except BackendError as exc:
+            status, error = exc.status, exc.message
+            raise _accounted(ProxyError(exc.status, exc.message, exc.type, exc.code)) from None
+        except Exception as exc:
+            status, error = 500, f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self.accounting.account(p, status, True, usage, error)
+
+    def _completion(
+        self,
+        p: Prepared,
+        text: str,
+        finish_reason: str,
+        usage: dict[str, Any],
+        raw: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        if raw is not None:
+            # The upstream's body as it came (tool calls, logprobs, refusal, audio,
+            # system_fingerprint, service_tier, usage details...); the gateway only names the
+            # model it was asked for and adds its own accounting.
+            body = dict(raw)
+            body["model"] = p.model
+            body["usage"] = {**(raw.get("usage") or {}), **usage}
+            body["tokenskip"] = p.info()
+            return body
+        return completion_body(p.request_id, now(), p.model, text, finish_reason, usage, p.info())
+
+    async def _deltas(self, p: Prepared) -> AsyncIterator[Delta]:
+        """The backend's deltas, falling back to the next model only before any output."""
+        chain = self.models.chain(p.entry)
+        for i, entry in enumerate(chain):
+            started = False
+            try:
+                async with contextlib.aclosing(
+                    self.models.backend(entry).stream(entry.name, p.messages, p.params)
+                ) as deltas:
+                    async for delta in deltas:
+                        started, p.served = True, entry
+                        yield delta
+                return
+            except BackendError as exc:
+                if not self._upstream_failed(entry, exc) or started or i + 1 == len(chain):
+                    raise
+                self._fell_back(p, entry, chain[i + 1], exc)
+
+    async def _pieces(self, p: Prepared, end: list[Delta]) -> AsyncIterator[Delta]:
+        """The backend's deltas up to the finishing one, which is put in ``end``."""
+        async with contextlib.aclosing(self._deltas(p)) as deltas:
+            async for delta in deltas:
+                if delta.finish_reason is not None:
+                    end.append(delta)
+                    return
+                yield delta
+
+    async def stream(self, p: Prepared, include_usage: bool) -> AsyncIterator[str]:
+        """SSE lines. From an OpenAI-protocol upstream its chunks are forwarded as they came
+        (tool-call deltas, logprobs, refusals...); a local model's are built here: a role
+        chunk, content chunks, a finish chunk. Then the usage chunk if asked, and [DONE]."""
+        created = now()
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+            return sse(chunk_body(p.request_id, created, p.model, delta, finish))
+
+        parts: list[str] = []
+        status, usage, error = 499, None, "client disconnected"
+        passthrough = False
+        try:
+            end: list[Delta] = []
+            # aclosing: if the client leaves, the backend stream is closed (and cancelled) now.
+            async with contextlib.aclosing(self._pieces(p, end)) as pieces:
+                first = True
+                async for delta in pieces:
+                    if first:
+                        passthrough, first = delta.raw is not None, False
+                        if not passthrough:
+                            yield chunk({"role": "assistant", "content": ""})
+                    parts.append(delta.text)
+                    if passthrough and delta.raw is not None:
+                        yield sse({**delta.raw, "model": p.model})
+                    elif delta.text:
+                        yield chunk({"content": delta.text})
+                if first and end and end[0].raw is None:
+                    yield chunk({"role": "assistant", "content": ""})
+            if not end:
+                raise _incomplete()
+            last = end[0]
+            await settle(p)
+            usage = self.accounting.usage(
+                p, last.prompt_tokens, last.completion_tokens, "".join(parts)
+            )
+            if not passthrough:
+                yield chunk({}, last.finish_reason)
+            if include_usage:
+                upstream = last.raw or {}
+                body = {
+                    "id": upstream.get("id", p.request_id),
+                    "object": "chat.completion.chunk",
+                    "created": upstream.get("created", created),
+                    **upstream,
+                    "model": p.model,
+                    "choices": [],
+                    "usage": {**(upstream.get("usage") or {}), **usage},
+                    "tokenskip": p.info(),
+                }
+                yield sse(body)
+            yield DONE
+            status, error = 200, None
+        except BackendError as exc:
+            status, error = exc.status, exc.message
+            yield sse(error_body(exc.message, exc.type, exc.code))
+            yield DONE
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a stream ends cleanly whatever happened
+            log.exception("stream of request %s failed", p.request_id)
+            status, error = 500, f"{type(exc).__name__}: {exc}"
+            body = error_body(
+                f"internal error: {type(exc).__name__}", "server_error", "internal_error"
+            )
+            yield sse(body)
+            yield DONE
+        finally:
+            self.accounting.account(p, status, True, usage, error)
+
+
+def _accounted(error: ProxyError) -> ProxyError:
+    error.accounted = True
+    return error
+
+
+def _incomplete() -> BackendError:
+    return BackendError(
+        502, "the backend stream ended without finishing", "upstream_error", "upstream_incomplete"
+    )

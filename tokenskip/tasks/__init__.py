@@ -1,0 +1,1 @@
+"""Task code shared by evaluation and training: data sets, prompts and answer extraction."""

@@ -1,0 +1,107 @@
+"""Run directories shared by the training pipelines: one run per directory, resumable, and
+safe under ``accelerate launch`` (data preparation on rank 0 only)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from tokenskip.errors import InvalidInputError
+
+
+def claim_run_dir(out_dir: str, config: dict[str, Any]) -> None:
+    """Make ``out_dir`` this run's, or refuse if it holds a different run.
+
+    The same configuration resumes (every stage skips what it finished); any difference is
+    an error naming the fields, so no earlier output is overwritten silently.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--out {out} exists and is not a directory")
+    marker = out / "run.json"
+    mine = json.loads(json.dumps(config))
+    if marker.is_file():
+        # unset (None) settings compare equal to absent ones: a run made before a setting
+        # existed still resumes
+        theirs, ours = _set_only(json.loads(marker.read_text())), _set_only(mine)
+        if theirs != ours:
+            fields = ", ".join(
+                f"{path} ({_show(a)} there, {_show(b)} now)"
+                for path, a, b in _differences(theirs, ours)
+            )
+            raise InvalidInputError(
+                f"{out} holds a different run (differs in: {fields}); "
+                "rerun with the same settings to resume, or pick another --out"
+            )
+        return
+    if out.is_dir() and any(out.iterdir()):
+        raise InvalidInputError(
+            f"{out} is not empty and holds no tokenskip run.json; pick another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(mine, indent=2) + "\n")
+
+
+def _differences(theirs: Any, ours: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """Every leaf field that differs, by its dotted path (``train.learning_rate``)."""
+    if isinstance(theirs, dict) and isinstance(ours, dict):
+        out = []
+        for key in sorted(set(theirs) | set(ours)):
+            where = f"{path}.{key}" if path else key
+            out.extend(_differences(theirs.get(key), ours.get(key), where))
+        return out
+    return [] if theirs == ours else [(path, theirs, ours)]
+
+
+def _show(value: Any) -> str:
+    text = "unset" if value is None else json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _set_only(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _set_only(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def on_main_process_first(prepare: Any, out_dir: str) -> dict[str, Any]:
+    """Under ``accelerate launch``, rank 0 prepares the data while the others wait, then they
+    read its summary; a single process just prepares."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return prepare()
+    from accelerate import PartialState
+
+    state = PartialState()
+    summary = Path(out_dir) / "data.json"
+    if state.is_main_process:
+        data = prepare()
+        summary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    state.wait_for_everyone()
+    return data if state.is_main_process else json.loads(summary.read_text())
+
+
+def write_adapter_meta(
+    file_name: str, trained: dict[str, Any], sft: Any, started: float, **fields: Any
+) -> dict[str, Any]:
+    """The adapter's metadata: ``fields`` + the training summary and its config + wall time +
+    provenance, written as ``file_name`` inside the adapter directory; returned."""
+    import time
+    from dataclasses import asdict
+
+    from tokenskip.provenance import provenance
+
+    meta = {
+        **fields,
+        "training": {**trained, "config": asdict(sft)},
+        "wall_s": round(time.time() - started, 1),
+        **provenance(),
+    }
+    text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
+    (Path(trained["adapter"]) / file_name).write_text(text)
+    return meta
