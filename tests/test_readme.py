@@ -10,6 +10,7 @@ change made to a block is that port.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -20,6 +21,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.conftest import SOLUTIONS
+from tokenskip.tasks.gsm8k import DIR_ENV, default_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TOUR = re.compile(r"<!-- quick-tour -->(.*?)<!-- /quick-tour -->", re.S)
@@ -45,6 +49,23 @@ def folder(tmp_path_factory):
     (where / ".venv").symlink_to(venv if (venv / "bin").is_dir() else ROOT / ".venv")
     (where / "examples").symlink_to(ROOT / "examples")
     return where
+
+
+@pytest.fixture(scope="module")
+def gsm8k_env(tmp_path_factory) -> dict[str, str]:
+    """The GSM8K data the eval example reads: the shared data set where this clone has it,
+    else five inline problems in a folder named by ``$TOKENSKIP_GSM8K_DIR`` (how a user
+    points the CLI at their own copy)."""
+    if (default_dir() / "test.jsonl").is_file():
+        return {}
+    where = tmp_path_factory.mktemp("gsm8k")
+    rows = [
+        json.dumps({"question": f"Question {i}: what is the answer?", "answer": a})
+        for i, a in enumerate(SOLUTIONS)
+    ]
+    for split in ("train", "test"):
+        (where / f"{split}.jsonl").write_text("\n".join(rows) + "\n")
+    return {DIR_ENV: str(where)}
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +105,7 @@ def test_the_tour_has_shell_and_python_examples():
 
 
 @pytest.mark.parametrize("index", range(len(tour_blocks())))
-def test_each_quick_tour_example_runs_as_written(index, folder, server):
+def test_each_quick_tour_example_runs_as_written(index, folder, server, gsm8k_env):
     kind, code = tour_blocks()[index]
     code = code.replace("127.0.0.1:8000", f"127.0.0.1:{server}")
     command = (
@@ -96,7 +117,7 @@ def test_each_quick_tour_example_runs_as_written(index, folder, server):
             code,
         ]
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **gsm8k_env}
     done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"block {index} ({kind}) failed:\n{code}\n{done.stderr[-3000:]}"
     assert done.stdout.strip(), f"block {index} printed nothing"

@@ -326,7 +326,15 @@ def test_load_sha256_is_the_file_hash_and_stable(tmp_path):
     assert load_gsm8k(changed).sha256 != first.sha256
 
 
+def test_the_data_folder_can_be_named_by_the_environment(tmp_path, monkeypatch):
+    write_jsonl(tmp_path / "test.jsonl", good_lines())
+    monkeypatch.setenv("TOKENSKIP_GSM8K_DIR", str(tmp_path))
+    monkeypatch.setattr("tokenskip.tasks.gsm8k.DEFAULT_DIR", tmp_path / "nowhere")
+    assert len(load_gsm8k()) == len(good_lines())
+
+
 def test_load_default_dir_missing_says_how_to_fix(tmp_path, monkeypatch):
+    monkeypatch.delenv("TOKENSKIP_GSM8K_DIR", raising=False)
     monkeypatch.setattr("tokenskip.tasks.gsm8k.DEFAULT_DIR", tmp_path / "nowhere")
     with pytest.raises(InvalidInputError) as info:
         load_gsm8k()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -41,6 +42,15 @@ from tokenskip.cot import split_cot
 from tokenskip.errors import InvalidInputError
 
 DEFAULT_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k"
+"""Where the data is looked for when no source is given (``$TOKENSKIP_GSM8K_DIR`` overrides)."""
+DIR_ENV = "TOKENSKIP_GSM8K_DIR"
+
+
+def default_dir() -> Path:
+    """``$TOKENSKIP_GSM8K_DIR`` if set, else :data:`DEFAULT_DIR` (``../shared`` of the clone)."""
+    return Path(os.environ[DIR_ENV]).expanduser() if os.environ.get(DIR_ENV) else DEFAULT_DIR
+
+
 HUB_NAMES = ("openai/gsm8k", "hf:openai/gsm8k")
 REL_TOL = 1e-9
 """``is_correct``'s relative tolerance: only above 1e6 does it exceed the default 1e-3."""
@@ -144,7 +154,7 @@ def _resolve(source: str | Path | None, split: str) -> Path:
         f"{split}.jsonl, or 'openai/gsm8k' to download it from the Hugging Face hub"
     )
     if source is None:
-        path = DEFAULT_DIR / f"{split}.jsonl"
+        path = default_dir() / f"{split}.jsonl"
         if not path.is_file():
             raise InvalidInputError(f"no GSM8K data found at {path}; {how}")
         return path
