@@ -142,10 +142,12 @@ def load_report(path: Path) -> dict[str, Any]:
     return report if isinstance(report.get("parts"), dict) else {"parts": {}}
 
 
-def write_report(report: dict[str, Any], out_dir: Path) -> None:
+def write_report(report: dict[str, Any], out_dir: Path, work_root: Path) -> None:
+    """The JSON and Markdown reports; the run's scratch folder is named ``<tmp>`` in them."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ordered = {name: report["parts"][name] for name in PARTS if name in report["parts"]}
-    report = {"meta": metadata(), "parts": ordered}
+    parts = json.loads(json.dumps(ordered).replace(str(work_root), "<tmp>"))
+    report = {"meta": metadata(), "parts": parts}
     (out_dir / "proxy_bench.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "proxy_bench.md").write_text(proxy_report.render(report))
 
@@ -282,7 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in names:
             part = run_part(name, args, work_root)
             report["parts"][name] = part
-            write_report(report, args.out_dir)  # after every part: a later crash loses nothing
+            # after every part: a later crash loses nothing
+            write_report(report, args.out_dir, work_root)
             print_summary(name, part)
             failed = failed or bool(part.get("error"))
     finally:
