@@ -6,6 +6,7 @@ import socket
 import pytest
 
 from tokenskip.cli import main
+from tokenskip.reasoning import BudgetForcing
 
 DATA = [
     {
@@ -38,7 +39,7 @@ def test_two_question_run_on_the_embedded_model(tmp_path, data_file, capsys):
         "--ratios",
         "1.0,0.5",
         "--methods",
-        "original,instruction,truncation",
+        "original,instruction,truncation,budget-forcing",
         "--max-new-tokens",
         "24,48",
         "--batch-size",
@@ -54,7 +55,12 @@ def test_two_question_run_on_the_embedded_model(tmp_path, data_file, capsys):
     assert run["meta"]["model"] == "smollm2" and run["meta"]["dataset"]["n"] == 2
     assert run["meta"]["git_commit"] and run["meta"]["hardware"]["cpu_count"]
     methods = {(r["method"], r["ratio"]) for r in run["rows"]}
-    assert methods == {("original", 1.0), ("instruction", 0.5), ("truncation", 0.5)}
+    assert methods == {
+        ("original", 1.0),
+        ("instruction", 0.5),
+        ("truncation", 0.5),
+        ("budget-forcing", 1.0),
+    }
     original = next(r for r in run["rows"] if r["method"] == "original")
     assert (
         original["budgets"]["48"]["output_tokens_mean"]
@@ -68,7 +74,19 @@ def test_two_question_run_on_the_embedded_model(tmp_path, data_file, capsys):
     assert (out / "README.md").read_text().startswith("# GSM8K token savings: smollm2")
     assert (out / "frontier.png").stat().st_size > 10_000
     lines = (out / "samples.jsonl").read_text().splitlines()
-    assert len(lines) == 3 * 2 * 2  # (method, ratio) configs × budgets × questions
+    assert len(lines) == 4 * 2 * 2  # (method, ratio) configs × budgets × questions
+    samples = [json.loads(line) for line in lines]
+    assert all(isinstance(s["text"], str) for s in samples)  # every generation's own text
+    by = {(s["method"], s["budget"], s["index"]): s for s in samples}
+    for (method, budget, index), s in by.items():
+        if method != "budget-forcing":
+            continue
+        original = by[("original", budget, index)]
+        if original["finished"] or BudgetForcing.answered(original["text"]):
+            assert s["text"] == original["text"]  # answered under budget: untouched
+        else:  # cut by the cap: the same reasoning, then the cue and an answer
+            assert s["text"].startswith(original["text"])
+            assert "Final answer:" in s["text"][len(original["text"]) :]
     # a rerun is served from the cache and re-renders identical numbers
     assert main(args) == 0
     again = json.loads((out / "run.json").read_text())

@@ -43,6 +43,13 @@ class Scripted:
             answer = {"Tom": 7, "A box": 12, "Sam": 6}[
                 next(k for k in ("Tom", "A box", "Sam") if k in question)
             ]
+            if prompt.continuation:  # budget forcing: the answer after the cue
+                ids = self.tokenizer.encode(f" {answer}", add_special_tokens=False)
+                g = Generation(f" {answer}", len(ids), True, 0.01, tuple(ids))
+                if on_result:
+                    on_result(i, g)
+                out.append(g)
+                continue
             concise = any("concisely" in m["content"] for m in prompt.messages)
             reasoning = (
                 "We add the numbers."
@@ -72,15 +79,14 @@ def data_file(tmp_path):
 
 
 def make_runner(tmp_path, data_file, tokenizer, **kw):
-    config = EvalConfig(
-        data=str(data_file),
-        out_dir=str(tmp_path / "out"),
-        methods=("original", "instruction", "truncation"),
-        ratios=(1.0, 0.5),
-        budgets=(8, 64),
-        latency_samples=1,
+    kw = {
+        "methods": ("original", "instruction", "truncation"),
+        "ratios": (1.0, 0.5),
+        "budgets": (8, 64),
+        "latency_samples": 1,
         **kw,
-    )
+    }
+    config = EvalConfig(data=str(data_file), out_dir=str(tmp_path / "out"), **kw)
     generator = Scripted(tokenizer.hf)
     runner = Runner(
         config, generator, tokenizer, gsm8k.load_gsm8k(str(data_file)), (), None, progress=False
@@ -214,3 +220,36 @@ def test_inapplicable_methods_are_reported_not_silently_dropped(tmp_path, data_f
     )
     result = runner.run()
     assert set(result["skipped_methods"]) == {"tokenskip", "prompt-compression"}
+
+
+def test_budget_forcing_keeps_the_answer_a_cap_cuts_off(tmp_path, data_file, tokenizer):
+    runner, generator = make_runner(
+        tmp_path, data_file, tokenizer, methods=("original", "budget-forcing")
+    )
+    result = runner.run()
+    original, forced = row(result, "original", 1.0), row(result, "budget-forcing", 1.0)
+    assert original["budgets"]["8"]["accuracy"] == 0.0  # cut before the #### line
+    assert forced["budgets"]["8"]["accuracy"] == 1.0  # the cue lets the answer out
+    assert forced["budgets"]["64"] == original["budgets"]["64"]  # answered under budget
+    texts = {
+        (s["budget"], s["index"]): s["text"]
+        for s in result["samples"]
+        if s["method"] == "budget-forcing"
+    }
+    originals = {
+        (s["budget"], s["index"]): s["text"] for s in result["samples"] if s["method"] == "original"
+    }
+    for (budget, index), text in texts.items():
+        if budget == 8:
+            head = originals[(8, index)]
+            assert text.startswith(head) and "Final answer:" in text[len(head) :]
+        else:
+            assert text == originals[(64, index)]
+    calls = generator.calls
+    again, generator2 = make_runner(
+        tmp_path, data_file, tokenizer, methods=("original", "budget-forcing")
+    )
+    rerun = again.run()["rows"]
+    assert [r["budgets"] for r in rerun] == [r["budgets"] for r in result["rows"]]
+    assert generator2.calls == 0  # all cached
+    assert calls > 0

@@ -28,7 +28,17 @@ behaviour (litellm strips the provider prefix, so `openai/ok` arrives as `ok`):
              refusal field, logprobs when asked, system_fingerprint, service_tier and usage
              details; streamed as OpenAI streams tool calls (id and name first, then the
              arguments in fragments, by index). RICH_* below are what it sends.
+    reasoner a reasoning model: ``message.reasoning_content`` (REASONING) beside the echo
+             answer, ``usage.completion_tokens_details.reasoning_tokens``; streamed as
+             reasoning_content deltas first, then the content.
+    continuer    reasons for CONTINUER_STEPS words ("step 1 ... step N"), then "Final answer:
+             7"; cut at ``max_tokens`` words with finish_reason "length". With
+             ``continue_final_message`` it continues the last (assistant) message: " 7".
     other    HTTP 404, code "model_not_found".
+
+POST /v1/messages is a fake Anthropic Messages endpoint (a thinking block when the request
+has ``thinking``, then the text "echo: ..."); POST /v1beta/models/{model}:generateContent a
+fake Gemini one. Both record their last body under /_calls like the chat endpoint.
 
 GET /_calls -> {"total", "by_model", "last_body", "last_auth", "pieces_streamed"} (content
 chunks sent by the last stream); POST /_reset clears them
@@ -67,7 +77,11 @@ MODELS = (
     "multi_loop",
     "multi_drop",
     "rich",
+    "reasoner",
+    "continuer",
 )
+REASONING = "The user wants an echo. I will repeat the message back."
+CONTINUER_STEPS = 40
 RICH_TOOL_CALLS = [
     {
         "id": "call_weather_1",
@@ -236,6 +250,87 @@ def rich_answer(body: dict[str, Any], stream: bool) -> Any:
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
+def reasoner_answer(body: dict[str, Any], stream: bool) -> Any:
+    answer, usage = echo_answer(body["messages"])
+    reasoning_tokens = words(REASONING)
+    usage = {
+        **usage,
+        "completion_tokens": usage["completion_tokens"] + reasoning_tokens,
+        "total_tokens": usage["total_tokens"] + reasoning_tokens,
+        "completion_tokens_details": {"reasoning_tokens": reasoning_tokens},
+    }
+    cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    if not stream:
+        message = {"role": "assistant", "content": answer, "reasoning_content": REASONING}
+        return {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": "reasoner",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": usage,
+        }
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return sse(
+            {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": "reasoner",
+                "choices": [choice],
+            }
+        )
+
+    async def events() -> AsyncIterator[bytes]:
+        yield chunk({"role": "assistant", "content": ""})
+        for piece in stream_pieces(REASONING):
+            yield chunk({"reasoning_content": piece})
+        for piece in stream_pieces(answer):
+            yield chunk({"content": piece})
+        yield chunk({}, "stop")
+        yield sse(
+            {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": "reasoner",
+                "choices": [],
+                "usage": usage,
+            }
+        )
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def continuer_answer(body: dict[str, Any]) -> dict[str, Any]:
+    limit = body.get("max_tokens") or 10_000
+    if body.get("continue_final_message"):
+        text, finish = " 7", "stop"
+    else:
+        steps = [f"step {i}" for i in range(1, CONTINUER_STEPS // 2 + 1)]
+        pieces = " ".join(steps).split() + ["Final", "answer:", "7"]
+        text = " ".join(pieces[:limit])
+        finish = "length" if len(pieces) > limit else "stop"
+    prompt = sum(words(content_text(m.get("content"))) for m in body["messages"])
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": "continuer",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+        ],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": words(text),
+            "total_tokens": prompt + words(text),
+        },
+    }
+
+
 def stream_pieces(answer: str) -> list[str]:
     """One piece per word, trailing whitespace kept: "".join(pieces) == answer."""
     return re.findall(r"\S+\s*|\s+", answer)
@@ -336,6 +431,10 @@ def make_upstream_app(api_key: str | None = None) -> FastAPI:
 
         if model == "rich":
             return rich_answer(body, stream)
+        if model == "reasoner":
+            return reasoner_answer(body, stream)
+        if model == "continuer":
+            return continuer_answer(body)
         answer, usage = echo_answer(body["messages"])
         if model.startswith("multi"):
             answer = multi_answer(model, body["messages"], answer)
@@ -400,5 +499,51 @@ def make_upstream_app(api_key: str | None = None) -> FastAPI:
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/v1/messages")
+    async def anthropic_messages(request: Request) -> Any:
+        body = await request.json()
+        calls.by_model[str(body.get("model"))] += 1
+        calls.last_body = body
+        calls.last_auth = request.headers.get("x-api-key")
+        text = "echo: " + content_text(body["messages"][-1].get("content"))
+        blocks: list[dict[str, Any]] = []
+        if body.get("thinking"):
+            blocks.append({"type": "thinking", "thinking": REASONING, "signature": "sig-fake"})
+        blocks.append({"type": "text", "text": text})
+        return {
+            "id": f"msg_{uuid.uuid4().hex[:24]}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model"),
+            "content": blocks,
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 10, "output_tokens": words(text) + words(REASONING)},
+        }
+
+    @app.post("/v1beta/models/{model}:generateContent")
+    async def gemini_generate(model: str, request: Request) -> Any:
+        body = await request.json()
+        calls.by_model[model] += 1
+        calls.last_body = body
+        calls.last_auth = request.headers.get("x-goog-api-key")
+        user = body["contents"][-1]["parts"][0].get("text", "")
+        return {
+            "candidates": [
+                {
+                    "content": {"role": "model", "parts": [{"text": "echo: " + user}]},
+                    "finishReason": "STOP",
+                    "index": 0,
+                }
+            ],
+            "usageMetadata": {
+                "promptTokenCount": words(user),
+                "candidatesTokenCount": words(user) + 1,
+                "thoughtsTokenCount": 12,
+                "totalTokenCount": 2 * words(user) + 13,
+            },
+            "modelVersion": model,
+        }
 
     return app

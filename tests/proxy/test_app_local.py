@@ -164,6 +164,31 @@ def test_cot_knob_method_depends_on_the_model(client):
     assert tuned.model_extra["tokenskip"]["cot_method"] == "tokenskip"
 
 
+def test_budget_forcing_on_the_local_model_cues_the_answer(client, smol):
+    question = "Tom has 3 boxes with 12 apples each and gives away 7. How many are left? Explain."
+    knob = {"cot_method": "budget-forcing", "cot_budget": 12, "force_answer_tokens": 8}
+    r = client.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": question}],
+        extra_body={"tokenskip": knob},
+    )
+    info = r.model_extra["tokenskip"]
+    assert info["cot_method"] == "budget-forcing" and info["cot_forced"] is True
+    assert info["cot_budget"] == 12
+    assert "\n\nFinal answer:" in r.choices[0].message.content
+    reasoning = r.choices[0].message.content.split("\n\nFinal answer:")[0]
+    assert len(smol.tokenizer.encode(reasoning, add_special_tokens=False)) <= 12 + 1
+    assert r.usage.completion_tokens <= 12 + 8 + 8
+    streamed = client.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": question}],
+        stream=True,
+        extra_body={"tokenskip": knob},
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert text == r.choices[0].message.content  # greedy: the same forced answer
+
+
 def test_concurrent_clients_are_batched_and_all_answered(client, proxy):
     engine = proxy[1].state.service.local.engines["smollm2"]
     questions = [f"What is {i}+{i}?" for i in range(8)]

@@ -74,3 +74,56 @@ def test_overflowing_and_non_finite_values_are_clamped_not_lost(tmp_path):
     assert len(rows) == 2
     big = next(r for r in rows if r["prompt_tokens_original"] > 10)
     assert big["prompt_tokens_original"] == 2**62 and big["cost_actual"] is None
+
+
+def test_a_ledger_from_before_reasoning_columns_gains_them_and_keeps_its_rows(tmp_path):
+    import sqlalchemy as sa
+
+    from tokenskip.proxy.ledger import ADDED_COLUMNS, Ledger, LedgerRow, requests_table
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    old = sa.MetaData()
+    sa.Table(
+        requests_table.name,
+        old,
+        *[c.copy() for c in requests_table.columns if c.name not in ADDED_COLUMNS],
+    )
+    engine = sa.create_engine(url)
+    old.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO tokenskip_requests (request_id, ts, model, backend, status, stream, "
+                "latency_ms, prompt_tokens_original, prompt_tokens_sent, completion_tokens, "
+                "cot_method, cot_tokens_saved_estimated, batch_tokens_saved, tokens_estimated) "
+                "VALUES ('old-1', 1.0, 'm', 'direct', 200, 0, 1.0, 10, 8, 5, 'none', 0, 0, 0)"
+            )
+        )
+    engine.dispose()
+    ledger = Ledger(url)
+    try:
+        ledger.record(
+            LedgerRow(
+                request_id="new-1",
+                model="m",
+                backend="direct",
+                status=200,
+                stream=False,
+                latency_ms=1.0,
+                prompt_tokens_original=10,
+                prompt_tokens_sent=10,
+                completion_tokens=40,
+                reasoning_tokens=30,
+                reasoning_tokens_saved_estimated=30,
+                cot_budget=2048,
+            )
+        )
+        rows = {r["request_id"]: r for r in ledger.rows()}
+        assert set(rows) == {"old-1", "new-1"}
+        assert rows["old-1"]["reasoning_tokens"] is None
+        assert rows["new-1"]["reasoning_tokens"] == 30 and rows["new-1"]["cot_budget"] == 2048
+        totals = ledger.totals()
+        assert totals["totals"]["reasoning_tokens"] == 30
+        assert totals["by_kind"]["reasoning_budget"]["tokens_saved"] == 30
+    finally:
+        ledger.close()

@@ -112,6 +112,18 @@ def add_eval_parser(subparsers: Any) -> None:
         "with AVX-512 BF16)",
     )
     g.add_argument(
+        "--force-cue",
+        default=None,
+        help="budget forcing: the text appended at the budget (default: a blank line, then "
+        "'Final answer:')",
+    )
+    g.add_argument(
+        "--force-answer-tokens",
+        type=int,
+        default=None,
+        help="budget forcing: the most tokens written after the cue (default: 32)",
+    )
+    g.add_argument(
         "--latency-samples",
         type=int,
         default=5,
@@ -160,6 +172,12 @@ def run_gsm8k(args: argparse.Namespace) -> int:
         latency_samples=args.latency_samples,
         price_per_1k_output=args.price_per_1k_output,
         out_dir=args.out,
+        **({"force_cue": args.force_cue} if args.force_cue is not None else {}),
+        **(
+            {"force_answer_tokens": args.force_answer_tokens}
+            if args.force_answer_tokens is not None
+            else {}
+        ),
     )
     command = "tokenskip " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     run = run_eval(config, command=command, progress=not args.no_progress)

@@ -8,6 +8,13 @@ Methods (rows of the report):
 - ``instruction``: the base model told to be concise within γ × its mean CoT length.
 - ``truncation``: the original output cut at γ of its tokens (no new generation).
 - ``prompt-compression``: k-shot exemplars compressed with the core at γ (needs shots).
+- ``budget-forcing``: s1's budget forcing at each budget: the reasoning stops there, the
+  answer cue (``--force-cue``) is appended and the model writes at most
+  ``--force-answer-tokens`` more; an answer written under the budget is left as it is. With
+  a local model the first ``budget`` tokens are the original greedy generation's (the same
+  tokens the engine's own forcing would produce) and only the answer is generated, from
+  the prompt, those tokens and the cue; through ``--base-url`` the server does the forcing
+  (the proxy's ``cot_method: budget-forcing`` with ``cot_budget``).
 
 Budgets: generation is capped at the largest budget; with a local model the smaller budgets
 are the same greedy generation cut at that many tokens (identical to a run capped there).
@@ -27,12 +34,20 @@ from tokenskip.evaluation.metrics import achieved_ratio, mean, median, wilson_in
 from tokenskip.progress import progress_bar
 from tokenskip.provenance import portable_path
 from tokenskip.ratio_prompt import ADAPTER_META, delimiter_in
+from tokenskip.reasoning import DEFAULT_ANSWER_TOKENS, DEFAULT_CUE, BudgetForcing
 from tokenskip.runtime.generate import Generation, Generator, Prompt
 from tokenskip.scorers import SCORER_NAMES
 from tokenskip.tasks import gsm8k
 from tokenskip.tokens import TextTokenizer, chat_prompt_tokens
 
-METHODS = ("original", "tokenskip", "instruction", "truncation", "prompt-compression")
+METHODS = (
+    "original",
+    "tokenskip",
+    "instruction",
+    "truncation",
+    "prompt-compression",
+    "budget-forcing",
+)
 DEFAULT_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 
 
@@ -84,6 +99,10 @@ class EvalConfig:
     """USD per 1,000 output tokens, to express savings as cost."""
     out_dir: str = "runs/gsm8k"
     """Where the cache and the reports go (``runs/`` is not committed)."""
+    force_cue: str = DEFAULT_CUE
+    """Budget forcing: the text appended at the budget."""
+    force_answer_tokens: int = DEFAULT_ANSWER_TOKENS
+    """Budget forcing: the most tokens generated after the cue."""
 
     def __post_init__(self) -> None:
         ratios = tuple(sorted({check_ratio(r) for r in self.ratios} | {1.0}, reverse=True))
@@ -109,6 +128,8 @@ class EvalConfig:
             raise InvalidInputError(
                 f"scorer must be heuristic, self-info, self-info:MODEL or classifier:DIR, got {self.scorer!r}"
             )
+        if not self.force_cue.strip() or self.force_answer_tokens <= 0:
+            raise InvalidInputError("force_cue must not be blank; force_answer_tokens must be > 0")
         if self.adapter is not None and not (Path(self.adapter) / "adapter_config.json").is_file():
             raise InvalidInputError(f"--adapter {self.adapter} has no adapter_config.json")
 
@@ -123,6 +144,8 @@ class Sample:
     generation: Generation | None = None
     derived_from: str | None = None
     """For truncation: the method whose generation is cut."""
+    by_budget: dict[int, Generation] = field(default_factory=dict)
+    """Budget forcing: the (forced) generation at each budget."""
 
 
 @dataclass
@@ -238,6 +261,15 @@ class Runner:
 
     # -- generation -----------------------------------------------------------------------
     def _key(self, prompt: Prompt, budget: int, latency: bool = False) -> str:
+        if prompt.continuation:
+            return sample_key(
+                generator=self.generator.name,
+                adapter=self.config.adapter,
+                messages=prompt.with_suffix(),
+                adapter_on=prompt.adapter,
+                continuation=list(prompt.continuation),
+                budget=budget,
+            )
         return sample_key(
             generator=self.generator.name,
             adapter=self.config.adapter,
@@ -248,7 +280,7 @@ class Runner:
             latency=latency,
         )
 
-    def generate(self, cfg: Config, budgets: list[int]) -> None:
+    def generate(self, cfg: Config, budgets: list[int], latency: bool = True) -> None:
         """Fill every sample's generation for each budget run (cached samples are skipped)."""
         cfg.throughput_key = sample_key(
             samples=[self._key(s.prompt, b) for s in cfg.samples for b in budgets],
@@ -286,7 +318,7 @@ class Runner:
                 bar.close()
         for s in cfg.samples:
             s.generation = self.cache.get(self._key(s.prompt, budgets[-1]))
-        n = min(self.config.latency_samples, len(cfg.samples))
+        n = min(self.config.latency_samples, len(cfg.samples)) if latency else 0
         for s in cfg.samples[:n]:
             key = self._key(s.prompt, budgets[-1], latency=True)
             g = self.cache.get(key)
@@ -333,6 +365,9 @@ class Runner:
             if reason:
                 skipped[method] = reason
                 continue
+            if method == "budget-forcing":
+                configs.append(self.force(original))
+                continue
             for ratio in c.ratios:
                 if method in ("instruction", "prompt-compression", "truncation") and ratio == 1.0:
                     continue  # identical to the original run
@@ -344,6 +379,67 @@ class Runner:
                     self.generate(cfg, self._gen_budgets())
                 configs.append(cfg)
         return self.summarize(configs, original, skipped)
+
+    def force(self, original: Config) -> Config:
+        """Budget forcing at every budget (see the module docstring)."""
+        c = self.config
+        cfg = Config("budget-forcing", 1.0)
+        cfg.samples = [Sample(s.problem, s.prompt, s.prompt_tokens) for s in original.samples]
+        if not self.derives_budgets:  # a server forces: one generation per budget
+            for b in c.budgets:
+                knob = {"cot_method": "budget-forcing", "cot_budget": b}
+                knob["force_cue"], knob["force_answer_tokens"] = c.force_cue, c.force_answer_tokens
+                run = Config("budget-forcing", 1.0)
+                run.samples = [
+                    Sample(
+                        s.problem,
+                        Prompt(s.prompt.messages, extra_body={"tokenskip": knob}),
+                        s.prompt_tokens,
+                    )
+                    for s in original.samples
+                ]
+                self.generate(run, [b + c.force_answer_tokens + 16], latency=False)
+                for mine, got in zip(cfg.samples, run.samples):
+                    assert got.generation is not None
+                    mine.by_budget[b] = got.generation
+                cfg.wall_s += run.wall_s
+            return cfg
+        tok = self.generator.tokenizer
+        cue_ids = tuple(tok.encode(c.force_cue, add_special_tokens=False))
+        todo: list[tuple[Sample, int, Prompt]] = []
+        for mine, s in zip(cfg.samples, original.samples):
+            g = s.generation
+            assert g is not None
+            for b in c.budgets:
+                text, finished, n = self.at_budget(s, b)
+                if finished or BudgetForcing.answered(text):
+                    mine.by_budget[b] = Generation(text, n, finished, 0.0, g.token_ids[:n])
+                    continue
+                prompt = Prompt(
+                    s.prompt.messages,
+                    s.prompt.suffix,
+                    s.prompt.adapter,
+                    continuation=tuple(g.token_ids[:b]) + cue_ids,
+                )
+                todo.append((mine, b, prompt))
+        run = Config("budget-forcing", 1.0)
+        run.samples = [Sample(m.problem, p, 0) for m, _, p in todo]
+        if run.samples:
+            self.generate(run, [c.force_answer_tokens], latency=False)
+        cfg.wall_s = run.wall_s
+        for (mine, b, prompt), got in zip(todo, run.samples):
+            answer = got.generation
+            assert answer is not None
+            ids = prompt.continuation + answer.token_ids
+            mine.by_budget[b] = Generation(
+                tok.decode(list(ids), skip_special_tokens=True),
+                len(ids),
+                answer.finished,
+                answer.seconds,
+                ids,
+            )
+        cfg.throughput_key = run.throughput_key
+        return cfg
 
     def _gen_budgets(self) -> list[int]:
         return [self.max_budget] if self.derives_budgets else list(self.config.budgets)
@@ -363,7 +459,11 @@ class Runner:
         return cfg
 
     def evaluate(self, cfg: Config, s: Sample, budget: int) -> dict[str, Any]:
-        text, finished, output_tokens = self.at_budget(s, budget)
+        if cfg.method == "budget-forcing":
+            g = s.by_budget[budget]
+            text, finished, output_tokens = g.text, g.finished, g.output_tokens
+        else:
+            text, finished, output_tokens = self.at_budget(s, budget)
         if cfg.method == "truncation":
             text = self.truncated(text, cfg.ratio)
             output_tokens = self.target.count(text)
@@ -374,6 +474,7 @@ class Runner:
             "finished": finished,
             "cot_tokens": self.target.count(gsm8k.cot_and_answer(text)[0]),
             "output_tokens": output_tokens,
+            "text": text,
         }
 
     def summarize(

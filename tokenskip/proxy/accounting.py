@@ -80,18 +80,24 @@ class Accounting:
         }
         sent, completion = usage["prompt_tokens"], usage["completion_tokens"]
         saved = usage["prompt_tokens_saved"]
-        cot_saved = (
-            round(min(completion / p.cot_ratio, 1e12) - completion)
-            if p.cot_ratio and p.cot_method != "none" and status < 400
-            else 0
-        )
+        reasoning = p.reasoning_tokens if status < 400 else None
+        knob = bool(p.cot_ratio) and p.cot_method not in ("none", "client") and status < 400
+        reasoning_saved = cot_saved = 0
+        if knob and reasoning is not None:
+            # a reasoning model: the knob acts on its reasoning tokens, which it reported
+            reasoning_saved = round(min(reasoning / p.cot_ratio, 1e12) - reasoning)
+        elif knob:
+            cot_saved = round(min(completion / p.cot_ratio, 1e12) - completion)
         batch_saved = p.batch_tokens_saved if status < 400 else 0
+        budget = p.cot.budget if p.cot is not None else None
         served = p.served or p.entry
         cost_actual = cost_original = None
         if served.litellm_params is not None and status < 400:
             cost_actual = cost(served.litellm_params, sent, completion)
             cost_original = cost(
-                served.litellm_params, sent + saved + batch_saved, completion + cot_saved
+                served.litellm_params,
+                sent + saved + batch_saved,
+                completion + cot_saved + reasoning_saved,
             )
         self.ledger.record(
             LedgerRow(
@@ -113,6 +119,9 @@ class Accounting:
                 cost_original=cost_original,
                 cost_actual=cost_actual,
                 error=error,
+                reasoning_tokens=reasoning,
+                reasoning_tokens_saved_estimated=reasoning_saved,
+                cot_budget=budget,
             )
         )
         m = self.metrics
@@ -124,6 +133,8 @@ class Accounting:
         m.saved.labels(model, "prompt_compression").inc(saved)
         m.saved.labels(model, "cot_compression").inc(cot_saved)
         m.saved.labels(model, "query_batching").inc(batch_saved)
+        m.saved.labels(model, "reasoning_budget").inc(reasoning_saved)
+        m.tokens.labels(model, "reasoning").inc(reasoning or 0)
 
     def record_refusal(self, model: str | None, status: int, message: str) -> None:
         """Ledger row and metric for a request that never reached a model."""

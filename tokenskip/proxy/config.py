@@ -22,8 +22,11 @@ sends them through litellm too.
 
 A model's ``tokenskip`` block holds policy keys (see :class:`CompressionPolicy`), plus
 ``tokenizer`` (the model or path whose tokenizer counts its tokens exactly; without it counts
-use the embedded tokenizer and are labeled estimates) and ``delimiter`` (for a remote model
-fine-tuned with TokenSkip: its ratio delimiter).
+use the embedded tokenizer and are labeled estimates), ``delimiter`` (for a remote model
+fine-tuned with TokenSkip: its ratio delimiter), ``reasoning`` (its native reasoning control:
+openai, anthropic, gemini, qwen3 or none; inferred from the model string where unambiguous)
+and ``continue_final: vllm`` (the upstream continues a partial assistant message, so budget
+forcing can run on it).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tokenskip.proxy.backends.direct import is_direct
 from tokenskip.proxy.policy import BatchSettings, CompressionPolicy
+from tokenskip.reasoning import REASONING_KINDS, infer_kind
 from tokenskip.runtime.configs import EarlyExitConfig, SpeculativeConfig
 
 
@@ -110,6 +114,14 @@ class ModelEntry:
     model_info: dict[str, Any] = field(default_factory=dict)
     batch: BatchSettings | None = None
     """Transparent query batching (Query-OPT) for this model; None = off."""
+    reasoning: str = "none"
+    """Its native reasoning control (:mod:`tokenskip.reasoning`): ``openai``, ``anthropic``,
+    ``gemini``, ``qwen3`` or ``none``; from ``tokenskip: {reasoning: ...}``, else inferred
+    from the litellm model string where unambiguous."""
+    continue_final: str | None = None
+    """How the upstream continues a partial assistant message, for budget forcing on a
+    remote model: ``vllm`` (``continue_final_message``, vLLM and SGLang) or None (it cannot:
+    budget forcing falls back to the instruction)."""
     backend: str = "local"
     """Which backend serves it: ``local``, ``direct`` (OpenAI protocol, no litellm) or ``litellm``."""
 
@@ -149,6 +161,18 @@ def _entry(raw: Any, index: int, defaults: CompressionPolicy, direct_ok: bool) -
     block = dict(raw.get("tokenskip") or {})
     tokenizer = block.pop("tokenizer", None)
     delimiter = block.pop("delimiter", None)
+    reasoning = block.pop("reasoning", None)
+    continue_final = block.pop("continue_final", None)
+    if reasoning is not None and reasoning not in REASONING_KINDS:
+        raise ValueError(
+            f"{where} ({name}): tokenskip.reasoning must be one of {', '.join(REASONING_KINDS)}, "
+            f"got {reasoning!r}"
+        )
+    if continue_final not in (None, "vllm"):
+        raise ValueError(
+            f"{where} ({name}): tokenskip.continue_final must be vllm or left out, got "
+            f"{continue_final!r}"
+        )
     try:
         batch = BatchSettings.from_mapping(block.pop("batch", None))
         policy = CompressionPolicy.from_mapping(block, defaults)
@@ -162,6 +186,12 @@ def _entry(raw: Any, index: int, defaults: CompressionPolicy, direct_ok: bool) -
         if not isinstance(local, dict) or not local.get("model"):
             raise ValueError(
                 f"{where} ({name}): local needs a model, e.g. local: {{model: smollm2}}"
+            )
+        if reasoning not in (None, "none") or continue_final is not None:
+            raise ValueError(
+                f"{where} ({name}): a local model has no provider reasoning control "
+                "(tokenskip.reasoning / continue_final are for remote models); use "
+                "cot_method: budget-forcing"
             )
         return ModelEntry(
             name,
@@ -184,6 +214,8 @@ def _entry(raw: Any, index: int, defaults: CompressionPolicy, direct_ok: bool) -
         delimiter=delimiter,
         model_info=dict(raw.get("model_info") or {}),
         batch=batch,
+        reasoning=reasoning or infer_kind(str(params["model"])),
+        continue_final=continue_final,
         backend="direct" if direct_ok and is_direct(params) else "litellm",
     )
 

@@ -44,7 +44,12 @@ requests_table = sa.Table(
     sa.Column("tokens_estimated", sa.Boolean, nullable=False),
     sa.Column("cost_original", sa.Float),
     sa.Column("cost_actual", sa.Float),
+    sa.Column("reasoning_tokens", sa.Integer),
+    sa.Column("reasoning_tokens_saved_estimated", sa.Integer),
+    sa.Column("cot_budget", sa.Integer),
 )
+ADDED_COLUMNS = ("reasoning_tokens", "reasoning_tokens_saved_estimated", "cot_budget")
+"""Columns newer than the first ledger schema: added to an existing table when it opens."""
 
 
 @dataclass
@@ -69,6 +74,11 @@ class LedgerRow:
     cost_original: float | None = None
     cost_actual: float | None = None
     error: str | None = None
+    reasoning_tokens: int | None = None
+    """Reasoning tokens the upstream reported (measured); None when it reported none."""
+    reasoning_tokens_saved_estimated: int = 0
+    cot_budget: int | None = None
+    """The reasoning budget applied (native field or budget forcing), in tokens."""
     ts: float = field(default_factory=time.time)
 
 
@@ -105,8 +115,11 @@ def valid_row(row: LedgerRow) -> dict[str, Any]:
         "completion_tokens",
         "cot_tokens_saved_estimated",
         "batch_tokens_saved",
+        "reasoning_tokens_saved_estimated",
     ):
         d[name] = _int(d[name])
+    for name in ("reasoning_tokens", "cot_budget"):
+        d[name] = None if d[name] is None else _int(d[name])
     for name in ("prompt_ratio", "cot_ratio", "cost_original", "cost_actual"):
         d[name] = _float(d[name])
     d["latency_ms"] = _float(d["latency_ms"]) or 0.0
@@ -140,6 +153,7 @@ class Ledger:
             connect_args = {"timeout": 30} if self.url.startswith("sqlite") else {}
             self.engine = sa.create_engine(self.url, connect_args=connect_args)
             metadata.create_all(self.engine)
+            _add_columns(self.engine)
         except Exception as exc:  # any driver / path problem
             raise ValueError(f"cannot open the ledger at {self.url}: {exc}") from None
         self._queue: queue.Queue[LedgerRow | threading.Event | None] = queue.Queue()
@@ -249,6 +263,10 @@ class Ledger:
                 "cot_tokens_saved_estimated"
             ),
             sa.func.coalesce(sa.func.sum(t.batch_tokens_saved), 0).label("batch_tokens_saved"),
+            sa.func.coalesce(sa.func.sum(t.reasoning_tokens), 0).label("reasoning_tokens"),
+            sa.func.coalesce(sa.func.sum(t.reasoning_tokens_saved_estimated), 0).label(
+                "reasoning_tokens_saved_estimated"
+            ),
             sa.func.sum(t.cost_original).label("cost_original"),
             sa.func.sum(t.cost_actual).label("cost_actual"),
             sa.func.max(sa.cast(t.tokens_estimated, sa.Integer)).label("tokens_estimated"),
@@ -271,6 +289,19 @@ class Ledger:
         }
 
 
+def _add_columns(engine: sa.Engine) -> None:
+    """Add the columns a ledger written by an older version lacks (all nullable)."""
+    have = {c["name"] for c in sa.inspect(engine).get_columns(requests_table.name)}
+    missing = [name for name in ADDED_COLUMNS if name not in have]
+    if not missing:
+        return
+    with engine.begin() as conn:
+        for name in missing:
+            column = requests_table.c[name]
+            kind = column.type.compile(dialect=engine.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {requests_table.name} ADD COLUMN {name} {kind}"))
+
+
 def _summary(m: Any) -> dict[str, Any]:
     original, sent = int(m["prompt_tokens_original"] or 0), int(m["prompt_tokens_sent"] or 0)
     cost_original, cost_actual = m["cost_original"], m["cost_actual"]
@@ -283,6 +314,8 @@ def _summary(m: Any) -> dict[str, Any]:
         "completion_tokens": int(m["completion_tokens"] or 0),
         "cot_tokens_saved_estimated": int(m["cot_tokens_saved_estimated"] or 0),
         "batch_tokens_saved": int(m["batch_tokens_saved"] or 0),
+        "reasoning_tokens": int(m["reasoning_tokens"] or 0),
+        "reasoning_tokens_saved_estimated": int(m["reasoning_tokens_saved_estimated"] or 0),
         "tokens_estimated": bool(m["tokens_estimated"] or 0),
         "cost_original": cost_original,
         "cost_actual": cost_actual,
@@ -305,4 +338,15 @@ def _by_kind(m: Any) -> dict[str, Any]:
             "note": "estimated: completion tokens / cot_ratio minus completion tokens",
         },
         "query_batching": {"tokens_saved": int(m["batch_tokens_saved"] or 0), "measured": True},
+        "reasoning": {
+            "reasoning_tokens": int(m["reasoning_tokens"] or 0),
+            "measured": True,
+            "note": "reasoning tokens the upstreams reported (completion_tokens_details)",
+        },
+        "reasoning_budget": {
+            "tokens_saved": int(m["reasoning_tokens_saved_estimated"] or 0),
+            "measured": False,
+            "note": "estimated: reasoning tokens / the budget's ratio to the model's typical "
+            "reasoning length, minus reasoning tokens",
+        },
     }

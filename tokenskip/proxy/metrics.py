@@ -32,13 +32,14 @@ class Metrics:
         )
         self.tokens = Counter(
             "tokenskip_tokens",
-            "Tokens by direction: prompt_original, prompt_sent, completion",
+            "Tokens by direction: prompt_original, prompt_sent, completion, reasoning (as the "
+            "upstream reported it)",
             ["model", "direction"],
             registry=self.registry,
         )
         self.saved = Counter(
             "tokenskip_tokens_saved",
-            "Tokens saved by kind (cot_compression is estimated)",
+            "Tokens saved by kind (cot_compression and reasoning_budget are estimated)",
             ["model", "kind"],
             registry=self.registry,
         )

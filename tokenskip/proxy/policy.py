@@ -10,11 +10,16 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from tokenskip.compress import check_ratio
+from tokenskip.reasoning import DEFAULT_ANSWER_TOKENS, DEFAULT_CUE
 from tokenskip.scorers import SCORER_NAMES
 
 SERVED_SCORERS = SCORER_NAMES
 MIN_RATIO = 0.01
 """The smallest keep ratio a policy may hold (the request schema's bound too)."""
+COT_METHODS = ("auto", "tokenskip", "instruction", "native", "budget-forcing")
+"""How the CoT knob is applied: ``auto`` picks ``tokenskip`` for a TokenSkip-tuned model,
+``native`` for a reasoning model (its provider's own budget field), else ``instruction``."""
+BUDGET_FLOORS = ("clamp", "error")
 
 
 @dataclass(frozen=True)
@@ -55,8 +60,20 @@ class CompressionPolicy:
     scorer_model: str | None = None
     """The model the scorer runs: any name ``tokenskip.models.load_model`` takes (for
     ``self-info``; default the embedded model) or a classifier directory (``classifier``)."""
-    cot_reference_tokens: int = 300
-    """Typical reasoning length at γ = 1, from which an instruction's token budget derives."""
+    cot_reference_tokens: int | None = None
+    """Typical reasoning length at γ = 1, from which a budget derives (γ × it); None: 300 for
+    a plain model, 4096 for a reasoning model."""
+    cot_budget: int | None = None
+    """Reasoning budget in tokens; when set it is the budget, whatever ``cot_ratio``."""
+    cot_method: str = "auto"
+    """One of :data:`COT_METHODS`."""
+    reasoning_budget_floor: str = "clamp"
+    """A budget below the provider's minimum (Anthropic: 1024): ``clamp`` applies the
+    minimum and reports it, ``error`` refuses the request with 422."""
+    force_cue: str = DEFAULT_CUE
+    """Budget forcing: the text appended when the budget is reached."""
+    force_answer_tokens: int = DEFAULT_ANSWER_TOKENS
+    """Budget forcing: the most tokens the model may write after the cue."""
 
     def __post_init__(self) -> None:
         for name in ("prompt_ratio", "instruction_ratio", "tool_ratio", "cot_ratio"):
@@ -81,8 +98,30 @@ class CompressionPolicy:
             )
         if self.prompt_min_tokens < 0:
             raise ValueError(f"prompt_min_tokens must be >= 0, got {self.prompt_min_tokens}")
-        if self.cot_reference_tokens <= 0:
-            raise ValueError(f"cot_reference_tokens must be > 0, got {self.cot_reference_tokens}")
+        for name in ("cot_reference_tokens", "cot_budget"):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value <= 0
+            ):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.cot_method not in COT_METHODS:
+            raise ValueError(
+                f"cot_method must be one of {', '.join(COT_METHODS)}, got {self.cot_method!r}"
+            )
+        if self.reasoning_budget_floor not in BUDGET_FLOORS:
+            raise ValueError(
+                f"reasoning_budget_floor must be clamp or error, got {self.reasoning_budget_floor!r}"
+            )
+        if not isinstance(self.force_cue, str) or not self.force_cue.strip():
+            raise ValueError("force_cue must be a non-empty string")
+        if (
+            not isinstance(self.force_answer_tokens, int)
+            or isinstance(self.force_answer_tokens, bool)
+            or self.force_answer_tokens <= 0
+        ):
+            raise ValueError(
+                f"force_answer_tokens must be a positive integer, got {self.force_answer_tokens!r}"
+            )
 
     @classmethod
     def from_mapping(
@@ -123,7 +162,7 @@ class CompressionPolicy:
 
     @property
     def controls_cot(self) -> bool:
-        return self.enabled and self.cot_ratio is not None
+        return self.enabled and (self.cot_ratio is not None or self.cot_budget is not None)
 
 
 @dataclass(frozen=True)

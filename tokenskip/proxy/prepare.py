@@ -14,12 +14,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokenskip.cot_control import apply_cot_ratio
+from tokenskip.proxy.backends.local import FORCING_PARAM
 from tokenskip.proxy.config import ModelEntry
 from tokenskip.proxy.errors import ProxyError
 from tokenskip.proxy.metrics import Metrics
+from tokenskip.proxy.policy import CompressionPolicy
 from tokenskip.proxy.prompt import PromptCompression, PromptSettings, compress_messages
 from tokenskip.proxy.protocol import ChatCompletionRequest, completion_id
 from tokenskip.proxy.registry import Registry
+from tokenskip.reasoning import (
+    REASONING_REFERENCE_TOKENS,
+    BudgetError,
+    BudgetForcing,
+    applied_budget,
+    budget_for,
+    client_controls,
+    native_fields,
+)
 
 LOCAL_UNSUPPORTED = (
     "tools",
@@ -56,6 +67,12 @@ class Prepared:
     """The savings count running beside the upstream call (an asyncio future), or None."""
     fallbacks: list[str] = field(default_factory=list)
     """``failed->next`` for every fallback taken, in order."""
+    cot: CotPlan | None = None
+    """How the CoT knob was applied (None: it was not asked for)."""
+    forced_at: int | None = None
+    """Budget forcing: the output token where the answer cue went in (None: not forced)."""
+    reasoning_tokens: int | None = None
+    """What the upstream reported in ``completion_tokens_details.reasoning_tokens``."""
 
     @property
     def model(self) -> str:
@@ -92,8 +109,163 @@ class Prepared:
             "compressed": [part.to_dict() for part in parts],
             "cot_ratio": self.cot_ratio,
             "cot_method": self.cot_method,
+            **(self.cot.info(self.forced_at) if self.cot else {}),
             "fallbacks": list(self.fallbacks),
         }
+
+
+@dataclass
+class CotPlan:
+    """The CoT knob as applied to one request."""
+
+    requested: str
+    """The method asked for (policy or request), ``auto`` resolved."""
+    method: str
+    """The method that ran (differs from ``requested`` after a fallback)."""
+    budget: int | None
+    """Reasoning budget in tokens as sent (after any clamping); None for the TokenSkip
+    format, which takes a ratio."""
+    budget_asked: int | None
+    reasoning: str
+    """The model's reasoning kind."""
+    fields: list[str] = field(default_factory=list)
+    """Request fields the knob set (native controls)."""
+    note: str | None = None
+    """Why the method or budget differs from what was asked, if it does."""
+    forcing: BudgetForcing | None = None
+    reference_tokens: int = 300
+
+    @property
+    def budget_or_asked(self) -> int:
+        return self.budget_asked or self.budget or self.reference_tokens
+
+    def info(self, forced_at: int | None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "cot_budget": self.budget,
+            "reasoning": self.reasoning,
+        }
+        if self.requested != self.method:
+            out["cot_method_requested"] = self.requested
+        if self.budget_asked is not None and self.budget_asked != self.budget:
+            out["cot_budget_requested"] = self.budget_asked
+        if self.fields:
+            out["cot_fields"] = list(self.fields)
+        if self.note:
+            out["cot_note"] = self.note
+        if self.forcing is not None:
+            out["cot_forced"] = forced_at is not None
+        return out
+
+
+def plan_cot(
+    models: Registry,
+    entry: ModelEntry,
+    policy: CompressionPolicy,
+    messages: list[dict[str, Any]],
+    params: dict[str, Any],
+    *,
+    stream: bool = False,
+) -> tuple[list[dict[str, Any]], CotPlan]:
+    """Apply the CoT knob: messages (and ``params``, changed in place) as the backend gets
+    them, and what was done. Bad combinations are a 400/422 naming the field."""
+    kind = entry.reasoning
+    delimiter = models.delimiter(entry)
+    requested = policy.cot_method
+    if requested == "auto":
+        requested = "tokenskip" if delimiter else ("native" if kind != "none" else "instruction")
+    reference = policy.cot_reference_tokens or (
+        REASONING_REFERENCE_TOKENS if kind != "none" else 300
+    )
+    budget = budget_for(policy.cot_ratio, policy.cot_budget, reference)
+    assert budget is not None  # controls_cot: a ratio or a budget is set
+    ratio = policy.cot_ratio if policy.cot_ratio is not None else min(1.0, budget / reference)
+    plan = CotPlan(
+        requested, requested, budget, policy.cot_budget, kind, reference_tokens=reference
+    )
+    if requested == "tokenskip":
+        if delimiter is None:
+            raise ProxyError(
+                400,
+                f"cot_method tokenskip needs a TokenSkip-tuned model; '{entry.name}' is not "
+                "one (no adapter with a tokenskip.json, no delimiter in its config)",
+                param="tokenskip.cot_method",
+                code="unsupported_cot_method",
+            )
+        messages, plan.method = apply_cot_ratio(
+            messages, ratio, delimiter=delimiter, reference_tokens=reference
+        )
+        plan.budget = None
+        return messages, plan
+    if requested == "native":
+        if kind == "none":
+            raise ProxyError(
+                400,
+                f"'{entry.name}' has no native reasoning control (its tokenskip.reasoning is "
+                "none); use cot_method instruction or budget-forcing, or name its kind in the "
+                "config (openai, anthropic, gemini, qwen3)",
+                param="tokenskip.cot_method",
+                code="unsupported_cot_method",
+            )
+        own = client_controls(kind, params)
+        if own is not None:
+            plan.method, plan.budget = "client", None
+            plan.note = f"the request sets {own} itself; it is forwarded unchanged"
+            return messages, plan
+        asked = params.get("max_tokens") or params.get("max_completion_tokens")
+        try:
+            applied = applied_budget(
+                kind,
+                budget,
+                clamp=policy.reasoning_budget_floor == "clamp",
+                max_tokens=asked if isinstance(asked, int) else None,
+            )
+        except BudgetError as exc:
+            raise ProxyError(
+                422, str(exc), param="tokenskip.cot_budget", code="invalid_cot_budget"
+            ) from None
+        if applied != budget:
+            plan.note = f"budget {budget} is outside what {kind} takes; {applied} was applied"
+            plan.budget_asked = budget
+        plan.budget = applied
+        model = str((entry.litellm_params or {}).get("model", ""))
+        fields_ = native_fields(kind, applied, model)
+        if kind == "anthropic" and asked is None:
+            params["max_tokens"] = applied + 4096  # Anthropic counts thinking in max_tokens
+            plan.fields.append("max_tokens")
+        for name, value in fields_.items():
+            target = params
+            if entry.backend == "litellm" and kind == "qwen3" and name not in params:
+                target = params.setdefault("extra_body", {})  # litellm forwards only these
+            if name == "chat_template_kwargs":
+                value = {**(target.get(name) or {}), **value}
+            target[name] = value
+            plan.fields.append(name)
+        return messages, plan
+    if requested == "budget-forcing":
+        forcing = BudgetForcing(budget, policy.force_cue, policy.force_answer_tokens)
+        if entry.is_local:
+            params[FORCING_PARAM] = forcing
+            plan.forcing = forcing
+            return messages, plan
+        if entry.continue_final == "vllm" and not stream:
+            plan.forcing = forcing
+            return messages, plan
+        plan.note = (
+            "a remote model's budget forcing needs two calls and runs for non-streamed "
+            "requests only, so the instruction method ran instead"
+            if entry.continue_final
+            else (
+                f"'{entry.name}' cannot continue a partial assistant message (set "
+                "tokenskip.continue_final: vllm for a vLLM or SGLang upstream), so the "
+                "instruction method ran instead"
+            )
+        )
+    messages, plan.method = apply_cot_ratio(
+        messages, ratio, delimiter=None, reference_tokens=reference
+    )
+    if plan.method == "none":
+        plan.budget = None
+    return messages, plan
 
 
 def _check(entry: ModelEntry, request: ChatCompletionRequest) -> None:
@@ -168,25 +340,37 @@ def prepare_sync(
         )
         messages = prompt.messages
         metrics.compression_seconds.labels(entry.name).observe(time.perf_counter() - t0)
-    cot_method, cot_ratio = "none", None
+    params = request.upstream_params()
+    if overrides.get("cot_method") and not policy.controls_cot:
+        raise ProxyError(
+            400,
+            "tokenskip.cot_method needs a budget: give tokenskip.cot_ratio or "
+            "tokenskip.cot_budget (or set one in the model's config)",
+            param="tokenskip.cot_method",
+            code="missing_cot_budget",
+        )
+    cot_method, cot_ratio, cot = "none", None, None
     if policy.controls_cot:
-        cot_ratio = policy.cot_ratio
-        messages, cot_method = apply_cot_ratio(
-            messages,
-            cot_ratio,
-            delimiter=models.delimiter(entry),
-            reference_tokens=policy.cot_reference_tokens,
+        messages, cot = plan_cot(
+            models, entry, policy, messages, params, stream=bool(request.stream)
+        )
+        cot_method = cot.method
+        cot_ratio = (
+            policy.cot_ratio
+            if policy.cot_ratio is not None
+            else round(min(1.0, cot.budget_or_asked / cot.reference_tokens), 4)
         )
     return Prepared(
         entry,
         messages,
-        request.upstream_params(),
+        params,
         prompt,
         prompt_ratio,
         cot_ratio,
         cot_method,
         counter.exact,
         started,
+        cot=cot,
     )
 
 

@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 MIN_RATIO = 0.01
 """The smallest keep ratio a request may ask for: below it a "ratio" is a typo, and its
@@ -53,6 +53,18 @@ class TokenskipOptions(BaseModel):
     )
     cot_ratio: float | None = Field(
         None, ge=MIN_RATIO, le=1, description="keep ratio for the reasoning"
+    )
+    cot_budget: StrictInt | None = Field(
+        None, gt=0, description="reasoning budget in tokens (wins over cot_ratio)"
+    )
+    cot_method: Literal["auto", "tokenskip", "instruction", "native", "budget-forcing"] | None = (
+        Field(None, description="how the CoT knob is applied (auto: by the model's kind)")
+    )
+    force_cue: str | None = Field(
+        None, min_length=1, max_length=200, description="budget forcing: the answer cue"
+    )
+    force_answer_tokens: StrictInt | None = Field(
+        None, gt=0, le=4096, description="budget forcing: most tokens after the cue"
     )
     scorer: Literal["heuristic", "self-info", "classifier"] | None = Field(
         None, description="prompt scorer"

@@ -18,7 +18,8 @@ from typing import Any
 
 from tokenskip.multi_query import TailCheck
 from tokenskip.proxy.accounting import Accounting
-from tokenskip.proxy.backends.base import BackendError, Delta
+from tokenskip.proxy.backends.base import BackendError, Completion, Delta
+from tokenskip.proxy.backends.local import FORCING_PARAM
 from tokenskip.proxy.config import GatewayConfig, ModelEntry
 from tokenskip.proxy.errors import ProxyError
 from tokenskip.proxy.ledger import Ledger
@@ -87,11 +88,82 @@ class ChatService:
         self.metrics.fallbacks.labels(p.entry.name, nxt.name).inc()
 
     # -- answers --------------------------------------------------------------------------
+    @staticmethod
+    def _params(p: Prepared, entry: ModelEntry) -> dict[str, Any]:
+        """The request's parameters for ``entry``: budget forcing reaches local models only."""
+        if entry.is_local or FORCING_PARAM not in p.params:
+            return p.params
+        return {k: v for k, v in p.params.items() if k != FORCING_PARAM}
+
+    async def _complete_one(self, p: Prepared, entry: ModelEntry) -> Completion:
+        backend = self.models.backend(entry)
+        forcing = p.cot.forcing if p.cot is not None else None
+        if forcing is None or entry.is_local or entry.continue_final is None:
+            return await backend.complete(entry.name, p.messages, self._params(p, entry))
+        return await self._forced_remote(p, entry, forcing)
+
+    async def _forced_remote(self, p: Prepared, entry: ModelEntry, forcing: Any) -> Completion:
+        """Budget forcing over an OpenAI-protocol upstream that continues a partial assistant
+        message (vLLM, SGLang): reason up to the budget, then, if no answer is written, send
+        the reasoning back with the cue as the assistant's unfinished turn
+        (``continue_final_message``) for at most ``answer_tokens`` more."""
+        backend = self.models.backend(entry)
+        params = self._params(p, entry)
+        cap = params.get("max_tokens") or params.get("max_completion_tokens")
+        first = dict(params)
+        first.pop("max_completion_tokens", None)
+        first["max_tokens"] = min(forcing.budget, cap) if cap else forcing.budget
+        head = await backend.complete(entry.name, p.messages, first)
+        if head.finish_reason != "length" or forcing.answered(head.text):
+            return head
+        if cap and cap <= forcing.budget:
+            return head  # the client's own cap ends it first
+        partial = head.text + forcing.cue
+        second = {
+            **first,
+            "max_tokens": forcing.answer_tokens,
+            "continue_final_message": True,
+            "add_generation_prompt": False,
+        }
+        tail = await backend.complete(
+            entry.name, [*p.messages, {"role": "assistant", "content": partial}], second
+        )
+        p.forced_at = head.completion_tokens or forcing.budget
+        text = partial + tail.text
+        both = [
+            head.prompt_tokens,
+            tail.prompt_tokens,
+            head.completion_tokens,
+            tail.completion_tokens,
+        ]
+        known = all(n is not None for n in both)
+        raw = None
+        if tail.raw is not None:
+            raw = dict(tail.raw)
+            choice = dict((raw.get("choices") or [{}])[0])
+            choice["message"] = {**(choice.get("message") or {}), "content": text}
+            raw["choices"] = [choice, *(raw.get("choices") or [])[1:]]
+            raw["usage"] = {
+                **(raw.get("usage") or {}),
+                "prompt_tokens": (head.prompt_tokens or 0) + (tail.prompt_tokens or 0),
+                "completion_tokens": (head.completion_tokens or 0) + (tail.completion_tokens or 0),
+            }
+        return Completion(
+            text=text,
+            finish_reason=tail.finish_reason,
+            prompt_tokens=(head.prompt_tokens or 0) + (tail.prompt_tokens or 0) if known else None,
+            completion_tokens=(head.completion_tokens or 0) + (tail.completion_tokens or 0)
+            if known
+            else None,
+            model=tail.model,
+            raw=raw,
+        )
+
     async def complete(self, p: Prepared) -> dict[str, Any]:
         chain = self.models.chain(p.entry)
         for i, entry in enumerate(chain):
             try:
-                result = await self.models.backend(entry).complete(entry.name, p.messages, p.params)
+                result = await self._complete_one(p, entry)
                 p.served = entry
                 break
             except BackendError as exc:
@@ -104,6 +176,9 @@ class ChatService:
                 self.accounting.account(p, 499, False, None, "client disconnected")
                 raise
         await settle(p)
+        if p.forced_at is None:
+            p.forced_at = result.extra.get("forced_at")
+        p.reasoning_tokens = result.reasoning_tokens
         usage = self.accounting.usage(
             p, result.prompt_tokens, result.completion_tokens, result.text
         )
@@ -185,7 +260,9 @@ class ChatService:
             started = False
             try:
                 async with contextlib.aclosing(
-                    self.models.backend(entry).stream(entry.name, p.messages, p.params)
+                    self.models.backend(entry).stream(
+                        entry.name, p.messages, self._params(p, entry)
+                    )
                 ) as deltas:
                     async for delta in deltas:
                         started, p.served = True, entry
@@ -238,6 +315,7 @@ class ChatService:
                 raise _incomplete()
             last = end[0]
             await settle(p)
+            p.forced_at, p.reasoning_tokens = last.forced_at, last.reasoning_tokens
             usage = self.accounting.usage(
                 p, last.prompt_tokens, last.completion_tokens, "".join(parts)
             )

@@ -56,6 +56,17 @@ class GenerationRequest:
     emitted: int = field(default=0, repr=False)
     """Characters of ``text`` already sent through ``on_delta``."""
     generator: torch.Generator | None = field(default=None, repr=False)
+    force_at: int | None = None
+    """Budget forcing (s1): once this many tokens are out and no final answer is written
+    (``answered``), ``force_ids`` (the answer cue) are fed as the next tokens and the model
+    gets ``force_answer_tokens`` more: the same sequence and KV cache, continued."""
+    force_ids: list[int] = field(default_factory=list)
+    force_answer_tokens: int = 32
+    answered: Callable[[str], bool] | None = None
+    """Whether a text already holds a final answer (then nothing is forced)."""
+    forced_at: int | None = None
+    """Output index where the cue went in (None: nothing was forced)."""
+    _forced: deque[int] = field(default_factory=deque, repr=False)
 
 
 class Engine:
@@ -178,7 +189,10 @@ class Engine:
                 continue  # (a finished row rides along only in a cache that cannot drop it)
             if request.generator is None and request.seed is not None:
                 request.generator = _generator(request.seed)
-            token = _sample(batch.logits[i], request, request.generator)
+            if request._forced:
+                token = request._forced.popleft()  # the answer cue, fed as it is
+            else:
+                token = _sample(batch.logits[i], request, request.generator)
             tokens[i] = token
             if request.first_token_at is None:
                 request.first_token_at = time.perf_counter()
@@ -223,6 +237,7 @@ class Engine:
             and not _penalized(r)
             and batch.resizable
             and not self._pending
+            and r.force_at is None
         )
 
     def _accept(self, request: GenerationRequest, token: int) -> bool:
@@ -235,6 +250,16 @@ class Engine:
         request.output_ids.append(token)
         request.text = runner.tokenizer.decode(request.output_ids, skip_special_tokens=True)
         reason = _stop_reason(request)
+        if reason is None and _force_now(request):
+            answered = request.answered is not None and request.answered(request.text)
+            if answered:
+                reason = "length"  # the answer is written: the budget ends the reasoning
+            else:
+                request.forced_at = len(request.output_ids)
+                request._forced.extend(request.force_ids)
+                request.max_new_tokens = (
+                    request.forced_at + len(request.force_ids) + request.force_answer_tokens
+                )
         self._flush(request, final=reason is not None)
         if reason is not None:
             self._finish(request, reason)
@@ -361,6 +386,15 @@ def penalize(
     ids = torch.tensor(generated, dtype=torch.long, device=logits.device)
     counts = torch.bincount(ids, minlength=vocab)[:vocab].float()  # in fp32, even under bf16
     return logits.float() - counts * frequency - (counts > 0).float() * presence
+
+
+def _force_now(request: GenerationRequest) -> bool:
+    """True when budget forcing should start on this token."""
+    return (
+        request.force_at is not None
+        and request.forced_at is None
+        and len(request.output_ids) >= request.force_at
+    )
 
 
 def _stop_reason(request: GenerationRequest) -> str | None:

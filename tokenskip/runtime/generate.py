@@ -29,6 +29,9 @@ class Prompt:
     adapter: bool = False
     """Run with the evaluated adapter (local) rather than the base model."""
     extra_body: dict[str, Any] = field(default_factory=dict)
+    continuation: tuple[int, ...] = ()
+    """Token ids the assistant's turn already holds (local models): generation continues
+    after them, as if the model had written them (budget forcing's reasoning + cue)."""
 
     def with_suffix(self) -> list[dict[str, Any]]:
         messages = [dict(m) for m in self.messages]
@@ -94,7 +97,7 @@ class LocalGenerator:
             self.tokenizer.apply_chat_template(
                 prompt.with_suffix(), add_generation_prompt=True, tokenize=True, return_dict=False
             )
-        )
+        ) + list(prompt.continuation)
 
     def generate(
         self,

@@ -30,6 +30,9 @@ class Completion:
     completion_tokens: int | None
     model: str
     extra: dict[str, Any] = field(default_factory=dict)
+    """Backend facts beside the answer (a local model's ``forced_at``)."""
+    reasoning_tokens: int | None = None
+    """The upstream's ``completion_tokens_details.reasoning_tokens``, when it sent them."""
     raw: dict[str, Any] | None = None
     """The upstream's whole response body (OpenAI protocol), passed through to the client
     with only usage extended; None for backends that build their own (local models)."""
@@ -43,9 +46,31 @@ class Delta:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    forced_at: int | None = None
+    """Local budget forcing: the output index where the answer cue went in."""
     raw: dict[str, Any] | None = None
     """The upstream's chunk as it came (OpenAI protocol), forwarded to the client as is; on
     the finishing delta, the upstream's usage chunk if it sent one."""
+
+
+def reasoning_tokens_of(usage: Any) -> int | None:
+    """``completion_tokens_details.reasoning_tokens`` of an OpenAI usage object or dict."""
+    if usage is None:
+        return None
+    details = (
+        usage.get("completion_tokens_details")
+        if isinstance(usage, dict)
+        else getattr(usage, "completion_tokens_details", None)
+    )
+    if details is None:
+        return None
+    value = (
+        details.get("reasoning_tokens")
+        if isinstance(details, dict)
+        else getattr(details, "reasoning_tokens", None)
+    )
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class Backend(Protocol):

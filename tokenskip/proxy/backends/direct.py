@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from tokenskip.proxy.backends.base import BackendError, Completion, Delta
+from tokenskip.proxy.backends.base import BackendError, Completion, Delta, reasoning_tokens_of
 from tokenskip.proxy.backends.upstream import redact, resolve_secret, secrets_of
 
 PROVIDERS = ("openai/", "hosted_vllm/")
@@ -220,6 +220,7 @@ class DirectBackend:
             finish_reason=choice.get("finish_reason") or "stop",
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
+            reasoning_tokens=reasoning_tokens_of(usage),
             model=data.get("model") or model,
             raw=data,
         )
@@ -236,7 +237,7 @@ class DirectBackend:
             "stream_options": {"include_usage": True},
         }
         response = await self._send(d, body, stream=True)
-        finish = prompt_tokens = completion_tokens = usage_chunk = None
+        finish = prompt_tokens = completion_tokens = usage_chunk = reasoning = None
         try:
             async for raw in response.content:
                 line = raw.decode("utf-8").strip()
@@ -257,6 +258,7 @@ class DirectBackend:
                         usage.get("prompt_tokens"),
                         usage.get("completion_tokens"),
                     )
+                    reasoning = reasoning_tokens_of(usage)
                 choices = chunk.get("choices") or []
                 if not choices:
                     usage_chunk = chunk if usage else usage_chunk
@@ -289,5 +291,6 @@ class DirectBackend:
                 finish_reason=finish,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
+                reasoning_tokens=reasoning,
                 raw=usage_chunk,
             )

@@ -14,7 +14,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from tokenskip.proxy.backends.base import BackendError, Completion, Delta
+from tokenskip.proxy.backends.base import BackendError, Completion, Delta, reasoning_tokens_of
 from tokenskip.proxy.backends.upstream import redact, secrets_of
 
 ROUTER_KEYS = {
@@ -104,6 +104,7 @@ class RemoteBackend:
             finish_reason=choice.finish_reason or "stop",
             prompt_tokens=getattr(usage, "prompt_tokens", None),
             completion_tokens=getattr(usage, "completion_tokens", None),
+            reasoning_tokens=reasoning_tokens_of(usage),
             model=getattr(response, "model", None) or model,
             raw=_plain(response),
         )
@@ -120,11 +121,12 @@ class RemoteBackend:
                 **params,
             )
             finish_reason = None
-            prompt_tokens = completion_tokens = usage_chunk = None
+            prompt_tokens = completion_tokens = usage_chunk = reasoning = None
             async for chunk in response:
                 usage = getattr(chunk, "usage", None)
                 if usage is not None and getattr(usage, "prompt_tokens", None) is not None:
                     prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
+                    reasoning = reasoning_tokens_of(usage)
                 if _usage_only(chunk):
                     usage_chunk = _plain(chunk) if usage is not None else usage_chunk
                     continue
@@ -142,6 +144,7 @@ class RemoteBackend:
                 finish_reason=finish_reason,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
+                reasoning_tokens=reasoning,
                 raw=usage_chunk,
             )
 
@@ -154,6 +157,8 @@ def _usage_only(chunk: Any) -> bool:
             choice.finish_reason
             or getattr(delta, "content", None)
             or getattr(delta, "tool_calls", None)
+            or getattr(delta, "reasoning_content", None)
+            or getattr(delta, "thinking_blocks", None)
         ):
             return False
         if getattr(delta, "role", None) or getattr(delta, "function_call", None):

@@ -17,6 +17,9 @@ from tokenskip.runtime.engine import Engine, GenerationRequest
 from tokenskip.runtime.runner import Runner
 
 DEFAULT_MAX_TOKENS = 256
+FORCING_PARAM = "_budget_forcing"
+"""Params key under which the service hands a local model its
+:class:`~tokenskip.reasoning.BudgetForcing` (never sent to any upstream)."""
 
 
 @dataclass(frozen=True)
@@ -95,9 +98,20 @@ class LocalBackend:
         self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
     ) -> GenerationRequest:
         served = self.models[model]
-        limit = (
-            params.get("max_completion_tokens") or params.get("max_tokens") or DEFAULT_MAX_TOKENS
-        )
+        asked = params.get("max_completion_tokens") or params.get("max_tokens")
+        limit = asked or DEFAULT_MAX_TOKENS
+        forcing = params.get(FORCING_PARAM)
+        force: dict[str, Any] = {}
+        if forcing is not None:
+            cue = served.tokenizer.encode(forcing.cue, add_special_tokens=False)
+            whole = forcing.budget + len(cue) + forcing.answer_tokens
+            limit = min(int(asked), whole) if asked else whole
+            force = {
+                "force_at": forcing.budget,
+                "force_ids": list(cue),
+                "force_answer_tokens": forcing.answer_tokens,
+                "answered": forcing.answered,
+            }
         return GenerationRequest(
             prompt_ids=self.prompt_ids(model, messages),
             max_new_tokens=int(limit),
@@ -108,6 +122,7 @@ class LocalBackend:
             stop=list(params.get("stop") or []),
             adapter=served.adapter,
             seed=params.get("seed"),
+            **force,
         )
 
     def _submit(self, model: str, request: GenerationRequest) -> None:
@@ -139,6 +154,7 @@ class LocalBackend:
             prompt_tokens=len(request.prompt_ids),
             completion_tokens=len(request.output_ids),
             model=model,
+            extra={"forced_at": request.forced_at},
         )
 
     async def stream(
@@ -164,6 +180,7 @@ class LocalBackend:
                     finish_reason=item.finish_reason or "stop",
                     prompt_tokens=len(item.prompt_ids),
                     completion_tokens=len(item.output_ids),
+                    forced_at=item.forced_at,
                 )
                 return
         finally:
