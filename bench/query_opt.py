@@ -129,7 +129,9 @@ def run(args: argparse.Namespace) -> dict:
             merged_wall = time.perf_counter() - t0
             complete = merged_correct = with_fallback = missing = agree = at_budget = stopped = 0
             for g, out, base_idx in zip(groups, merged, range(0, queries_total, n)):
-                parsed = parse_answers(out.text, list(range(1, len(g) + 1)))
+                parsed = parse_answers(
+                    out.text, list(range(1, len(g) + 1)), [p.question for p in g]
+                )
                 complete += parsed.complete
                 missing += len(parsed.missing)
                 at_budget += not parsed.complete and out.output_tokens >= budget

@@ -6,6 +6,10 @@ markers. :func:`parse_answers` reads such a response robustly (code fences, text
 markers, trailing commas, a missing closing bracket, raw newlines inside strings) and matches
 answers to queries by id. What cannot be read is reported as missing, never guessed: an id
 given twice with different answers, an answer without a usable id, or no array at all.
+
+Nor is a reply that only has the shape of one: answers that copy the instruction's example
+("..."), answers that repeat their own ids ("1", "2", "3" for ids 1-3), or one answer given
+to every one of several different queries are treated as missing, so they are asked alone.
 """
 
 from __future__ import annotations
@@ -218,8 +222,42 @@ def _answer_text(value: Any) -> str | None:
     return None
 
 
-def parse_answers(text: str, ids: Sequence[int]) -> ParsedAnswers:
-    """Answers by id from a multi-query response; unmatched ids are ``missing``."""
+PLACEHOLDERS = {"...", "\u2026", "<answer>", "answer", "your answer", "", ". . ."}
+"""Answers that copy the instruction's example rather than answer anything."""
+YES_NO = {"yes", "no", "true", "false", "yes.", "no."}
+"""Short answers several different questions can share honestly."""
+
+
+def _echoes(answers: dict[int, str], queries: dict[int, str]) -> dict[int, str]:
+    """Answers that only copy the shape of the instruction, with why (see the module doc)."""
+    out: dict[int, str] = {}
+    for qid, answer in answers.items():
+        if answer.strip().strip('"').lower() in PLACEHOLDERS:
+            out[qid] = "copies the instruction's example"
+    own_id = [qid for qid, a in answers.items() if a.strip().rstrip(".") == str(qid)]
+    if len(own_id) >= 2 and 2 * len(own_id) >= len(answers):
+        for qid in own_id:
+            out[qid] = "repeats its id"
+    distinct = {queries[q].strip().lower() for q in answers if q in queries}
+    values = {a.strip().lower() for a in answers.values()}
+    if (
+        len(answers) >= 3
+        and len(values) == 1
+        and len(distinct) == len(answers)
+        and next(iter(values)) not in YES_NO
+    ):
+        for qid in answers:
+            out.setdefault(qid, "one answer given to different queries")
+    return out
+
+
+def parse_answers(
+    text: str, ids: Sequence[int], queries: Sequence[str] | None = None
+) -> ParsedAnswers:
+    """Answers by id from a multi-query response; unmatched ids are ``missing``.
+
+    ``queries`` (the query texts, in ``ids`` order) let an answer copied across different
+    queries be seen; without them only placeholders and echoed ids are."""
     result = ParsedAnswers()
     items = _load_array(text or "")
     if items is None:
@@ -245,6 +283,11 @@ def parse_answers(text: str, ids: Sequence[int]) -> ParsedAnswers:
             result.problems.append(f"id {qid}: answered twice, differently")
             continue
         seen[qid] = answer
+    texts = dict(zip(ids, queries)) if queries is not None else {}
+    echoed = _echoes({q: a for q, a in seen.items() if a is not None}, texts)
+    for qid, why in sorted(echoed.items()):
+        result.problems.append(f"id {qid}: {why}")
+        seen[qid] = None
     for qid in ids:
         answer = seen.get(qid)
         if answer is None:

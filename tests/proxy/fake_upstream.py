@@ -24,6 +24,8 @@ behaviour (litellm strips the provider prefix, so `openai/ok` arrives as `ok`):
              (a sum counting up) for LOOP_SENTENCES sentences without ever closing; streamed
              slowly (LOOP_PIECE_S per piece), so a client that stops reading is seen.
     multi_drop      like multi, but a streamed multi-query reply is cut like drop's.
+    multi_echo      a multi-query prompt gets the instruction's example shape back: each
+             answer is its own id ("1", "2", ...); single queries like ok.
     rich     an agent's answer: two parallel tool calls (finish_reason "tool_calls"), a
              refusal field, logprobs when asked, system_fingerprint, service_tier and usage
              details; streamed as OpenAI streams tool calls (id and name first, then the
@@ -76,6 +78,7 @@ MODELS = (
     "multi_partial",
     "multi_loop",
     "multi_drop",
+    "multi_echo",
     "rich",
     "reasoner",
     "continuer",
@@ -165,6 +168,12 @@ def multi_answer(model: str, messages: list[dict[str, Any]], single: str) -> str
         return "I am not sure how to format that, but the answers are probably fine."
     if model == "multi_partial":
         queries = queries[:-1]
+    if model == "multi_echo":
+        return (
+            "<answers>"
+            + json.dumps([{"id": int(i), "answer": i} for i, _ in queries])
+            + "</answers>"
+        )
     if model == "multi_loop":
         first = json.dumps([{"id": int(queries[0][0]), "answer": "echo: " + queries[0][1]}])
         loop = " ".join(

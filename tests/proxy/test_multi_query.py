@@ -48,6 +48,7 @@ def proxy(upstream, tmp_path_factory):
             model("mq", "multi", batch),
             model("mq-garbage", "multi_garbage", batch),
             model("mq-partial", "multi_partial", batch),
+            model("mq-echo", "multi_echo", batch),
             model("mq-off", "multi"),
             model("mq-small", "multi", {**batch, "max_context_tokens": 200}),
             model("mq-loop", "multi_loop", batch),
@@ -121,6 +122,16 @@ def test_only_the_missing_ids_are_retried(proxy, upstream):
     assert [a["source"] for a in body["answers"]] == ["merged", "merged", "retried"]
     assert body["answers"][2]["answer"].endswith("C?")
     assert body["usage"]["calls"] == 2
+
+
+def test_a_reply_that_copies_the_example_shape_is_asked_again_alone(proxy, upstream):
+    queries = ["A?", "B?", "C?", "D?"]
+    body = multi_query(proxy, model="mq-echo", context=CONTEXT, queries=queries).json()
+    assert [a["source"] for a in body["answers"]] == ["retried"] * 4
+    assert all(a["answer"].endswith(q) for a, q in zip(body["answers"], queries))
+    assert body["usage"]["calls"] == 5
+    assert not body["format"]["complete"] and len(body["format"]["missing_ids"]) == 4
+    assert any("repeats its id" in p for p in body["format"]["problems"])
 
 
 def test_a_merge_that_would_not_fit_the_window_is_not_made(proxy, upstream):

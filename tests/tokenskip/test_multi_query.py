@@ -162,3 +162,29 @@ def test_tail_check_runs_every_so_many_characters_on_the_tail():
     assert not watch.feed("lmnopqr")  # 7 more: not checked
     assert watch.feed("stu!")  # 11 since the last check: checked on the last 15 characters
     assert seen[-1] == "hijklmnopqrstu!" and len(seen) == 2
+
+
+def test_answers_that_copy_the_instructions_shape_are_missing():
+    echo = '<answers>[{"id": 1, "answer": "1"}, {"id": 2, "answer": "2"}, {"id": 3, "answer": "3"}, {"id": 4, "answer": "4"}]</answers>'
+    parsed = parse_answers(echo, [1, 2, 3, 4])
+    assert parsed.missing == [1, 2, 3, 4] and not parsed.answers
+    assert any("repeats its id" in p for p in parsed.problems)
+    example = '<answers>[{"id": 1, "answer": "..."}, {"id": 2, "answer": "Paris"}]</answers>'
+    parsed = parse_answers(example, [1, 2])
+    assert parsed.answers == {2: "Paris"} and parsed.missing == [1]
+    same = '<answers>[{"id": 1, "answer": "42 apples"}, {"id": 2, "answer": "42 apples"}, {"id": 3, "answer": "42 apples"}]</answers>'
+    questions = ["How many apples?", "What colour is the sky?", "Who wrote it?"]
+    assert parse_answers(same, [1, 2, 3], questions).missing == [1, 2, 3]
+    assert parse_answers(same, [1, 2, 3]).missing == []  # without the queries it cannot tell
+
+
+def test_real_answers_that_look_alike_are_kept():
+    # one answer equal to its id is a real answer (question 3's answer may be 3)
+    one = '<answers>[{"id": 1, "answer": "7"}, {"id": 2, "answer": "11"}, {"id": 3, "answer": "3"}]</answers>'
+    assert parse_answers(one, [1, 2, 3]).answers == {1: "7", 2: "11", 3: "3"}
+    # yes/no questions share answers honestly
+    yes = '<answers>[{"id": 1, "answer": "Yes"}, {"id": 2, "answer": "Yes"}, {"id": 3, "answer": "Yes"}]</answers>'
+    assert parse_answers(yes, [1, 2, 3], ["Is it red?", "Is it big?", "Is it old?"]).complete
+    # the same question asked twice may get the same answer
+    twice = '<answers>[{"id": 1, "answer": "Paris"}, {"id": 2, "answer": "Paris"}, {"id": 3, "answer": "Paris"}]</answers>'
+    assert parse_answers(twice, [1, 2, 3], ["Capital?", "Capital?", "capital?"]).complete

@@ -154,7 +154,7 @@ class MultiQuery:
             result = await self.service.complete(prepared)
         choice = result["choices"][0]
         text = choice["message"]["content"] or ""
-        parsed = parse_answers(text, [q.id for q in queries])
+        parsed = parse_answers(text, [q.id for q in queries], [q.text for q in queries])
         problems = list(parsed.problems)
         if choice["finish_reason"] == "stopped":
             problems.insert(0, f"stopped after {len(text)} characters: the answer was looping")
