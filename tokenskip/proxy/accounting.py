@@ -122,6 +122,8 @@ class Accounting:
                 reasoning_tokens=reasoning,
                 reasoning_tokens_saved_estimated=reasoning_saved,
                 cot_budget=budget,
+                prefix_bytes_identical=p.prefix_bytes[0] if p.prefix_bytes else None,
+                prefix_bytes_total=p.prefix_bytes[1] if p.prefix_bytes else None,
             )
         )
         m = self.metrics

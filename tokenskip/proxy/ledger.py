@@ -47,8 +47,16 @@ requests_table = sa.Table(
     sa.Column("reasoning_tokens", sa.Integer),
     sa.Column("reasoning_tokens_saved_estimated", sa.Integer),
     sa.Column("cot_budget", sa.Integer),
+    sa.Column("prefix_bytes_identical", sa.Integer),
+    sa.Column("prefix_bytes_total", sa.Integer),
 )
-ADDED_COLUMNS = ("reasoning_tokens", "reasoning_tokens_saved_estimated", "cot_budget")
+ADDED_COLUMNS = (
+    "reasoning_tokens",
+    "reasoning_tokens_saved_estimated",
+    "cot_budget",
+    "prefix_bytes_identical",
+    "prefix_bytes_total",
+)
 """Columns newer than the first ledger schema: added to an existing table when it opens."""
 
 
@@ -79,6 +87,10 @@ class LedgerRow:
     reasoning_tokens_saved_estimated: int = 0
     cot_budget: int | None = None
     """The reasoning budget applied (native field or budget forcing), in tokens."""
+    prefix_bytes_identical: int | None = None
+    """A compressed request: bytes of its messages' prefix identical to an earlier request's
+    (what a provider prompt cache can hit); None when compression changed nothing."""
+    prefix_bytes_total: int | None = None
     ts: float = field(default_factory=time.time)
 
 
@@ -118,7 +130,7 @@ def valid_row(row: LedgerRow) -> dict[str, Any]:
         "reasoning_tokens_saved_estimated",
     ):
         d[name] = _int(d[name])
-    for name in ("reasoning_tokens", "cot_budget"):
+    for name in ("reasoning_tokens", "cot_budget", "prefix_bytes_identical", "prefix_bytes_total"):
         d[name] = None if d[name] is None else _int(d[name])
     for name in ("prompt_ratio", "cot_ratio", "cost_original", "cost_actual"):
         d[name] = _float(d[name])
@@ -264,6 +276,10 @@ class Ledger:
             ),
             sa.func.coalesce(sa.func.sum(t.batch_tokens_saved), 0).label("batch_tokens_saved"),
             sa.func.coalesce(sa.func.sum(t.reasoning_tokens), 0).label("reasoning_tokens"),
+            sa.func.coalesce(sa.func.sum(t.prefix_bytes_identical), 0).label(
+                "prefix_bytes_identical"
+            ),
+            sa.func.coalesce(sa.func.sum(t.prefix_bytes_total), 0).label("prefix_bytes_total"),
             sa.func.coalesce(sa.func.sum(t.reasoning_tokens_saved_estimated), 0).label(
                 "reasoning_tokens_saved_estimated"
             ),
@@ -342,6 +358,14 @@ def _by_kind(m: Any) -> dict[str, Any]:
             "reasoning_tokens": int(m["reasoning_tokens"] or 0),
             "measured": True,
             "note": "reasoning tokens the upstreams reported (completion_tokens_details)",
+        },
+        "cache_safety": {
+            "prefix_bytes_identical": int(m["prefix_bytes_identical"] or 0),
+            "prefix_bytes_total": int(m["prefix_bytes_total"] or 0),
+            "measured": True,
+            "note": "compressed requests only: bytes of each one's messages whose prefix is "
+            "byte for byte one an earlier request sent (what provider prompt caches can hit), "
+            "of all their bytes",
         },
         "reasoning_budget": {
             "tokens_saved": int(m["reasoning_tokens_saved_estimated"] or 0),

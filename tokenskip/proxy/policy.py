@@ -46,7 +46,8 @@ class CompressionPolicy:
     false only for experiments."""
     cache_safe: bool = True
     """Never change content marked ``cache_control`` or anything before the last such
-    breakpoint (each message already compresses the same on every turn)."""
+    breakpoint (each message already compresses the same on every turn); false compresses
+    those too, for more savings than prompt caching gives."""
     prompt_min_tokens: int = 256
     """Texts and blocks shorter than this (estimated as 4 characters a token, so short
     messages are never tokenized) are never compressed."""

@@ -73,6 +73,9 @@ class Prepared:
     """Budget forcing: the output token where the answer cue went in (None: not forced)."""
     reasoning_tokens: int | None = None
     """What the upstream reported in ``completion_tokens_details.reasoning_tokens``."""
+    prefix_bytes: tuple[int, int] | None = None
+    """A compressed request: (bytes of its prefix identical to an earlier request's, bytes
+    of all its messages); None when compression changed nothing."""
 
     @property
     def model(self) -> str:
@@ -360,6 +363,11 @@ def prepare_sync(
             if policy.cot_ratio is not None
             else round(min(1.0, cot.budget_or_asked / cot.reference_tokens), 4)
         )
+    prefix = (
+        models.prefixes.observe(entry.name, messages)
+        if prompt is not None and prompt.num_compressed
+        else None
+    )
     return Prepared(
         entry,
         messages,
@@ -371,6 +379,7 @@ def prepare_sync(
         counter.exact,
         started,
         cot=cot,
+        prefix_bytes=prefix,
     )
 
 

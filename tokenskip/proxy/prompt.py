@@ -15,8 +15,9 @@ caches:
   Everything else is the user's request, an instruction.
 - ``system`` / ``developer`` messages are instructions; only blocks inside explicit document
   markup are context. ``instruction_ratio`` compresses instructions too (off by default).
-- ``assistant`` messages, fenced code, and any content marked ``cache_control`` (and every
-  message up to the last such breakpoint) are never changed.
+- ``assistant`` messages and fenced code are never changed, nor (unless the policy's
+  ``cache_safe`` is off) content marked ``cache_control`` and every message up to the last
+  such breakpoint.
 
 Nothing is tokenized unless it is a candidate for compression: the upstream's usage gives
 the prompt's size, and a part's saving is counted in the target tokenizer on that part
@@ -187,12 +188,12 @@ def context_blocks(text: str, role: str, min_chars: int) -> list[tuple[int, int]
     return sorted(spans)
 
 
-def _text_parts(message: dict[str, Any]) -> list[tuple[int | None, str]]:
+def _text_parts(message: dict[str, Any], cache_safe: bool = True) -> list[tuple[int | None, str]]:
     """(part index, text) of a message's text content: the string, or each text part
-    (content marked ``cache_control`` left out)."""
+    (content marked ``cache_control`` left out unless ``cache_safe`` is off)."""
     content = message.get("content")
     if isinstance(content, str):
-        return [] if message.get("cache_control") else [(None, content)]
+        return [] if cache_safe and message.get("cache_control") else [(None, content)]
     if isinstance(content, list):
         return [
             (i, p["text"])
@@ -200,7 +201,7 @@ def _text_parts(message: dict[str, Any]) -> list[tuple[int | None, str]]:
             if isinstance(p, dict)
             and p.get("type") == "text"
             and isinstance(p.get("text"), str)
-            and not p.get("cache_control")
+            and not (cache_safe and p.get("cache_control"))
         ]
     return []
 
@@ -277,7 +278,7 @@ def compress_messages(
         if index <= frozen_until or role not in ("system", "developer", "user", "tool", "function"):
             continue
         changed: dict[int | None, str] = {}
-        for key, text in _text_parts(message):
+        for key, text in _text_parts(message, settings.cache_safe):
             result = _compress_text(worker, settings, role, text)
             if result is None:
                 continue

@@ -18,6 +18,7 @@ from tokenskip.proxy.backends.direct import DirectBackend
 from tokenskip.proxy.backends.local import LocalBackend
 from tokenskip.proxy.config import GatewayConfig, ModelEntry
 from tokenskip.proxy.errors import ProxyError
+from tokenskip.proxy.prefix import PrefixTracker
 from tokenskip.proxy.protocol import short
 from tokenskip.runtime.early_exit import early_exit_policy
 from tokenskip.runtime.speculative import speculative_settings
@@ -57,6 +58,8 @@ class Registry:
         self._scorers: dict[tuple[str, str, str], Any] = {}
         self._self_info_lm: Any = None
         self._lazy_lock = threading.RLock()
+        self.prefixes = PrefixTracker()
+        """Prefixes sent upstream after compression (cache safety, measured)."""
         self._load_local()
         model_list = config.litellm_model_list()
         if model_list:
