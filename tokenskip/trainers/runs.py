@@ -15,8 +15,24 @@ def claim_run_dir(out_dir: str, config: dict[str, Any]) -> None:
     """Make ``out_dir`` this run's, or refuse if it holds a different run.
 
     The same configuration resumes (every stage skips what it finished); any difference is
-    an error naming the fields, so no earlier output is overwritten silently.
+    an error naming the fields, so no earlier output is overwritten silently. Under
+    ``accelerate launch`` rank 0 claims the folder while the others wait, then they check
+    the claim (before, a second rank could see the folder half made and refuse it).
     """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        _claim(out_dir, config)
+        return
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        _claim(out_dir, config)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        _claim(out_dir, config)  # the marker is there now: this only compares
+
+
+def _claim(out_dir: str, config: dict[str, Any]) -> None:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"--out {out} exists and is not a directory")
@@ -41,7 +57,9 @@ def claim_run_dir(out_dir: str, config: dict[str, Any]) -> None:
             f"{out} is not empty and holds no tokenskip run.json; pick another --out"
         )
     out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(mine, indent=2) + "\n")
+    part = marker.with_suffix(f".{os.getpid()}.part")
+    part.write_text(json.dumps(mine, indent=2) + "\n")
+    part.replace(marker)  # whole or absent, never half written
 
 
 def _differences(theirs: Any, ours: Any, path: str = "") -> list[tuple[str, Any, Any]]:

@@ -293,6 +293,8 @@ def train_lora(
         "trainable_params": int(trainable),
         "total_params": int(total),
         "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 2),
+        "world_size": int(args.world_size),
+        "distributed": str(args.parallel_mode).rsplit(".", 1)[-1].lower(),
     }
 
 
