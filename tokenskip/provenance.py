@@ -63,3 +63,20 @@ def portable_path(path: str) -> str:
         return str(where.resolve().relative_to(base))
     except ValueError:
         return where.name
+
+
+def portable_paths(value: Any) -> Any:
+    """``value`` (a JSON-able tree) with every absolute path in it made portable
+    (:func:`portable_path`), in strings of their own and inside command lines."""
+    if isinstance(value, dict):
+        return {k: portable_paths(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable_paths(v) for v in value]
+    if isinstance(value, str):
+        if value.startswith("/") and "\n" not in value:
+            if " " not in value:
+                return portable_path(value)
+            return " ".join(portable_path(w) if w.startswith("/") else w for w in value.split(" "))
+        if " /" in value and "\n" not in value and len(value) < 4000:  # a command line
+            return " ".join(portable_path(w) if w.startswith("/") else w for w in value.split(" "))
+    return value

@@ -51,7 +51,9 @@ def test_two_question_run_on_the_embedded_model(tmp_path, data_file, capsys):
         "--no-progress",
     ]
     assert main(args) == 0
-    run = json.loads((out / "run.json").read_text())
+    text = (out / "run.json").read_text()
+    assert str(tmp_path) not in text  # no machine's absolute path in a report
+    run = json.loads(text)
     assert run["meta"]["model"] == "smollm2" and run["meta"]["dataset"]["n"] == 2
     assert run["meta"]["git_commit"] and run["meta"]["hardware"]["cpu_count"]
     methods = {(r["method"], r["ratio"]) for r in run["rows"]}
@@ -72,6 +74,7 @@ def test_two_question_run_on_the_embedded_model(tmp_path, data_file, capsys):
         and original["throughput"]["output_tokens_per_s"] > 0
     )
     assert (out / "README.md").read_text().startswith("# GSM8K token savings: smollm2")
+    assert str(tmp_path) not in (out / "README.md").read_text()
     assert (out / "frontier.png").stat().st_size > 10_000
     lines = (out / "samples.jsonl").read_text().splitlines()
     assert len(lines) == 4 * 2 * 2  # (method, ratio) configs × budgets × questions

@@ -91,7 +91,10 @@ def test_tokenskip_json_round_trips(trained):
     tmp, config, meta = trained
     on_disk = read_adapter_meta(tmp / "run" / "adapter")
     written = {k: v for k, v in meta.items() if k != "merged"}  # added after writing
-    assert on_disk == json.loads(json.dumps(written, ensure_ascii=False))
+    from tokenskip.provenance import portable_paths
+
+    # what was returned, with its paths made portable as a written file has them
+    assert on_disk == json.loads(json.dumps(portable_paths(written), ensure_ascii=False))
     assert on_disk["base_model"] == "smollm2" and on_disk["delimiter"] == "<|im_end|>"
     assert on_disk["grid"] == [0.5, 0.7] and on_disk["scorer"] == "heuristic"
     assert on_disk["data"]["build"]["examples"] == 6
@@ -266,3 +269,10 @@ def test_the_evaluation_runs_the_trained_adapter_at_each_ratio(trained, tmp_path
         ("tokenskip", 1.0),
         ("tokenskip", 0.5),
     }
+
+
+def test_the_adapters_metadata_names_no_machine_path(trained):
+    tmp, config, meta = trained
+    text = (tmp / "run" / "adapter" / "tokenskip.json").read_text()
+    assert str(tmp) not in text and "/tmp/" not in text
+    assert json.loads(text)["training"]["adapter"] == "adapter"  # made portable, still there

@@ -32,7 +32,7 @@ from tokenskip.errors import InvalidInputError
 from tokenskip.evaluation.cache import GenerationCache, ThroughputLog, sample_key
 from tokenskip.evaluation.metrics import achieved_ratio, mean, median, wilson_interval
 from tokenskip.progress import progress_bar
-from tokenskip.provenance import portable_path
+from tokenskip.provenance import portable_path, portable_paths
 from tokenskip.ratio_prompt import ADAPTER_META, delimiter_in
 from tokenskip.reasoning import DEFAULT_ANSWER_TOKENS, DEFAULT_CUE, BudgetForcing
 from tokenskip.runtime.generate import Generation, Generator, Prompt
@@ -610,6 +610,6 @@ def run_eval(config: EvalConfig, *, command: str = "", progress: bool = True) ->
         "command": command,
         **provenance(),
     }
-    run = {"meta": meta, **result}
+    run = {"meta": portable_paths(meta), **result}
     run["paths"] = {k: str(v) for k, v in write_reports(run, Path(config.out_dir)).items()}
     return run

@@ -112,7 +112,7 @@ def write_adapter_meta(
     import time
     from dataclasses import asdict
 
-    from tokenskip.provenance import provenance
+    from tokenskip.provenance import portable_paths, provenance
 
     meta = {
         **fields,
@@ -120,6 +120,6 @@ def write_adapter_meta(
         "wall_s": round(time.time() - started, 1),
         **provenance(),
     }
-    text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
+    text = json.dumps(portable_paths(meta), indent=2, ensure_ascii=False) + "\n"
     (Path(trained["adapter"]) / file_name).write_text(text)
     return meta

@@ -138,7 +138,7 @@ def run_tokenskip(
     distributes training; rank 0 writes the artifacts and the others return ``{}``).
     """
     from tokenskip.models import load_tokenizer
-    from tokenskip.provenance import provenance
+    from tokenskip.provenance import portable_paths, provenance
     from tokenskip.ratio_prompt import check_delimiter, default_delimiter
 
     hf = load_tokenizer(config.model, allow_download=config.allow_download)
@@ -166,7 +166,7 @@ def run_tokenskip(
         **provenance(),
     }
     adapter = Path(trained["adapter"])
-    text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
+    text = json.dumps(portable_paths(meta), indent=2, ensure_ascii=False) + "\n"
     (adapter / ADAPTER_META).write_text(text)
     if merge:
         merged = merge_adapter(config.model, adapter, Path(config.out_dir) / "merged")
