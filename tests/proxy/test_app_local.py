@@ -345,3 +345,19 @@ def test_non_streamed_request_is_cancelled_when_the_client_leaves(proxy):
     # 400 tokens take well over 15 s on this CPU; a cancelled request ends near the 1.5 s timeout
     assert row["latency_ms"] < 8000
     assert_engine_free(url, engine)
+
+
+def test_the_local_model_answers_the_messages_api(proxy):
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=proxy[0], api_key=KEY, max_retries=0, timeout=120)
+    m = client.messages.create(
+        model="smollm2", max_tokens=8, messages=[{"role": "user", "content": "Say hi."}]
+    )
+    assert m.content[0].type == "text" and m.content[0].text
+    assert m.usage.output_tokens <= 8 and m.stop_reason in ("end_turn", "max_tokens")
+    with client.messages.stream(
+        model="smollm2", max_tokens=8, messages=[{"role": "user", "content": "Say hi."}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+    assert text == m.content[0].text  # greedy: the same answer streamed

@@ -83,18 +83,29 @@ def record_refusal(request: Request, exc: ProxyError) -> None:
     exc.accounted = True
 
 
+def render(
+    request: Request, error: ProxyError, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The error in the shape of the API the request was for (Anthropic's on /v1/messages)."""
+    if request.url.path.startswith("/v1/messages"):
+        from tokenskip.proxy.anthropic import error_response
+
+        return error_response(error.status, error.message, headers)
+    return error.response(headers=headers)
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProxyError)
     async def _proxy_error(request: Request, exc: ProxyError) -> JSONResponse:
         record_refusal(request, exc)
-        return exc.response()
+        return render(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = validation_message(list(exc.errors()))
         error = ProxyError(422, message, param=param)
         record_refusal(request, error)
-        return error.response()
+        return render(request, error)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -106,7 +117,7 @@ def install_handlers(app: FastAPI) -> None:
                 code="unknown_path",
             )
             record_refusal(request, error)
-            return error.response()
+            return render(request, error)
         code = "method_not_allowed" if exc.status_code == 405 else None
         message = str(exc.detail)
         if exc.status_code == 405:
@@ -114,11 +125,11 @@ def install_handlers(app: FastAPI) -> None:
             message = f"{request.method} is not allowed on {short(request.url.path)}; use {allowed}"
         error = ProxyError(exc.status_code, message, code=code)
         record_refusal(request, error)
-        return error.response(headers=exc.headers)
+        return render(request, error, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
         error = ProxyError(500, f"internal error: {type(exc).__name__}", "server_error")
         record_refusal(request, error)
-        return error.response()
+        return render(request, error)

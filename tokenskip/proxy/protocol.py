@@ -74,6 +74,20 @@ class TokenskipOptions(BaseModel):
     )
 
 
+class MessagesRequest(BaseModel):
+    """An Anthropic Messages request; every field Anthropic defines (system, tools,
+    tool_choice, thinking, stop_sequences, metadata, ...) is kept and translated."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(description="a served model name")
+    messages: list[dict[str, Any]] = Field(description="user/assistant turns of content blocks")
+    max_tokens: int | None = Field(None, description="required by /v1/messages")
+    system: str | list[dict[str, Any]] | None = None
+    stream: bool | None = None
+    tokenskip: TokenskipOptions | None = None
+
+
 class ChatMessage(BaseModel):
     """One message; fields the gateway does not know (``tool_calls``, ``tool_call_id``,
     ``refusal``, ``audio``...) are kept and forwarded as they came."""

@@ -23,6 +23,7 @@ from tokenskip.proxy.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     Health,
+    MessagesRequest,
     ModelList,
     MultiQueryRequest,
     SavingsReport,
@@ -41,7 +42,7 @@ def authorize(request: Request) -> None:
     token = (
         header[7:].strip()
         if header.lower().startswith("bearer ")
-        else request.headers.get("api-key", "")
+        else request.headers.get("api-key", "") or request.headers.get("x-api-key", "")
     )
     if token not in keys:
         raise ProxyError(
@@ -100,6 +101,63 @@ async def chat_completions(
         )
     result = await until_disconnected(request, service.complete(prepared))
     return JSONResponse(result, headers=prepared.headers(result["usage"]))
+
+
+@router.post(
+    "/v1/messages",
+    dependencies=[Depends(authorize)],
+    openapi_extra=request_body(MessagesRequest),
+    responses={
+        200: {
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "text/event-stream": {"schema": {"type": "string"}},
+            },
+            "description": "an Anthropic message, or its event stream when stream is true",
+        },
+        **ERRORS,
+    },
+    response_class=JSONResponse,
+    summary="Messages (Anthropic protocol)",
+)
+async def messages(request: Request, service: ChatService = Depends(service_of)) -> Response:
+    from tokenskip.proxy import anthropic
+
+    body = await read_body(request, MessagesRequest)
+    if body is None:
+        return Response(status_code=499)
+    raw = anthropic.check(body.model_dump(exclude_unset=True))
+    chat = ChatCompletionRequest.model_validate(anthropic.to_chat(raw))
+    prepared = await service.prepare(chat)
+    if chat.stream:
+        headers = {**prepared.headers(), "cache-control": "no-cache"}
+        return StreamingResponse(
+            anthropic.events(service.stream(prepared, True), chat.model),
+            media_type="text/event-stream",
+            headers=headers,
+        )
+    result = await until_disconnected(request, service.complete(prepared))
+    return JSONResponse(
+        anthropic.from_chat(result, chat.model), headers=prepared.headers(result["usage"])
+    )
+
+
+@router.post(
+    "/v1/messages/count_tokens",
+    dependencies=[Depends(authorize)],
+    openapi_extra=request_body(MessagesRequest),
+    responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}, **ERRORS},
+    summary="Count a Messages request's input tokens (Anthropic protocol)",
+)
+async def count_tokens(request: Request, service: ChatService = Depends(service_of)) -> Response:
+    from tokenskip.proxy import anthropic
+
+    body = await read_body(request, MessagesRequest)
+    if body is None:
+        return Response(status_code=499)
+    raw = body.model_dump(exclude_unset=True)
+    raw.setdefault("max_tokens", 1)
+    return JSONResponse(anthropic.count_tokens(service, anthropic.check(raw)))
 
 
 @router.post(

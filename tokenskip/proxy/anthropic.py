@@ -1,0 +1,180 @@
+"""The Anthropic Messages API (``POST /v1/messages``, ``/v1/messages/count_tokens``) over the
+chat service: the same policy, knob, ledger and fallbacks as chat completions.
+
+A Messages request is translated to a chat-completions request with litellm's own
+Anthropic adapter (system, content blocks, images, tools and tool results, thinking), served
+by :class:`~tokenskip.proxy.service.ChatService` on whatever backend the model has, and the
+answer translated back: a ``message`` object, or the event stream ``message_start`` ...
+``content_block_delta`` ... ``message_stop``. Errors come in Anthropic's shape
+(``{"type": "error", "error": {"type", "message"}}``) with Anthropic's statuses (a schema
+error is 400, not 422).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+from tokenskip.proxy.errors import ProxyError
+
+PATH = "/v1/messages"
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    499: "invalid_request_error",
+    500: "api_error",
+    502: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """An error as Anthropic's API gives one (422 becomes 400, as Anthropic answers schema
+    errors)."""
+    status = 400 if status == 422 else status
+    kind = ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return JSONResponse(
+        {"type": "error", "error": {"type": kind, "message": message}},
+        status_code=status,
+        headers=headers,
+    )
+
+
+def _adapter() -> Any:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    from litellm.llms.anthropic.pass_through.adapters.transformation import AnthropicAdapter
+
+    return AnthropicAdapter()
+
+
+def check(body: Any) -> dict[str, Any]:
+    """The parts of a Messages body the gateway needs, checked as Anthropic checks them."""
+    if not isinstance(body, dict):
+        raise ProxyError(400, "the request body must be a JSON object")
+    for name, kind in (("model", str), ("messages", list), ("max_tokens", int)):
+        value = body.get(name)
+        if value is None:
+            raise ProxyError(400, f"{name}: Field required", param=name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ProxyError(400, f"{name}: must be a {kind.__name__}", param=name)
+    if body["max_tokens"] < 1:
+        raise ProxyError(400, "max_tokens: must be at least 1", param="max_tokens")
+    for i, m in enumerate(body["messages"]):
+        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
+            raise ProxyError(
+                400, f"messages.{i}.role: must be 'user' or 'assistant'", param=f"messages.{i}"
+            )
+        content = m.get("content")
+        if not isinstance(content, (str, list)):
+            raise ProxyError(
+                400,
+                f"messages.{i}.content: must be a string or a list of content blocks",
+                param=f"messages.{i}.content",
+            )
+        if isinstance(content, list):
+            for j, block in enumerate(content):
+                if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+                    raise ProxyError(
+                        400,
+                        f"messages.{i}.content.{j}: a content block needs a string 'type'",
+                        param=f"messages.{i}.content.{j}",
+                    )
+    return body
+
+
+def to_chat(body: dict[str, Any]) -> dict[str, Any]:
+    """The chat-completions request a Messages request stands for (``tokenskip`` kept)."""
+    body = dict(body)
+    tokenskip = body.pop("tokenskip", None)
+    stream = bool(body.get("stream"))
+    try:
+        chat = _adapter().translate_completion_input_params(dict(body))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ProxyError(400, f"cannot read this Messages request: {exc}") from None
+    if chat is None:
+        raise ProxyError(400, "cannot read this Messages request")
+    chat = {k: v for k, v in dict(chat).items() if v is not None}
+    chat["model"] = body["model"]
+    chat.pop("stream", None)
+    if stream:
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}
+    if tokenskip is not None:
+        chat["tokenskip"] = tokenskip
+    return chat
+
+
+def from_chat(result: dict[str, Any], model: str) -> dict[str, Any]:
+    """A chat completion as Anthropic's ``message`` object, the gateway's savings beside."""
+    from litellm import ModelResponse
+
+    response = ModelResponse(**{k: v for k, v in result.items() if k != "tokenskip"})
+    message = _adapter().translate_completion_output_params(response)
+    out = message.model_dump(exclude_none=True) if hasattr(message, "model_dump") else dict(message)
+    out["model"] = model
+    usage = result.get("usage") or {}
+    out.setdefault("usage", {})
+    for name in ("prompt_tokens_original", "prompt_tokens_saved", "tokens_estimated"):
+        if name in usage:
+            out["usage"][name] = usage[name]
+    out["tokenskip"] = result.get("tokenskip")
+    return out
+
+
+async def events(chunks: AsyncIterator[str], model: str) -> AsyncIterator[bytes]:
+    """The chat service's SSE lines as Anthropic's stream events."""
+    from litellm.types.utils import ModelResponseStream
+
+    failure: list[dict[str, Any]] = []
+
+    async def parsed() -> AsyncIterator[Any]:
+        async for line in chunks:
+            for piece in line.split("\n"):
+                if not piece.startswith("data:"):
+                    continue
+                data = piece[5:].strip()
+                if data == "[DONE]":
+                    return
+                obj = json.loads(data)
+                if "error" in obj:
+                    failure.append(obj["error"])
+                    return
+                obj.pop("tokenskip", None)
+                yield ModelResponseStream(**obj)
+
+    stream = _adapter().translate_completion_output_params_streaming(parsed(), model=model)
+    async for event in stream:
+        yield event if isinstance(event, bytes) else str(event).encode()
+    if failure:
+        error = {
+            "type": "error",
+            "error": {"type": "api_error", "message": failure[0].get("message", "upstream error")},
+        }
+        yield f"event: error\ndata: {json.dumps(error)}\n\n".encode()
+
+
+def count_tokens(service: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """``/v1/messages/count_tokens``: the prompt in the model's tokenizer (estimated when the
+    gateway does not have the model's own)."""
+    from tokenskip.proxy.prompt import message_texts
+
+    chat = to_chat({**body, "max_tokens": body.get("max_tokens") or 1})
+    entry = service.models.entry(chat["model"])
+    counter = service.models.counter(entry)
+    total = sum(
+        counter.tokenizer.count(text) for m in chat.get("messages", []) for text in message_texts(m)
+    )
+    if chat.get("tools"):
+        total += counter.tokenizer.count(json.dumps(chat["tools"]))
+    return {"input_tokens": total, "tokens_estimated": not counter.exact}
