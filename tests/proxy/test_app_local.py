@@ -361,3 +361,13 @@ def test_the_local_model_answers_the_messages_api(proxy):
     ) as stream:
         text = "".join(stream.text_stream)
     assert text == m.content[0].text  # greedy: the same answer streamed
+
+
+def test_the_local_model_answers_the_responses_api(client):
+    r = client.responses.create(model="smollm2", input="Say hi.", max_output_tokens=8)
+    assert r.status in ("completed", "incomplete") and r.output_text
+    events = list(
+        client.responses.create(model="smollm2", input="Say hi.", max_output_tokens=8, stream=True)
+    )
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == r.output_text  # greedy: the same answer streamed

@@ -168,9 +168,10 @@ def test_a_huge_model_name_is_not_echoed_whole(gateway):
 
 
 def test_an_unknown_path_lists_what_is_served(gateway):
-    for path in ("/v1/responses", "/v1/messages", "/v1/completions", "/v1/embeddings"):
+    for path in ("/v1/completions", "/v1/embeddings", "/v1/responses/resp_1"):
         error = assert_openai_error(httpx.post(gateway[0] + path, json={}), 404, "unknown_path")
         assert "POST /v1/chat/completions" in error["message"] and path in error["message"]
+        assert "POST /v1/responses" in error["message"] and "POST /v1/messages" in error["message"]
 
 
 def test_after_a_500_the_keep_alive_connection_serves_the_next_request(gateway, monkeypatch):

@@ -54,7 +54,13 @@ def api_schema(gateway_url):
 
 
 def openai_error_shape(ctx, response, case):
-    """Every 4xx/5xx body is ``{"error": {"message", "type", "param", "code"}}``."""
+    """Every 4xx/5xx body is ``{"error": {"message", "type", "param", "code"}}`` (on the
+    Messages API: Anthropic's ``{"type": "error", "error": {"type", "message"}}``)."""
+    if response.status_code >= 400 and case.path.startswith("/v1/messages"):
+        body = response.json()
+        assert body["type"] == "error" and body["error"]["message"], body
+        assert response.status_code != 422  # Anthropic answers schema errors with 400
+        return
     if response.status_code >= 400:
         body = response.json()
         assert set(body) == {"error"}, body
@@ -65,6 +71,9 @@ def openai_error_shape(ctx, response, case):
 OPERATIONS = [
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/multi_query"),
+    ("POST", "/v1/responses"),
+    ("POST", "/v1/messages"),
+    ("POST", "/v1/messages/count_tokens"),
     ("GET", "/v1/models"),
     ("GET", "/v1/savings"),
     ("GET", "/healthz"),

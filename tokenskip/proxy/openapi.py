@@ -8,7 +8,14 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from tokenskip.proxy.protocol import ChatCompletionRequest, ErrorResponse, MultiQueryRequest
+from tokenskip.proxy.protocol import (
+    AnthropicError,
+    ChatCompletionRequest,
+    ErrorResponse,
+    MessagesRequest,
+    MultiQueryRequest,
+    ResponsesRequest,
+)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text}
@@ -24,6 +31,22 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (504, "the upstream timed out"),
     )
 }
+
+
+ANTHROPIC_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": AnthropicError, "description": text}
+    for status, text in (
+        (400, "bad JSON, a field outside its schema, or a request the gateway cannot serve"),
+        (401, "missing or wrong gateway key"),
+        (404, "unknown model"),
+        (413, "body too large"),
+        (429, "rate limited upstream"),
+        (500, "internal error"),
+        (502, "the upstream failed after retries and fallbacks"),
+        (504, "the upstream timed out"),
+    )
+}
+"""The Messages API's errors, in Anthropic's shape (a schema error is 400 there)."""
 
 
 def request_body(model: type[BaseModel]) -> dict[str, Any]:
@@ -48,18 +71,22 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
 
     doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-    for model in (ChatCompletionRequest, MultiQueryRequest):
+    for model in (ChatCompletionRequest, MultiQueryRequest, MessagesRequest, ResponsesRequest):
         extra = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(extra.pop("$defs", {}))
         schemas[model.__name__] = extra
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     doc["components"]["securitySchemes"] = {
-        "bearerAuth": {"type": "http", "scheme": "bearer", "description": "a gateway key"}
-    }
+        "bearerAuth": {"type": "http", "scheme": "bearer", "description": "a gateway key"},
+        "apiKeyAuth": {"type": "apiKey", "in": "header", "name": "x-api-key",
+                       "description": "a gateway key, as Anthropic clients send it"},
+    }  # fmt: skip
     for path, ops in doc.get("paths", {}).items():
         for op in ops.values():
-            if path.startswith("/v1/"):
+            if path.startswith("/v1/messages"):
+                op["security"] = [{"bearerAuth": []}, {"apiKeyAuth": []}]
+            elif path.startswith("/v1/"):
                 op["security"] = [{"bearerAuth": []}]
             responses = op.get("responses", {})
             if "422" in responses:

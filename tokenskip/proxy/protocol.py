@@ -74,6 +74,18 @@ class TokenskipOptions(BaseModel):
     )
 
 
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicError(BaseModel):
+    """An error as Anthropic's API gives one (on ``/v1/messages``)."""
+
+    type: Literal["error"] = "error"
+    error: AnthropicErrorDetail
+
+
 class MessagesRequest(BaseModel):
     """An Anthropic Messages request; every field Anthropic defines (system, tools,
     tool_choice, thinking, stop_sequences, metadata, ...) is kept and translated."""
@@ -85,6 +97,22 @@ class MessagesRequest(BaseModel):
     max_tokens: int | None = Field(None, description="required by /v1/messages")
     system: str | list[dict[str, Any]] | None = None
     stream: bool | None = None
+    tokenskip: TokenskipOptions | None = None
+
+
+class ResponsesRequest(BaseModel):
+    """An OpenAI Responses request; its other fields (tools, tool_choice, temperature,
+    max_output_tokens, reasoning, text, ...) are kept and translated."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(description="a served model name")
+    input: str | list[dict[str, Any]] = Field(description="a string, or input items")
+    instructions: str | None = None
+    stream: bool | None = None
+    previous_response_id: str | None = Field(
+        None, description="not supported: the gateway stores no responses (400)"
+    )
     tokenskip: TokenskipOptions | None = None
 
 

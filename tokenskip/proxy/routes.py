@@ -18,7 +18,7 @@ from tokenskip.proxy.batcher import Batcher, batched_completion, batched_stream
 from tokenskip.proxy.edge import read_body, until_disconnected
 from tokenskip.proxy.errors import ProxyError
 from tokenskip.proxy.multi_query import MultiQuery
-from tokenskip.proxy.openapi import ERRORS, request_body
+from tokenskip.proxy.openapi import ANTHROPIC_ERRORS, ERRORS, request_body
 from tokenskip.proxy.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -26,6 +26,7 @@ from tokenskip.proxy.protocol import (
     MessagesRequest,
     ModelList,
     MultiQueryRequest,
+    ResponsesRequest,
     SavingsReport,
 )
 from tokenskip.proxy.service import ChatService
@@ -115,7 +116,7 @@ async def chat_completions(
             },
             "description": "an Anthropic message, or its event stream when stream is true",
         },
-        **ERRORS,
+        **ANTHROPIC_ERRORS,
     },
     response_class=JSONResponse,
     summary="Messages (Anthropic protocol)",
@@ -127,7 +128,7 @@ async def messages(request: Request, service: ChatService = Depends(service_of))
     if body is None:
         return Response(status_code=499)
     raw = anthropic.check(body.model_dump(exclude_unset=True))
-    chat = ChatCompletionRequest.model_validate(anthropic.to_chat(raw))
+    chat = _chat_request(anthropic.to_chat(raw))
     prepared = await service.prepare(chat)
     if chat.stream:
         headers = {**prepared.headers(), "cache-control": "no-cache"}
@@ -143,10 +144,50 @@ async def messages(request: Request, service: ChatService = Depends(service_of))
 
 
 @router.post(
+    "/v1/responses",
+    dependencies=[Depends(authorize)],
+    openapi_extra=request_body(ResponsesRequest),
+    responses={
+        200: {
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "text/event-stream": {"schema": {"type": "string"}},
+            },
+            "description": "a response object, or its event stream when stream is true",
+        },
+        **ERRORS,
+    },
+    response_class=JSONResponse,
+    summary="Responses (OpenAI protocol)",
+)
+async def responses(request: Request, service: ChatService = Depends(service_of)) -> Response:
+    from tokenskip.proxy import responses as api
+
+    body = await read_body(request, ResponsesRequest)
+    if body is None:
+        return Response(status_code=499)
+    raw = api.check(body.model_dump(exclude_unset=True))
+    chat = _chat_request(api.to_chat(raw))
+    prepared = await service.prepare(chat)
+    if chat.stream:
+        headers = {**prepared.headers(), "cache-control": "no-cache"}
+        return StreamingResponse(
+            api.events(service.stream(prepared, True), raw),
+            media_type="text/event-stream",
+            headers=headers,
+        )
+    result = await until_disconnected(request, service.complete(prepared))
+    return JSONResponse(api.from_chat(result, raw), headers=prepared.headers(result["usage"]))
+
+
+@router.post(
     "/v1/messages/count_tokens",
     dependencies=[Depends(authorize)],
     openapi_extra=request_body(MessagesRequest),
-    responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}, **ERRORS},
+    responses={
+        200: {"content": {"application/json": {"schema": {"type": "object"}}}},
+        **ANTHROPIC_ERRORS,
+    },
     summary="Count a Messages request's input tokens (Anthropic protocol)",
 )
 async def count_tokens(request: Request, service: ChatService = Depends(service_of)) -> Response:
@@ -229,6 +270,20 @@ async def healthz(request: Request) -> dict[str, Any]:
 )
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def _chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
+    """A translated request as the chat service takes it; what it cannot be is the client's
+    mistake (a 4xx naming the field), never a 500."""
+    from pydantic import ValidationError
+
+    from tokenskip.proxy.errors import validation_message
+
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        message, param = validation_message(exc.errors())
+        raise ProxyError(422, message, param=param) from None
 
 
 def _when(value: str | None, name: str) -> float | None:
