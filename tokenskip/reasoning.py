@@ -55,7 +55,12 @@ CLIENT_FIELDS: dict[str, tuple[str, ...]] = {
 """Fields by which a client sets the reasoning itself; a request that has one is left alone."""
 
 _GEMINI_3 = re.compile(r"gemini-(\d+)")
-_OPENAI_REASONER = re.compile(r"^(o\d|gpt-5|gpt-oss)")
+_OPENAI_REASONER = re.compile(r"^(o1(?!-mini)(?!-preview)|o3|o4|gpt-5|gpt-oss)")
+"""OpenAI models that take ``reasoning_effort`` (o1-mini and o1-preview do not)."""
+_CLAUDE_THINKING = re.compile(r"claude-(3-7|(opus|sonnet|haiku)-4|4)")
+"""Claude models with extended thinking: 3.7 Sonnet and the 4 family onwards."""
+_GEMINI_THINKING = re.compile(r"gemini-(2\.5|[3-9])")
+"""Gemini models with a thinking budget or level: 2.5 and later."""
 
 
 class BudgetError(ValueError):
@@ -72,13 +77,11 @@ def infer_kind(litellm_model: str | None) -> str:
     if not name:
         provider, name = "", provider
     low = name.lower()
-    if (
-        provider == "anthropic"
-        or low.startswith("claude")
-        or (provider in ("bedrock", "vertex_ai") and "claude" in low)
-    ):
+    anthropic_host = provider in ("anthropic", "bedrock", "vertex_ai") or low.startswith("claude")
+    if anthropic_host and _CLAUDE_THINKING.search(low):
         return "anthropic"
-    if provider in ("gemini", "vertex_ai") and "gemini" in low or low.startswith("gemini"):
+    gemini_host = provider in ("gemini", "vertex_ai") or low.startswith("gemini")
+    if gemini_host and _GEMINI_THINKING.search(low):
         return "gemini"
     if "qwen3" in low.replace("-", "").replace("_", "") or "qwq" in low:
         return "qwen3"
@@ -103,6 +106,12 @@ def effort_for(budget: int, model: str = "") -> str:
             return effort
     name = model.rsplit("/", 1)[-1].lower()
     return "minimal" if name.startswith("gpt-5") else "low"
+
+
+def effort_budget(effort: str, budget: int) -> int:
+    """The budget an OpenAI effort level stands for (litellm's table; ``minimal``: the
+    budget asked)."""
+    return dict(EFFORT_BUDGETS).get(effort, budget)
 
 
 def applied_budget(kind: str, budget: int, *, clamp: bool, max_tokens: int | None) -> int:
@@ -151,13 +160,19 @@ def client_controls(kind: str, params: dict[str, Any]) -> str | None:
     for name in CLIENT_FIELDS.get(kind, ()):
         if params.get(name) is not None:
             return name
-    extra = params.get("extra_body") or {}
+    extra = params.get("extra_body")
+    extra = extra if isinstance(extra, dict) else {}
     for name in CLIENT_FIELDS.get(kind, ()):
-        if isinstance(extra, dict) and extra.get(name) is not None:
+        if extra.get(name) is not None:
             return name
-    kwargs = params.get("chat_template_kwargs") or extra.get("chat_template_kwargs") or {}
-    if kind == "qwen3" and isinstance(kwargs, dict) and "thinking_budget" in kwargs:
-        return "chat_template_kwargs.thinking_budget"
+    if kind == "qwen3":
+        for kwargs in (params.get("chat_template_kwargs"), extra.get("chat_template_kwargs")):
+            if isinstance(kwargs, dict):
+                for key in ("thinking_budget", "enable_thinking"):
+                    if key in kwargs:
+                        return f"chat_template_kwargs.{key}"
+            elif kwargs is not None:
+                return "chat_template_kwargs"  # not a mapping: the client's, left alone
     return None
 
 

@@ -168,3 +168,17 @@ def test_unknown_model_and_upstream_failure_in_anthropics_shape(client):
             model="bad", max_tokens=8, messages=[{"role": "user", "content": "x"}]
         )
     assert e.value.status_code == 502 and e.value.body["error"]["type"] == "api_error"
+
+
+def test_a_failed_stream_ends_with_an_error_event_not_message_stop(proxy):
+    with httpx.stream(
+        "POST",
+        proxy + "/v1/messages",
+        json={"model": "bad", "max_tokens": 8, "stream": True,
+              "messages": [{"role": "user", "content": "x"}]},
+        headers={"x-api-key": KEY},
+        timeout=30,
+    ) as r:  # fmt: skip
+        text = "".join(r.iter_text())
+    events = [line[7:] for line in text.splitlines() if line.startswith("event: ")]
+    assert events[-1] == "error" and "message_stop" not in events

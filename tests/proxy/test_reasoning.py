@@ -42,6 +42,7 @@ def proxy(upstream, tmp_path_factory, mode):
             entry("o-reasoner", "openai/reasoner", {"reasoning": "openai"}, **openai_base),
             entry("qwen3", "hosted_vllm/reasoner", {"reasoning": "qwen3"}, **openai_base),
             entry("plain", "openai/ok", **openai_base),
+            entry("plain-reasoner", "openai/reasoner", **openai_base),  # kind none
             entry(
                 "claude",
                 "anthropic/claude-sonnet-4-5-20250929",
@@ -282,3 +283,11 @@ def test_a_cot_method_without_a_budget_is_400(client):
     with pytest.raises(openai.BadRequestError) as e:
         ask(client, "plain", {"cot_method": "instruction"})
     assert e.value.body["code"] == "missing_cot_budget"
+
+
+def test_a_plain_model_is_credited_on_its_completion_even_with_reasoning_tokens(client, proxy):
+    r = ask(client, "plain-reasoner", {"cot_ratio": 0.5})
+    assert r.model_extra["tokenskip"]["cot_method"] == "instruction"
+    row = proxy[1].state.ledger.rows(1)[0]
+    assert row["cot_tokens_saved_estimated"] == r.usage.completion_tokens  # c / 0.5 - c
+    assert row["reasoning_tokens_saved_estimated"] == 0

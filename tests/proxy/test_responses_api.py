@@ -121,6 +121,24 @@ def test_reasoning_comes_back_as_a_reasoning_item(client):
     assert r.usage.output_tokens_details.reasoning_tokens == len(REASONING.split())
 
 
+def test_a_streamed_reasoning_item_comes_first_with_its_index(client):
+    events = list(client.responses.create(model="reasoner", input="think first", stream=True))
+    added = [
+        (e.output_index, e.item.type) for e in events if e.type == "response.output_item.added"
+    ]
+    assert added == [(0, "reasoning"), (1, "message")]
+    deltas = {e.output_index for e in events if e.type == "response.output_text.delta"}
+    assert deltas == {1}
+    final = events[-1].response
+    assert [o.type for o in final.output] == ["reasoning", "message"]
+
+
+def test_a_stored_conversation_is_refused_clearly(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model="ok", input="again", extra_body={"conversation": "conv_1"})
+    assert e.value.body["param"] == "conversation"
+
+
 def test_previous_response_id_is_refused_clearly(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.responses.create(model="ok", input="again", previous_response_id="resp_123")

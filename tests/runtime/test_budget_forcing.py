@@ -105,15 +105,31 @@ def test_greedy_output_is_unchanged_when_the_answer_finishes_under_budget(engine
     assert request.forced_at is None and request.finish_reason == "stop"
 
 
-def test_an_answer_already_written_at_the_budget_is_not_cued_again(engine, smol):
+def test_an_answer_already_begun_at_the_budget_is_finished_not_cued(engine, smol):
     tok = smol.tokenizer
-    request, _ = forced(
-        tok,
-        chat_ids(tok, QUESTION),
-        BUDGET,
-        forcing=BudgetForcing(BUDGET, answer_tokens=12),
-    )
-    request.answered = lambda text: True  # as if the final answer were in the text
+    request, _ = forced(tok, chat_ids(tok, QUESTION), BUDGET)
+    request.answered = lambda text: True  # as if "the answer is" were the last words
     run(engine, request)
-    assert request.forced_at is None and len(request.output_ids) == BUDGET
-    assert request.finish_reason == "length" and "Final answer:" not in request.text
+    assert request.forced_at is None and "Final answer:" not in request.text
+    assert BUDGET < len(request.output_ids) <= BUDGET + 12 or request.finish_reason == "stop"
+
+
+def test_a_stop_string_inside_the_cue_does_not_cut_the_answer(engine, smol):
+    tok = smol.tokenizer
+    request, cue = forced(tok, chat_ids(tok, QUESTION), BUDGET, stop=["\n\n"])
+    (plain,) = run(
+        engine, GenerationRequest(prompt_ids=chat_ids(tok, QUESTION), max_new_tokens=BUDGET)
+    )
+    if "\n\n" in plain.text:
+        pytest.skip("the reasoning itself holds the stop string before the budget")
+    run(engine, request)
+    assert request.forced_at == BUDGET and "Final answer:" in request.text
+    assert request.output_ids[BUDGET : BUDGET + len(cue)] == cue
+
+
+def test_the_clients_cap_holds_under_forcing(engine, smol):
+    tok = smol.tokenizer
+    request, _ = forced(tok, chat_ids(tok, QUESTION), BUDGET)
+    request.max_new_tokens = BUDGET + 3  # less than the cue and the answer need
+    run(engine, request)
+    assert len(request.output_ids) <= BUDGET + 3 and request.finish_reason == "length"

@@ -29,6 +29,9 @@ from tokenskip.reasoning import (
         ("openai/o3-mini", "openai"),
         ("openai/gpt-5-nano", "openai"),
         ("openai/gpt-4o-mini", "none"),
+        ("openai/o1-mini", "none"),  # takes no reasoning_effort
+        ("anthropic/claude-3-5-sonnet-20241022", "none"),  # no extended thinking
+        ("gemini/gemini-2.0-flash", "none"),  # no thinking budget
         ("hosted_vllm/Qwen/Qwen3-8B", "qwen3"),
         ("openai/qwen3-32b", "qwen3"),
         ("hosted_vllm/meta-llama/Llama-3.1-8B", "none"),
@@ -97,7 +100,9 @@ def test_a_client_that_sets_the_reasoning_itself_is_seen():
     assert client_controls("anthropic", {"thinking": {"type": "enabled"}}) == "thinking"
     assert client_controls("qwen3", {"extra_body": {"thinking_token_budget": 5}})
     assert client_controls("qwen3", {"chat_template_kwargs": {"thinking_budget": 5}})
-    assert client_controls("qwen3", {"chat_template_kwargs": {"enable_thinking": True}}) is None
+    # a client that turns thinking on or off itself is left alone
+    assert client_controls("qwen3", {"chat_template_kwargs": {"enable_thinking": False}})
+    assert client_controls("qwen3", {"extra_body": "not a mapping"}) is None
     assert client_controls("openai", {"temperature": 0}) is None
 
 

@@ -83,7 +83,8 @@ class Accounting:
         reasoning = p.reasoning_tokens if status < 400 else None
         knob = bool(p.cot_ratio) and p.cot_method not in ("none", "client") and status < 400
         reasoning_saved = cot_saved = 0
-        if knob and reasoning is not None:
+        reasoner = p.cot is not None and p.cot.reasoning != "none"
+        if knob and reasoner and reasoning:
             # a reasoning model: the knob acts on its reasoning tokens, which it reported
             reasoning_saved = round(min(reasoning / p.cot_ratio, 1e12) - reasoning)
         elif knob:

@@ -154,14 +154,25 @@ async def events(chunks: AsyncIterator[str], model: str) -> AsyncIterator[bytes]
                 yield ModelResponseStream(**obj)
 
     stream = _adapter().translate_completion_output_params_streaming(parsed(), model=model)
+    held: list[bytes] = []
     async for event in stream:
-        yield event if isinstance(event, bytes) else str(event).encode()
+        data = event if isinstance(event, bytes) else str(event).encode()
+        if data.startswith(b"event: message_stop"):
+            held.append(data)  # sent last, and only if nothing failed
+            continue
+        yield data
     if failure:
+        kind = {"rate_limit_error": "rate_limit_error", "upstream_timeout": "timeout_error"}.get(
+            str(failure[0].get("type") or failure[0].get("code")), "api_error"
+        )
         error = {
             "type": "error",
-            "error": {"type": "api_error", "message": failure[0].get("message", "upstream error")},
+            "error": {"type": kind, "message": failure[0].get("message") or "upstream error"},
         }
         yield f"event: error\ndata: {json.dumps(error)}\n\n".encode()
+        return
+    for data in held:
+        yield data
 
 
 def count_tokens(service: Any, body: dict[str, Any]) -> dict[str, Any]:

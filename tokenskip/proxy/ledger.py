@@ -94,6 +94,8 @@ class LedgerRow:
     ts: float = field(default_factory=time.time)
 
 
+INT32 = 2**31 - 1
+"""The newer columns are SQL INTEGER, 32 bits on PostgreSQL: clamped to it."""
 MAX_INT = 2**62
 """Token counts above this are not counts (SQL integers are 64-bit): clamped."""
 
@@ -131,7 +133,10 @@ def valid_row(row: LedgerRow) -> dict[str, Any]:
     ):
         d[name] = _int(d[name])
     for name in ("reasoning_tokens", "cot_budget", "prefix_bytes_identical", "prefix_bytes_total"):
-        d[name] = None if d[name] is None else _int(d[name])
+        d[name] = None if d[name] is None else max(-INT32, min(INT32, _int(d[name])))
+    d["reasoning_tokens_saved_estimated"] = max(
+        -INT32, min(INT32, d["reasoning_tokens_saved_estimated"])
+    )
     for name in ("prompt_ratio", "cot_ratio", "cost_original", "cost_actual"):
         d[name] = _float(d[name])
     d["latency_ms"] = _float(d["latency_ms"]) or 0.0
@@ -311,11 +316,17 @@ def _add_columns(engine: sa.Engine) -> None:
     missing = [name for name in ADDED_COLUMNS if name not in have]
     if not missing:
         return
-    with engine.begin() as conn:
-        for name in missing:
-            column = requests_table.c[name]
-            kind = column.type.compile(dialect=engine.dialect)
-            conn.execute(sa.text(f"ALTER TABLE {requests_table.name} ADD COLUMN {name} {kind}"))
+    for name in missing:
+        column = requests_table.c[name]
+        kind = column.type.compile(dialect=engine.dialect)
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"ALTER TABLE {requests_table.name} ADD COLUMN {name} {kind}"))
+        except sa.exc.DBAPIError:
+            # another replica starting against the same old ledger added it first
+            have = {c["name"] for c in sa.inspect(engine).get_columns(requests_table.name)}
+            if name not in have:
+                raise
 
 
 def _summary(m: Any) -> dict[str, Any]:

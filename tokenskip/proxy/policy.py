@@ -102,9 +102,9 @@ class CompressionPolicy:
         for name in ("cot_reference_tokens", "cot_budget"):
             value = getattr(self, name)
             if value is not None and (
-                not isinstance(value, int) or isinstance(value, bool) or value <= 0
+                not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 10**7
             ):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ValueError(f"{name} must be an integer in [1, 10000000], got {value!r}")
         if self.cot_method not in COT_METHODS:
             raise ValueError(
                 f"cot_method must be one of {', '.join(COT_METHODS)}, got {self.cot_method!r}"

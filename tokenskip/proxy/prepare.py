@@ -9,6 +9,7 @@ savings beside the upstream call. Pass-through requests are not tokenized at all
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +74,9 @@ class Prepared:
     """Budget forcing: the output token where the answer cue went in (None: not forced)."""
     reasoning_tokens: int | None = None
     """What the upstream reported in ``completion_tokens_details.reasoning_tokens``."""
+    params_before_cot: dict[str, Any] = field(default_factory=dict)
+    """The client's parameters before the CoT knob set native reasoning fields (for a
+    fallback to a model of another kind)."""
     prefix_bytes: tuple[int, int] | None = None
     """A compressed request: (bytes of its prefix identical to an earlier request's, bytes
     of all its messages); None when compression changed nothing."""
@@ -139,8 +143,15 @@ class CotPlan:
     reference_tokens: int = 300
 
     @property
-    def budget_or_asked(self) -> int:
-        return self.budget_asked or self.budget or self.reference_tokens
+    def effective_budget(self) -> int:
+        """The budget the model is really held to: the applied one, or for OpenAI's effort
+        levels the budget litellm gives that effort."""
+        budget = self.budget or self.reference_tokens
+        if self.method == "native" and self.reasoning == "openai":
+            from tokenskip.reasoning import effort_budget, effort_for
+
+            return effort_budget(effort_for(budget), budget)
+        return budget
 
     def info(self, forced_at: int | None) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -344,7 +355,8 @@ def prepare_sync(
         messages = prompt.messages
         metrics.compression_seconds.labels(entry.name).observe(time.perf_counter() - t0)
     params = request.upstream_params()
-    if overrides.get("cot_method") and not policy.controls_cot:
+    before_cot = copy.deepcopy(params)
+    if overrides.get("cot_method") and policy.enabled and not policy.controls_cot:
         raise ProxyError(
             400,
             "tokenskip.cot_method needs a budget: give tokenskip.cot_ratio or "
@@ -359,9 +371,9 @@ def prepare_sync(
         )
         cot_method = cot.method
         cot_ratio = (
-            policy.cot_ratio
-            if policy.cot_ratio is not None
-            else round(min(1.0, cot.budget_or_asked / cot.reference_tokens), 4)
+            round(min(1.0, cot.effective_budget / cot.reference_tokens), 4)
+            if cot.budget is not None
+            else policy.cot_ratio
         )
     prefix = (
         models.prefixes.observe(entry.name, messages)
@@ -379,6 +391,7 @@ def prepare_sync(
         counter.exact,
         started,
         cot=cot,
+        params_before_cot=before_cot,
         prefix_bytes=prefix,
     )
 

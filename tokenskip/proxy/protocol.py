@@ -55,7 +55,7 @@ class TokenskipOptions(BaseModel):
         None, ge=MIN_RATIO, le=1, description="keep ratio for the reasoning"
     )
     cot_budget: StrictInt | None = Field(
-        None, gt=0, description="reasoning budget in tokens (wins over cot_ratio)"
+        None, gt=0, le=10_000_000, description="reasoning budget in tokens (wins over cot_ratio)"
     )
     cot_method: Literal["auto", "tokenskip", "instruction", "native", "budget-forcing"] | None = (
         Field(None, description="how the CoT knob is applied (auto: by the model's kind)")

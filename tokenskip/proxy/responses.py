@@ -58,6 +58,14 @@ def _config() -> Any:
 
 
 def check(body: dict[str, Any]) -> dict[str, Any]:
+    if body.get("conversation"):
+        raise ProxyError(
+            400,
+            "conversation is not supported: this gateway stores no conversations; send the "
+            "conversation so far in input instead",
+            param="conversation",
+            code="unsupported_parameter",
+        )
     if body.get("previous_response_id"):
         raise ProxyError(
             400,
@@ -155,9 +163,22 @@ async def events(chunks: AsyncIterator[str], body: dict[str, Any]) -> AsyncItera
     yield event("response.in_progress", response=shell)
     text: list[str] = []
     reasoning: list[str] = []
+    output: list[dict[str, Any]] = []
+
+    def reasoning_item() -> list[bytes]:
+        item = {"id": f"rs_{uuid.uuid4().hex}", "type": "reasoning",
+                "summary": [{"type": "summary_text", "text": "".join(reasoning)}]}  # fmt: skip
+        at = len(output)
+        output.append(item)
+        return [
+            event("response.output_item.added", output_index=at, item=item),
+            event("response.output_item.done", output_index=at, item=item),
+        ]
+
     calls: dict[int, dict[str, Any]] = {}
     finish, usage, info, failure = "stop", None, None, None
     opened = False
+    at_message = 0
     async for line in chunks:
         for piece in line.split("\n"):
             if not piece.startswith("data:"):
@@ -178,14 +199,20 @@ async def events(chunks: AsyncIterator[str], body: dict[str, Any]) -> AsyncItera
                 if delta.get("content"):
                     if not opened:
                         opened = True
+                        if reasoning:  # the reasoning came first: its item goes first
+                            for data in reasoning_item():
+                                yield data
+                        at_message = len(output)
                         item = {"id": msg_id, "type": "message", "role": "assistant",
                                 "status": "in_progress", "content": []}  # fmt: skip
-                        yield event("response.output_item.added", output_index=0, item=item)
+                        yield event(
+                            "response.output_item.added", output_index=at_message, item=item
+                        )
                         part = {"type": "output_text", "text": "", "annotations": []}
                         yield event("response.content_part.added", item_id=msg_id,
-                                    output_index=0, content_index=0, part=part)  # fmt: skip
+                                    output_index=at_message, content_index=0, part=part)  # fmt: skip
                     text.append(delta["content"])
-                    yield event("response.output_text.delta", item_id=msg_id, output_index=0,
+                    yield event("response.output_text.delta", item_id=msg_id, output_index=at_message,
                                 content_index=0, delta=delta["content"], logprobs=[])  # fmt: skip
                 for call in delta.get("tool_calls") or []:
                     slot = calls.setdefault(
@@ -202,20 +229,19 @@ async def events(chunks: AsyncIterator[str], body: dict[str, Any]) -> AsyncItera
                                                       "message": failure.get("message", "")}}  # fmt: skip
         yield event("response.failed", response=shell)
         return
-    output: list[dict[str, Any]] = []
-    if reasoning:
-        output.append({"id": f"rs_{uuid.uuid4().hex}", "type": "reasoning",
-                       "summary": [{"type": "summary_text", "text": "".join(reasoning)}]})  # fmt: skip
+    if reasoning and not output:
+        for data in reasoning_item():
+            yield data
     if opened:
         full = "".join(text)
         part = {"type": "output_text", "text": full, "annotations": []}
-        yield event("response.output_text.done", item_id=msg_id, output_index=0,
+        yield event("response.output_text.done", item_id=msg_id, output_index=at_message,
                     content_index=0, text=full, logprobs=[])  # fmt: skip
-        yield event("response.content_part.done", item_id=msg_id, output_index=0,
+        yield event("response.content_part.done", item_id=msg_id, output_index=at_message,
                     content_index=0, part=part)  # fmt: skip
         item = {"id": msg_id, "type": "message", "role": "assistant", "status": "completed",
                 "content": [part]}  # fmt: skip
-        yield event("response.output_item.done", output_index=0, item=item)
+        yield event("response.output_item.done", output_index=at_message, item=item)
         output.append(item)
     for _, slot in sorted(calls.items()):
         item = {"id": f"fc_{uuid.uuid4().hex}", "type": "function_call", "status": "completed",

@@ -7,6 +7,7 @@ errors come in OpenAI's shape) and hands the work to the objects the app's lifes
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import datetime
 from typing import Any
@@ -198,7 +199,8 @@ async def count_tokens(request: Request, service: ChatService = Depends(service_
         return Response(status_code=499)
     raw = body.model_dump(exclude_unset=True)
     raw.setdefault("max_tokens", 1)
-    return JSONResponse(anthropic.count_tokens(service, anthropic.check(raw)))
+    checked = anthropic.check(raw)
+    return JSONResponse(await asyncio.to_thread(anthropic.count_tokens, service, checked))
 
 
 @router.post(

@@ -90,10 +90,15 @@ class ChatService:
     # -- answers --------------------------------------------------------------------------
     @staticmethod
     def _params(p: Prepared, entry: ModelEntry) -> dict[str, Any]:
-        """The request's parameters for ``entry``: budget forcing reaches local models only."""
-        if entry.is_local or FORCING_PARAM not in p.params:
-            return p.params
-        return {k: v for k, v in p.params.items() if k != FORCING_PARAM}
+        """The request's parameters for ``entry``: budget forcing reaches local models only,
+        and native reasoning fields only models of the kind they were set for (a fallback of
+        another kind gets the client's own parameters)."""
+        params = p.params
+        if p.cot is not None and p.cot.fields and entry.reasoning != p.entry.reasoning:
+            params = p.params_before_cot
+        if entry.is_local or FORCING_PARAM not in params:
+            return params
+        return {k: v for k, v in params.items() if k != FORCING_PARAM}
 
     async def _complete_one(self, p: Prepared, entry: ModelEntry) -> Completion:
         backend = self.models.backend(entry)
@@ -118,16 +123,34 @@ class ChatService:
             return head
         if cap and cap <= forcing.budget:
             return head  # the client's own cap ends it first
+        message = ((head.raw or {}).get("choices") or [{}])[0].get("message") or {}
+        if not head.text and message.get("reasoning_content"):
+            # the server parses the reasoning out of content (vLLM --reasoning-parser):
+            # continuing needs it in the partial message, so the budget's cut stands
+            if p.cot is not None:
+                p.cot.note = (
+                    "the upstream returned the reasoning apart from content, so it cannot be "
+                    "continued with an answer cue; the reasoning was cut at the budget"
+                )
+            return head
         partial = head.text + forcing.cue
+        left = cap - (head.completion_tokens or forcing.budget) if cap else None
         second = {
             **first,
-            "max_tokens": forcing.answer_tokens,
+            "max_tokens": max(1, min(forcing.answer_tokens, left))
+            if left is not None
+            else forcing.answer_tokens,
             "continue_final_message": True,
             "add_generation_prompt": False,
         }
-        tail = await backend.complete(
-            entry.name, [*p.messages, {"role": "assistant", "content": partial}], second
-        )
+        try:
+            tail = await backend.complete(
+                entry.name, [*p.messages, {"role": "assistant", "content": partial}], second
+            )
+        except BackendError as exc:
+            if p.cot is not None:  # the reasoning already came back and was paid for
+                p.cot.note = f"the answer call failed ({exc.status}); the reasoning is returned"
+            return head
         p.forced_at = head.completion_tokens or forcing.budget
         text = partial + tail.text
         both = [

@@ -67,6 +67,8 @@ class GenerationRequest:
     forced_at: int | None = None
     """Output index where the cue went in (None: nothing was forced)."""
     _forced: deque[int] = field(default_factory=deque, repr=False)
+    _stop_from: int | None = field(default=None, repr=False)
+    """Budget forcing: stop strings are searched from here on (after the cue)."""
 
 
 class Engine:
@@ -249,16 +251,28 @@ class Engine:
             return True
         request.output_ids.append(token)
         request.text = runner.tokenizer.decode(request.output_ids, skip_special_tokens=True)
-        reason = _stop_reason(request)
+        if request._forced:
+            # the cue is being fed: stop strings apply to the answer after it, the cap always
+            reason = "length" if len(request.output_ids) >= request.max_new_tokens else None
+        else:
+            if request.forced_at is not None and request._stop_from is None:
+                request._stop_from = len(request.text)  # the cue is in: the answer starts
+            reason = _stop_reason(request)
         if reason is None and _force_now(request):
-            answered = request.answered is not None and request.answered(request.text)
-            if answered:
-                reason = "length"  # the answer is written: the budget ends the reasoning
+            request.forced_at = len(request.output_ids)
+            if request.answered is not None and request.answered(request.text):
+                # the answer has begun: let it finish (answer_tokens more), cue nothing
+                request._stop_from = 0
+                request.max_new_tokens = min(
+                    request.max_new_tokens, request.forced_at + request.force_answer_tokens
+                )
+                request.forced_at = None
+                request.force_at = None
             else:
-                request.forced_at = len(request.output_ids)
                 request._forced.extend(request.force_ids)
-                request.max_new_tokens = (
-                    request.forced_at + len(request.force_ids) + request.force_answer_tokens
+                request.max_new_tokens = min(
+                    request.max_new_tokens,
+                    request.forced_at + len(request.force_ids) + request.force_answer_tokens,
                 )
         self._flush(request, final=reason is not None)
         if reason is not None:
@@ -398,8 +412,9 @@ def _force_now(request: GenerationRequest) -> bool:
 
 
 def _stop_reason(request: GenerationRequest) -> str | None:
+    start = request._stop_from or 0
     for stop in request.stop:
-        at = request.text.find(stop)
+        at = request.text.find(stop, start)
         if at >= 0:
             request.text = request.text[:at]
             return "stop"

@@ -52,7 +52,7 @@ def _claim(out_dir: str, config: dict[str, Any]) -> None:
                 "rerun with the same settings to resume, or pick another --out"
             )
         return
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(not p.name.endswith(".part") for p in out.iterdir()):
         raise InvalidInputError(
             f"{out} is not empty and holds no tokenskip run.json; pick another --out"
         )
