@@ -275,4 +275,5 @@ def test_the_adapters_metadata_names_no_machine_path(trained):
     tmp, config, meta = trained
     text = (tmp / "run" / "adapter" / "tokenskip.json").read_text()
     assert str(tmp) not in text and "/tmp/" not in text
-    assert json.loads(text)["training"]["adapter"] == "adapter"  # made portable, still there
+    adapter = json.loads(text)["training"]["adapter"]
+    assert not adapter.startswith("/") and adapter.endswith("adapter")  # portable, still there

@@ -17,38 +17,13 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi.responses import JSONResponse
+from tokenskip.proxy.errors import ProxyError, anthropic_error
 
-from tokenskip.proxy.errors import ProxyError
+error_response = anthropic_error
+"""Anthropic's error shape (built in :mod:`tokenskip.proxy.errors`, which renders every
+error of /v1/messages with it)."""
 
 PATH = "/v1/messages"
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    499: "invalid_request_error",
-    500: "api_error",
-    502: "api_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
-
-
-def error_response(
-    status: int, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    """An error as Anthropic's API gives one (422 becomes 400, as Anthropic answers schema
-    errors)."""
-    status = 400 if status == 422 else status
-    kind = ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    return JSONResponse(
-        {"type": "error", "error": {"type": kind, "message": message}},
-        status_code=status,
-        headers=headers,
-    )
 
 
 def _adapter() -> Any:

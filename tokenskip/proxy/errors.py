@@ -83,14 +83,42 @@ def record_refusal(request: Request, exc: ProxyError) -> None:
     exc.accounted = True
 
 
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    499: "invalid_request_error",
+    500: "api_error",
+    502: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """An error as Anthropic's API gives one (422 becomes 400, as Anthropic answers schema
+    errors)."""
+    status = 400 if status == 422 else status
+    default = "api_error" if status >= 500 else "invalid_request_error"
+    kind = ANTHROPIC_ERROR_TYPES.get(status, default)
+    return JSONResponse(
+        {"type": "error", "error": {"type": kind, "message": message}},
+        status_code=status,
+        headers=headers,
+    )
+
+
 def render(
     request: Request, error: ProxyError, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     """The error in the shape of the API the request was for (Anthropic's on /v1/messages)."""
     if request.url.path.startswith("/v1/messages"):
-        from tokenskip.proxy.anthropic import error_response
-
-        return error_response(error.status, error.message, headers)
+        return anthropic_error(error.status, error.message, headers)
     return error.response(headers=headers)
 
 

@@ -16,20 +16,9 @@ def claim_run_dir(out_dir: str, config: dict[str, Any]) -> None:
 
     The same configuration resumes (every stage skips what it finished); any difference is
     an error naming the fields, so no earlier output is overwritten silently. Under
-    ``accelerate launch`` rank 0 claims the folder while the others wait, then they check
-    the claim (before, a second rank could see the folder half made and refuse it).
+    ``accelerate launch`` only rank 0 calls it (inside :func:`on_main_process_first`).
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        _claim(out_dir, config)
-        return
-    from accelerate import PartialState
-
-    state = PartialState()
-    if state.is_main_process:
-        _claim(out_dir, config)
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        _claim(out_dir, config)  # the marker is there now: this only compares
+    _claim(out_dir, config)
 
 
 def _claim(out_dir: str, config: dict[str, Any]) -> None:
@@ -88,20 +77,34 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _process_group() -> Any:
+    """torch.distributed, joined (launchers such as torchrun and ``accelerate launch`` set
+    the environment; the Trainer reuses this group). accelerate's ``PartialState`` is not
+    used here: on a CPU-only machine it can come up undistributed, so every rank would think
+    it is the main one and prepare the data at once."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist
+
+
 def on_main_process_first(prepare: Any, out_dir: str) -> dict[str, Any]:
     """Under ``accelerate launch``, rank 0 prepares the data while the others wait, then they
     read its summary; a single process just prepares."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return prepare()
-    from accelerate import PartialState
-
-    state = PartialState()
+    dist = _process_group()
     summary = Path(out_dir) / "data.json"
-    if state.is_main_process:
+    if is_main_process():
+        # if this raises, the launcher stops the other ranks (they never wait forever)
         data = prepare()
         summary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    state.wait_for_everyone()
-    return data if state.is_main_process else json.loads(summary.read_text())
+        dist.barrier()
+        return data
+    dist.barrier()
+    return json.loads(summary.read_text())
 
 
 def write_adapter_meta(
