@@ -253,3 +253,19 @@ def test_budget_forcing_keeps_the_answer_a_cap_cuts_off(tmp_path, data_file, tok
     assert [r["budgets"] for r in rerun] == [r["budgets"] for r in result["rows"]]
     assert generator2.calls == 0  # all cached
     assert calls > 0
+
+
+def test_instruction_budget_asks_for_each_cap_and_generates_at_it(tmp_path, data_file, tokenizer):
+    runner, generator = make_runner(
+        tmp_path, data_file, tokenizer, methods=("original", "instruction-budget")
+    )
+    result = runner.run()
+    row_ = row(result, "instruction-budget", 1.0)
+    # the script answers concisely (and wrongly) when told to: every cap saw the instruction
+    assert row_["budgets"]["64"]["accuracy"] == 0.0
+    assert (
+        row_["budgets"]["64"]["cot_tokens_mean"]
+        < row(result, "original", 1.0)["budgets"]["64"]["cot_tokens_mean"]
+    )
+    texts = [s for s in result["samples"] if s["method"] == "instruction-budget"]
+    assert len(texts) == 2 * 3 and all(s["text"] for s in texts)

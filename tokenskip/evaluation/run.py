@@ -8,6 +8,9 @@ Methods (rows of the report):
 - ``instruction``: the base model told to be concise within γ × its mean CoT length.
 - ``truncation``: the original output cut at γ of its tokens (no new generation).
 - ``prompt-compression``: k-shot exemplars compressed with the core at γ (needs shots).
+- ``instruction-budget``: at each cap B, the concise-reasoning instruction asks for at most
+  B tokens of reasoning (one generation per cap): the prompting baseline beside budget
+  forcing at the same budgets.
 - ``budget-forcing``: s1's budget forcing at each budget: the reasoning stops there, the
   answer cue (``--force-cue``) is appended and the model writes at most
   ``--force-answer-tokens`` more; an answer written under the budget is left as it is. With
@@ -47,6 +50,7 @@ METHODS = (
     "truncation",
     "prompt-compression",
     "budget-forcing",
+    "instruction-budget",
 )
 DEFAULT_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 
@@ -368,6 +372,9 @@ class Runner:
             if method == "budget-forcing":
                 configs.append(self.force(original))
                 continue
+            if method == "instruction-budget":
+                configs.append(self.instruct_per_budget(original))
+                continue
             for ratio in c.ratios:
                 if method in ("instruction", "prompt-compression", "truncation") and ratio == 1.0:
                     continue  # identical to the original run
@@ -379,6 +386,31 @@ class Runner:
                     self.generate(cfg, self._gen_budgets())
                 configs.append(cfg)
         return self.summarize(configs, original, skipped)
+
+    def instruct_per_budget(self, original: Config) -> Config:
+        """The instruction with each cap as its token budget, generated at that cap."""
+        from tokenskip.cot_control import INSTRUCTION
+
+        cfg = Config("instruction-budget", 1.0)
+        cfg.samples = [Sample(s.problem, s.prompt, s.prompt_tokens) for s in original.samples]
+        for b in self.config.budgets:
+            run = Config("instruction-budget", 1.0)
+            for s in original.samples:
+                messages = [dict(m) for m in s.prompt.messages]
+                text = INSTRUCTION.format(budget=b)
+                if messages and messages[0].get("role") == "system":
+                    messages[0]["content"] = f"{messages[0]['content']}\n\n{text}"
+                else:
+                    messages.insert(0, {"role": "system", "content": text})
+                prompt = Prompt(tuple(messages))
+                run.samples.append(Sample(s.problem, prompt, self._count_prompt(list(messages))))
+            self.generate(run, [b], latency=False)
+            for mine, got in zip(cfg.samples, run.samples):
+                assert got.generation is not None
+                mine.by_budget[b] = got.generation
+                mine.prompt_tokens = got.prompt_tokens
+            cfg.wall_s += run.wall_s
+        return cfg
 
     def force(self, original: Config) -> Config:
         """Budget forcing at every budget (see the module docstring)."""
@@ -459,7 +491,7 @@ class Runner:
         return cfg
 
     def evaluate(self, cfg: Config, s: Sample, budget: int) -> dict[str, Any]:
-        if cfg.method == "budget-forcing":
+        if cfg.method in ("budget-forcing", "instruction-budget"):
             g = s.by_budget[budget]
             text, finished, output_tokens = g.text, g.finished, g.output_tokens
         else:
