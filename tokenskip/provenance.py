@@ -72,11 +72,7 @@ def portable_paths(value: Any) -> Any:
         return {k: portable_paths(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [portable_paths(v) for v in value]
-    if isinstance(value, str):
-        if value.startswith("/") and "\n" not in value:
-            if " " not in value:
-                return portable_path(value)
-            return " ".join(portable_path(w) if w.startswith("/") else w for w in value.split(" "))
-        if " /" in value and "\n" not in value and len(value) < 4000:  # a command line
-            return " ".join(portable_path(w) if w.startswith("/") else w for w in value.split(" "))
+    if isinstance(value, str) and "\n" not in value and (value.startswith("/") or " /" in value):
+        # a path, or a command line holding paths: each absolute word made portable
+        return " ".join(portable_path(w) if w.startswith("/") else w for w in value.split(" "))
     return value

@@ -5,6 +5,7 @@ import threading
 
 import pytest
 
+from tests.runtime.test_engine import chat_ids
 from tokenskip.reasoning import BudgetForcing
 from tokenskip.runtime.engine import Engine, GenerationRequest
 from tokenskip.runtime.runner import Runner
@@ -14,17 +15,6 @@ QUESTION = (
     "left? Explain every step."
 )
 BUDGET = 16
-
-
-def chat_ids(tokenizer, question):
-    return list(
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}],
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=False,
-        )
-    )
 
 
 def run(engine, *requests):

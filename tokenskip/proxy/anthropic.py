@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tokenskip.proxy.errors import ProxyError, anthropic_error
+from tokenskip.proxy.protocol import savings_usage, sse_payloads
 
 error_response = anthropic_error
 """Anthropic's error shape (built in :mod:`tokenskip.proxy.errors`, which renders every
@@ -98,11 +99,7 @@ def from_chat(result: dict[str, Any], model: str) -> dict[str, Any]:
     message = _adapter().translate_completion_output_params(response)
     out = message.model_dump(exclude_none=True) if hasattr(message, "model_dump") else dict(message)
     out["model"] = model
-    usage = result.get("usage") or {}
-    out.setdefault("usage", {})
-    for name in ("prompt_tokens_original", "prompt_tokens_saved", "tokens_estimated"):
-        if name in usage:
-            out["usage"][name] = usage[name]
+    out.setdefault("usage", {}).update(savings_usage(result.get("usage") or {}))
     out["tokenskip"] = result.get("tokenskip")
     return out
 
@@ -115,10 +112,7 @@ async def events(chunks: AsyncIterator[str], model: str) -> AsyncIterator[bytes]
 
     async def parsed() -> AsyncIterator[Any]:
         async for line in chunks:
-            for piece in line.split("\n"):
-                if not piece.startswith("data:"):
-                    continue
-                data = piece[5:].strip()
+            for data in sse_payloads(line):
                 if data == "[DONE]":
                     return
                 obj = json.loads(data)

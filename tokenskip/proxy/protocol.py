@@ -356,6 +356,20 @@ def sse(body: dict[str, Any]) -> str:
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 
+SAVINGS_USAGE_KEYS = ("prompt_tokens_original", "prompt_tokens_saved", "tokens_estimated")
+"""The gateway's own usage fields, carried over into the Responses and Messages usage."""
+
+
+def savings_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    """The gateway's savings fields of a chat usage object."""
+    return {k: usage[k] for k in SAVINGS_USAGE_KEYS if k in usage}
+
+
+def sse_payloads(text: str) -> list[str]:
+    """The ``data:`` payloads of a piece of an SSE stream (``[DONE]`` included)."""
+    return [line[5:].strip() for line in text.split("\n") if line.startswith("data:")]
+
+
 def usage_body(
     prompt_tokens: int,
     completion_tokens: int,

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tokenskip.proxy.errors import ProxyError
+from tokenskip.proxy.protocol import savings_usage, sse_payloads
 
 CHAT_FIELDS = {
     "messages",
@@ -124,11 +125,7 @@ def from_chat(result: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
     )
     out = response.model_dump(exclude_none=True)
     out["model"] = body["model"]
-    usage = result.get("usage") or {}
-    out.setdefault("usage", {})
-    for name in ("prompt_tokens_original", "prompt_tokens_saved", "tokens_estimated"):
-        if name in usage:
-            out["usage"][name] = usage[name]
+    out.setdefault("usage", {}).update(savings_usage(result.get("usage") or {}))
     out["tokenskip"] = result.get("tokenskip")
     return out
 
@@ -180,10 +177,7 @@ async def events(chunks: AsyncIterator[str], body: dict[str, Any]) -> AsyncItera
     opened = False
     at_message = 0
     async for line in chunks:
-        for piece in line.split("\n"):
-            if not piece.startswith("data:"):
-                continue
-            data = piece[5:].strip()
+        for data in sse_payloads(line):
             if data == "[DONE]":
                 continue
             chunk = json.loads(data)
@@ -267,8 +261,7 @@ async def events(chunks: AsyncIterator[str], body: dict[str, Any]) -> AsyncItera
             "total_tokens": usage.get("total_tokens", 0),
             "input_tokens_details": {"cached_tokens": 0},
             "output_tokens_details": {"reasoning_tokens": details.get("reasoning_tokens") or 0},
-            **{k: usage[k] for k in ("prompt_tokens_original", "prompt_tokens_saved",
-                                     "tokens_estimated") if k in usage},
+            **savings_usage(usage),
         }  # fmt: skip
     done["tokenskip"] = info
     yield event(
