@@ -1,7 +1,11 @@
 """The OpenAI Responses API through the gateway, with the official ``openai`` SDK
 (``client.responses``): string and item input, instructions, streams with the Responses
 event sequence, function calls, reasoning, previous_response_id refused, and errors in
-OpenAI's shape, over an OpenAI-protocol upstream on loopback (direct and through litellm)."""
+OpenAI's shape, over an OpenAI-protocol upstream on loopback (direct and through litellm).
+
+The upstream speaks chat completions only: on the direct path the gateway first tries its
+``/v1/responses`` (the same-protocol pass-through, ``test_native_passthrough.py``), sees the
+endpoint is missing, and translates from then on, so every test here also covers that."""
 
 import httpx
 import openai

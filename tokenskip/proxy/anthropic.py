@@ -66,6 +66,52 @@ def check(body: Any) -> dict[str, Any]:
                         f"messages.{i}.content.{j}: a content block needs a string 'type'",
                         param=f"messages.{i}.content.{j}",
                     )
+                if block["type"] == "tool_result" and block.get("tool_use_id") not in _tool_uses(
+                    body["messages"][i - 1] if i else None
+                ):
+                    raise ProxyError(
+                        400,
+                        f"messages.{i}.content.{j}: unexpected tool_use_id "
+                        f"{block.get('tool_use_id')!r} in a tool_result block: each tool_result "
+                        "block must have a corresponding tool_use block in the previous message",
+                        param=f"messages.{i}.content.{j}.tool_use_id",
+                    )
+    return body
+
+
+def _tool_uses(message: Any) -> set[str]:
+    """The ids of the tool_use blocks of an assistant message."""
+    if not isinstance(message, dict) or message.get("role") != "assistant":
+        return set()
+    content = message.get("content")
+    return {
+        b["id"]
+        for b in (content if isinstance(content, list) else [])
+        if isinstance(b, dict) and b.get("type") == "tool_use" and isinstance(b.get("id"), str)
+    }
+
+
+TRANSLATED_BLOCKS = {
+    "text", "image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking",
+}  # fmt: skip
+"""Content block types litellm's adapter carries into chat completions."""
+
+
+def translatable(body: dict[str, Any]) -> dict[str, Any]:
+    """The body, if chat completions can carry all of it: a block of a type the adapter
+    does not know is refused by name rather than dropped (a same-protocol upstream gets every
+    type as sent: :mod:`tokenskip.proxy.native`)."""
+    for i, m in enumerate(body["messages"]):
+        content = m.get("content")
+        for j, block in enumerate(content if isinstance(content, list) else []):
+            if block["type"] not in TRANSLATED_BLOCKS:
+                raise ProxyError(
+                    400,
+                    f"messages.{i}.content.{j}: content blocks of type {block['type']!r} "
+                    "cannot be sent to this model (its upstream takes chat completions, which "
+                    f"carry only {', '.join(sorted(TRANSLATED_BLOCKS))})",
+                    param=f"messages.{i}.content.{j}.type",
+                )
     return body
 
 

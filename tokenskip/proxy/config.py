@@ -13,12 +13,15 @@ router_settings: {num_retries: 2, timeout: 30, cooldown_time: 30, fallbacks: [{a
 general_settings: {master_key: sk-...}          # LiteLLM's key setting is honoured
 tokenskip_settings: {api_keys: [sk-...], ledger_url: sqlite:///ledger.db,
                      defaults: {prompt_ratio: 0.7}, local_max_batch: 8,
-                     direct_openai_compatible: true}
+                     direct_openai_compatible: true, native_passthrough: true}
 ```
 
 OpenAI-protocol deployments (``openai/`` or ``hosted_vllm/`` with an ``api_base``) are served
 by the direct backend, without litellm's per-call overhead; ``direct_openai_compatible: false``
-sends them through litellm too.
+sends them through litellm too. ``/v1/responses`` requests to such a deployment, and
+``/v1/messages`` requests to an Anthropic one (``anthropic/`` with an ``api_base``), go to the
+upstream's own endpoint as sent (compression aside); ``native_passthrough: false`` translates
+them to chat completions instead.
 
 A model's ``tokenskip`` block holds policy keys (see :class:`CompressionPolicy`), plus
 ``tokenizer`` (the model or path whose tokenizer counts its tokens exactly; without it counts
@@ -41,6 +44,7 @@ import yaml
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tokenskip.proxy.backends.direct import is_direct
+from tokenskip.proxy.backends.native import native_apis
 from tokenskip.proxy.policy import BatchSettings, CompressionPolicy
 from tokenskip.reasoning import REASONING_KINDS, infer_kind
 from tokenskip.runtime.configs import EarlyExitConfig, SpeculativeConfig
@@ -124,6 +128,9 @@ class ModelEntry:
     budget forcing falls back to the instruction)."""
     backend: str = "local"
     """Which backend serves it: ``local``, ``direct`` (OpenAI protocol, no litellm) or ``litellm``."""
+    native: tuple[str, ...] = ()
+    """The APIs its upstream speaks itself (``responses``, ``messages``): requests to those go
+    to it unchanged but for compression (:mod:`tokenskip.proxy.native`)."""
 
     @property
     def is_local(self) -> bool:
@@ -153,7 +160,9 @@ class GatewayConfig:
         return out
 
 
-def _entry(raw: Any, index: int, defaults: CompressionPolicy, direct_ok: bool) -> ModelEntry:
+def _entry(
+    raw: Any, index: int, defaults: CompressionPolicy, direct_ok: bool, native_ok: bool = True
+) -> ModelEntry:
     where = f"model_list[{index}]"
     if not isinstance(raw, dict) or not isinstance(raw.get("model_name"), str):
         raise ValueError(f"{where}: each entry needs a string model_name")
@@ -217,6 +226,7 @@ def _entry(raw: Any, index: int, defaults: CompressionPolicy, direct_ok: bool) -
         reasoning=reasoning or infer_kind(str(params["model"])),
         continue_final=continue_final,
         backend="direct" if direct_ok and is_direct(params) else "litellm",
+        native=native_apis(params) if native_ok else (),
     )
 
 
@@ -263,12 +273,13 @@ def parse_config(data: dict[str, Any], settings: Settings | None = None) -> Gate
     except (TypeError, ValueError) as exc:
         raise ValueError(f"tokenskip_settings.defaults: {exc}") from None
     direct_ok = bool(ts.pop("direct_openai_compatible", True))
+    native_ok = bool(ts.pop("native_passthrough", True))
     raw_models = data.get("model_list")
     if not isinstance(raw_models, list) or not raw_models:
         raise ValueError("the config needs a non-empty model_list")
     models: dict[str, ModelEntry] = {}
     for i, raw in enumerate(raw_models):
-        entry = _entry(raw, i, defaults, direct_ok)
+        entry = _entry(raw, i, defaults, direct_ok, native_ok)
         if entry.name in models:
             raise ValueError(
                 f"model_list[{i}]: duplicate model_name '{entry.name}' (load balancing over several deployments is not supported yet)"

@@ -311,6 +311,50 @@ def _check(entry: ModelEntry, request: ChatCompletionRequest) -> None:
             )
 
 
+def merged_policy(entry: ModelEntry, overrides: dict[str, Any]) -> CompressionPolicy:
+    """The model's policy with a request's ``tokenskip`` overrides; a 400 naming them if the
+    combination is invalid."""
+    try:
+        return entry.policy.merged(overrides)
+    except ValueError as exc:
+        raise ProxyError(400, f"tokenskip: {exc}", param="tokenskip") from None
+
+
+def compress_prompt(
+    models: Registry,
+    metrics: Metrics,
+    entry: ModelEntry,
+    policy: CompressionPolicy,
+    messages: list[dict[str, Any]],
+) -> PromptCompression | None:
+    """The messages compressed by the policy (not counted yet: see :func:`start_count`), or
+    None when the policy compresses no prompt."""
+    if not policy.compresses_prompt:
+        return None
+    t0 = time.perf_counter()
+    counter = models.counter(entry)
+    scorer = (
+        models.scorer(policy.scorer, counter, policy.scorer_model) if policy.drops_words else None
+    )
+    prompt = compress_messages(
+        messages,
+        PromptSettings(
+            context_ratio=policy.prompt_ratio,
+            instruction_ratio=policy.instruction_ratio,
+            tool_ratio=policy.tool_ratio,
+            min_tokens=policy.prompt_min_tokens,
+            lossless=policy.lossless,
+            guards=policy.guards,
+            cache_safe=policy.cache_safe,
+        ),
+        tokenizer=counter.tokenizer,
+        scorer=scorer,
+        count=False,  # counted beside the upstream call (see start_count)
+    )
+    metrics.compression_seconds.labels(entry.name).observe(time.perf_counter() - t0)
+    return prompt
+
+
 def prepare_sync(
     models: Registry, metrics: Metrics, request: ChatCompletionRequest, started: float
 ) -> Prepared:
@@ -322,38 +366,13 @@ def prepare_sync(
         if request.tokenskip
         else {}
     )
-    try:
-        policy = entry.policy.merged(overrides)
-    except ValueError as exc:
-        raise ProxyError(400, f"tokenskip: {exc}", param="tokenskip") from None
+    policy = merged_policy(entry, overrides)
     messages = [m.model_dump(exclude_none=True) for m in request.messages]
     counter = models.counter(entry)
-    prompt = None
+    prompt = compress_prompt(models, metrics, entry, policy, messages)
     prompt_ratio = policy.prompt_ratio if policy.compresses_prompt else None
-    if policy.compresses_prompt:
-        t0 = time.perf_counter()
-        scorer = (
-            models.scorer(policy.scorer, counter, policy.scorer_model)
-            if policy.drops_words
-            else None
-        )
-        prompt = compress_messages(
-            messages,
-            PromptSettings(
-                context_ratio=policy.prompt_ratio,
-                instruction_ratio=policy.instruction_ratio,
-                tool_ratio=policy.tool_ratio,
-                min_tokens=policy.prompt_min_tokens,
-                lossless=policy.lossless,
-                guards=policy.guards,
-                cache_safe=policy.cache_safe,
-            ),
-            tokenizer=counter.tokenizer,
-            scorer=scorer,
-            count=False,  # counted beside the upstream call (see prepare)
-        )
+    if prompt is not None:
         messages = prompt.messages
-        metrics.compression_seconds.labels(entry.name).observe(time.perf_counter() - t0)
     params = request.upstream_params()
     before_cot = copy.deepcopy(params)
     if overrides.get("cot_method") and policy.enabled and not policy.controls_cot:
@@ -407,11 +426,15 @@ async def prepare(models: Registry, metrics: Metrics, request: ChatCompletionReq
     ):
         return prepare_sync(models, metrics, request, started)  # nothing heavy to offload
     p = await asyncio.to_thread(prepare_sync, models, metrics, request, started)
+    start_count(models, p)
+    return p
+
+
+def start_count(models: Registry, p: Prepared) -> None:
+    """Count the compression's savings while the upstream works, not before it is called."""
     if p.prompt is not None and not p.prompt.counted:
-        # the savings are counted while the upstream works, not before it is called
         tokenizer = models.counter(p.entry).tokenizer
         p.counting = asyncio.ensure_future(asyncio.to_thread(p.prompt.count, tokenizer))
-    return p
 
 
 async def settle(p: Prepared) -> None:

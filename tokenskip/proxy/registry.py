@@ -69,6 +69,12 @@ class Registry:
         direct = {e.name: e.litellm_params for e in config.models.values() if e.backend == "direct"}
         if direct:
             self.direct = DirectBackend(direct, config.router_settings)
+        self.native = None
+        native = {e.name: e.litellm_params for e in config.models.values() if e.native}
+        if native:
+            from tokenskip.proxy.backends.native import NativeBackend
+
+            self.native = NativeBackend(native, config.router_settings)
         for entry in config.models.values():
             self.counter(entry)  # load tokenizers now, not on a request's event loop
 
@@ -109,6 +115,8 @@ class Registry:
         self.local.close()
         if self.direct is not None:
             await self.direct.aclose()
+        if self.native is not None:
+            await self.native.aclose()
 
     # -- lookups --------------------------------------------------------------------------
     def entry(self, name: str) -> ModelEntry:

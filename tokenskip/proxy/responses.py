@@ -48,6 +48,13 @@ CHAT_FIELDS = {
 }
 """What of litellm's translation goes upstream (it may add its own bookkeeping keys)."""
 
+CALLS = {"function_call": "function_call_output", "custom_tool_call": "custom_tool_call_output"}
+"""Call items and the output items that answer them (matched by ``call_id``)."""
+TRANSLATED_ITEMS = {"message", "reasoning", *CALLS, *CALLS.values()}
+"""Input item types litellm's translation carries into chat completions."""
+TRANSLATED_PARTS = {"input_text", "input_image", "input_file", "output_text", "refusal"}
+"""Message content part types it carries."""
+
 
 def _config() -> Any:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -79,9 +86,56 @@ def check(body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(data, (str, list)) or (isinstance(data, str) and not data):
         raise ProxyError(400, "input must be a non-empty string or a list of items", param="input")
     if isinstance(data, list):
+        calls: set[str] = set()
         for i, item in enumerate(data):
             if not isinstance(item, dict):
                 raise ProxyError(400, f"input[{i}] must be an object", param=f"input[{i}]")
+            kind = item.get("type", "message" if "role" in item else None)
+            if not isinstance(kind, str):
+                raise ProxyError(
+                    400, f"input[{i}] needs a string 'type' (or a 'role')", param=f"input[{i}]"
+                )
+            if kind in CALLS and isinstance(item.get("call_id"), str):
+                calls.add(item["call_id"])
+            if kind in CALLS.values() and item.get("call_id") not in calls:
+                raise ProxyError(
+                    400,
+                    f"No tool call found for {kind} with call_id {item.get('call_id')!r}: each "
+                    "tool output in input must follow the call it answers",
+                    param=f"input[{i}].call_id",
+                    code="invalid_tool_output",
+                )
+    return body
+
+
+def translatable(body: dict[str, Any]) -> dict[str, Any]:
+    """The body, if chat completions can carry all of it: an item or content part of a type
+    the translation does not know is refused by name rather than dropped (a same-protocol
+    upstream gets every type as sent: :mod:`tokenskip.proxy.native`)."""
+    data = body.get("input")
+    for i, item in enumerate(data if isinstance(data, list) else []):
+        kind = item.get("type", "message")
+        if kind not in TRANSLATED_ITEMS:
+            raise ProxyError(
+                400,
+                f"input[{i}]: items of type {kind!r} cannot be sent to this model (its upstream "
+                f"takes chat completions, which carry only {', '.join(sorted(TRANSLATED_ITEMS))})",
+                param=f"input[{i}].type",
+                code="unsupported_item_type",
+            )
+        content = item.get("content")
+        for j, part in enumerate(
+            content if kind == "message" and isinstance(content, list) else []
+        ):
+            part_kind = part.get("type") if isinstance(part, dict) else None
+            if part_kind not in TRANSLATED_PARTS:
+                raise ProxyError(
+                    400,
+                    f"input[{i}].content[{j}]: content parts of type {part_kind!r} cannot be "
+                    f"sent to this model (known: {', '.join(sorted(TRANSLATED_PARTS))})",
+                    param=f"input[{i}].content[{j}].type",
+                    code="unsupported_content_type",
+                )
     return body
 
 

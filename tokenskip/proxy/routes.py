@@ -8,6 +8,7 @@ errors come in OpenAI's shape) and hands the work to the objects the app's lifes
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import datetime
 from typing import Any
@@ -123,13 +124,18 @@ async def chat_completions(
     summary="Messages (Anthropic protocol)",
 )
 async def messages(request: Request, service: ChatService = Depends(service_of)) -> Response:
-    from tokenskip.proxy import anthropic
+    from tokenskip.proxy import anthropic, native
 
     body = await read_body(request, MessagesRequest)
     if body is None:
         return Response(status_code=499)
-    raw = anthropic.check(body.model_dump(exclude_unset=True))
-    chat = _chat_request(anthropic.to_chat(raw))
+    sent = await request.body()
+    raw = anthropic.check(json.loads(sent))
+    if native.applies(service, "messages", raw):
+        answer = await native.forward(service, request, "messages", sent, raw)
+        if answer is not None:
+            return answer
+    chat = _chat_request(anthropic.to_chat(anthropic.translatable(raw)))
     prepared = await service.prepare(chat)
     if chat.stream:
         headers = {**prepared.headers(), "cache-control": "no-cache"}
@@ -162,13 +168,19 @@ async def messages(request: Request, service: ChatService = Depends(service_of))
     summary="Responses (OpenAI protocol)",
 )
 async def responses(request: Request, service: ChatService = Depends(service_of)) -> Response:
+    from tokenskip.proxy import native
     from tokenskip.proxy import responses as api
 
     body = await read_body(request, ResponsesRequest)
     if body is None:
         return Response(status_code=499)
-    raw = api.check(body.model_dump(exclude_unset=True))
-    chat = _chat_request(api.to_chat(raw))
+    sent = await request.body()
+    raw = api.check(json.loads(sent))
+    if native.applies(service, "responses", raw):
+        answer = await native.forward(service, request, "responses", sent, raw)
+        if answer is not None:
+            return answer
+    chat = _chat_request(api.to_chat(api.translatable(raw)))
     prepared = await service.prepare(chat)
     if chat.stream:
         headers = {**prepared.headers(), "cache-control": "no-cache"}

@@ -156,11 +156,17 @@ class DirectBackend:
         )
 
     async def _send(
-        self, d: Deployment, body: dict[str, Any], stream: bool
+        self,
+        d: Deployment,
+        body: dict[str, Any] | bytes,
+        stream: bool,
+        extra_headers: dict[str, str] | None = None,
     ) -> aiohttp.ClientResponse:
-        """POST with retries; returns a successful response whose body is not read yet."""
+        """POST with retries; returns a successful response whose body is not read yet
+        (``body`` as a dict, or as the exact bytes to send)."""
         self._check_cooldown(d)
-        data = json.dumps(body).encode()
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = {**d.headers, **extra_headers} if extra_headers else d.headers
         # A stream may run long: its timeout bounds each read, not the whole answer.
         if stream:
             timeout = aiohttp.ClientTimeout(sock_connect=d.timeout, sock_read=d.timeout)
@@ -170,7 +176,7 @@ class DirectBackend:
         for _ in range(self.num_retries + 1):
             try:
                 response = await self.session.post(
-                    d.url, data=data, headers=d.headers, timeout=timeout
+                    d.url, data=data, headers=headers, timeout=timeout
                 )
             except TRANSPORT_ERRORS as exc:
                 error = self._transport_error(exc)
