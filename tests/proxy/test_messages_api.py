@@ -33,6 +33,7 @@ def proxy(request, upstream, tmp_path_factory):
             },
             {"model_name": "rich", "litellm_params": {"model": "openai/rich", **base}},
             {"model_name": "bad", "litellm_params": {"model": "openai/fail500", **base}},
+            {"model_name": "drop", "litellm_params": {"model": "openai/drop", **base}},
         ],
         "router_settings": {"num_retries": 0},
         "tokenskip_settings": {"direct_openai_compatible": request.param == "direct"},
@@ -147,6 +148,31 @@ def test_the_key_is_checked_as_x_api_key(proxy):
             "max_tokens",
         ),
         ({"max_tokens": 5, "messages": []}, "model"),
+        (
+            {
+                "model": "ok",
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": [{"type": "hologram", "data": "x"}]}],
+            },
+            "hologram",
+        ),
+        (
+            {
+                "model": "ok",
+                "max_tokens": 5,
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}],
+                    },
+                    {
+                        "role": "user",
+                        "content": [{"type": "tool_result", "tool_use_id": "t2", "content": "1"}],
+                    },
+                ],
+            },
+            "tool_use_id",
+        ),
     ],
 )
 def test_bad_requests_get_anthropics_400(proxy, body, fragment):
@@ -181,4 +207,19 @@ def test_a_failed_stream_ends_with_an_error_event_not_message_stop(proxy):
     ) as r:  # fmt: skip
         text = "".join(r.iter_text())
     events = [line[7:] for line in text.splitlines() if line.startswith("event: ")]
+    assert events[-1] == "error" and "message_stop" not in events
+
+
+def test_a_stream_the_upstream_cuts_midway_ends_with_an_error_event(proxy):
+    with httpx.stream(
+        "POST",
+        proxy + "/v1/messages",
+        json={"model": "drop", "max_tokens": 8, "stream": True,
+              "messages": [{"role": "user", "content": "one two three four"}]},
+        headers={"x-api-key": KEY},
+        timeout=30,
+    ) as r:  # fmt: skip
+        text = "".join(r.iter_text())
+    events = [line[7:] for line in text.splitlines() if line.startswith("event: ")]
+    assert "content_block_delta" in events  # it had started
     assert events[-1] == "error" and "message_stop" not in events

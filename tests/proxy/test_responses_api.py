@@ -36,6 +36,7 @@ def proxy(request, upstream, tmp_path_factory):
             {"model_name": "rich", "litellm_params": {"model": "openai/rich", **base}},
             {"model_name": "reasoner", "litellm_params": {"model": "openai/reasoner", **base}},
             {"model_name": "bad", "litellm_params": {"model": "openai/fail500", **base}},
+            {"model_name": "drop", "litellm_params": {"model": "openai/drop", **base}},
         ],
         "router_settings": {"num_retries": 0},
         "tokenskip_settings": {"direct_openai_compatible": request.param == "direct"},
@@ -158,6 +159,19 @@ def test_previous_response_id_is_refused_clearly(client):
         ({"model": "ok", "input": ["not an item"]}, 422),
         ({"model": "nope", "input": "x"}, 404),
         ({"input": "x"}, 422),
+        ({"model": "ok", "input": [{"type": "mcp_list_tools", "server_label": "s"}]}, 400),
+        (
+            {"model": "ok", "input": [{"role": "user", "content": [{"type": "input_hologram"}]}]},
+            400,
+        ),
+        (
+            {
+                "model": "ok",
+                "input": [{"type": "function_call_output", "call_id": "c9", "output": "1"}],
+            },
+            400,
+        ),
+        ({"model": "ok", "input": [{"content": "no role, no type"}]}, 400),
     ],
 )
 def test_bad_requests_get_openai_shaped_errors(proxy, body, status):
@@ -170,3 +184,22 @@ def test_an_upstream_failure_is_a_502(client):
     with pytest.raises(openai.APIStatusError) as e:
         client.responses.create(model="bad", input="x")
     assert e.value.status_code == 502
+
+
+def test_an_unknown_item_type_is_refused_by_name_not_dropped(proxy, upstream):
+    before = httpx.get(upstream + "/_calls").json()["total"]
+    r = httpx.post(proxy + "/v1/responses", json={"model": "ok", "input": [
+        {"role": "user", "content": "hi"}, {"type": "local_shell_call", "id": "x"}]})  # fmt: skip
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "input[1].type" and "local_shell_call" in r.text
+    assert httpx.get(upstream + "/_calls").json()["total"] == before  # nothing went upstream
+
+
+def test_a_stream_the_upstream_cuts_ends_in_response_failed(proxy):
+    with httpx.stream(
+        "POST", proxy + "/v1/responses", json={"model": "drop", "input": "one two three four",
+                                              "stream": True}, timeout=30,
+    ) as r:  # fmt: skip
+        text = "".join(r.iter_text())
+    kinds = [line[7:] for line in text.splitlines() if line.startswith("event: ")]
+    assert kinds[-1] == "response.failed" and "response.completed" not in kinds
