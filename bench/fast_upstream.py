@@ -1,6 +1,8 @@
 """A very fast OpenAI-compatible upstream for proxy benchmarks: a raw ASGI app, no framework.
 
-``POST /v1/chat/completions`` returns a canned ``chat.completion``; ``GET /healthz`` and
+``POST /v1/chat/completions`` returns a canned ``chat.completion``, ``POST /v1/responses`` a
+canned Responses ``response`` and ``POST /v1/messages`` a canned Anthropic ``message``;
+``GET /healthz`` and
 ``GET /v1/models`` answer for readiness checks; anything else is 404. It never streams.
 
 By default ``usage.prompt_tokens`` is a fixed number, so the app costs next to nothing per
@@ -79,6 +81,52 @@ def completion_body(request: dict[str, Any], count: Any) -> bytes:
     return json.dumps(body).encode()
 
 
+def response_body(request: dict[str, Any]) -> bytes:
+    """The canned Responses API answer."""
+    body = {
+        "id": "resp_fastupstream",
+        "object": "response",
+        "created_at": 1700000000,
+        "status": "completed",
+        "model": request.get("model", "m"),
+        "output": [
+            {
+                "id": "msg_fastupstream",
+                "type": "message",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": CANNED_TEXT, "annotations": []}],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {
+            "input_tokens": CANNED_PROMPT_TOKENS,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": CANNED_COMPLETION_TOKENS,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": CANNED_PROMPT_TOKENS + CANNED_COMPLETION_TOKENS,
+        },
+    }
+    return json.dumps(body).encode()
+
+
+def message_body(request: dict[str, Any]) -> bytes:
+    """The canned Anthropic Messages answer."""
+    body = {
+        "id": "msg_fastupstream",
+        "type": "message",
+        "role": "assistant",
+        "model": request.get("model", "m"),
+        "content": [{"type": "text", "text": CANNED_TEXT}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": CANNED_PROMPT_TOKENS, "output_tokens": CANNED_COMPLETION_TOKENS},
+    }
+    return json.dumps(body).encode()
+
+
 async def _read_body(receive: Any) -> bytes:
     chunks = []
     while True:
@@ -106,12 +154,16 @@ class FastUpstream:
         if scope["type"] != "http":
             return
         method, path = scope["method"], scope["path"]
-        if method == "POST" and path.endswith("/chat/completions"):
+        if method == "POST" and path.endswith(("/chat/completions", "/responses", "/messages")):
             raw = await _read_body(receive)
             try:
                 request = json.loads(raw)
             except ValueError:
                 return await _respond(send, 400, b'{"error": {"message": "bad json"}}')
+            if path.endswith("/responses"):
+                return await _respond(send, 200, response_body(request))
+            if path.endswith("/messages"):
+                return await _respond(send, 200, message_body(request))
             return await _respond(send, 200, completion_body(request, self.count))
         if method == "GET" and path in ("/healthz", "/health"):
             return await _respond(send, 200, b'{"status": "ok"}')

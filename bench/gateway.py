@@ -10,6 +10,10 @@ Parts (``--part``, default all):
    served scorer, against tokenskip disabled: tokens original/sent/saved and added latency.
 3. ``concurrency``: concurrent clients against the embedded local model vs the same
    requests one at a time.
+4. ``apis``: the pass-through cost of each API the gateway speaks (Chat Completions,
+   Responses, Messages) in front of one fast upstream that answers all three, beside LiteLLM's
+   proxy on the same deployments (``api_overhead.py``). Targets: added p50 ≤ 1 ms on each
+   API, throughput ≥ 5× LiteLLM's proxy's.
 
 Every server is a subprocess on 127.0.0.1, started and stopped by this script (see
 ``servers.py``; ``targets.py`` says how each is launched). Parts run one after another and
@@ -44,6 +48,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import api_overhead
 import proxy_compression
 import proxy_concurrency
 import proxy_overhead
@@ -55,6 +60,7 @@ from tokenskip.cli.args import positive
 
 PARTS: dict[str, Callable[[argparse.Namespace, Path], dict[str, Any]]] = {
     "overhead": proxy_overhead.run,
+    "apis": api_overhead.run,
     "compression": proxy_compression.run,
     "concurrency": proxy_concurrency.run,
 }

@@ -74,6 +74,7 @@ def sequential_latency(
     num_requests: int,
     num_warmup: int,
     time_limit: float,
+    path: str = PATH,
 ) -> LatencyResult:
     """POST ``body`` one request at a time; stops early when ``time_limit`` seconds are spent."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -88,7 +89,7 @@ def sequential_latency(
                 break
             t0 = time.perf_counter()
             try:
-                conn.request("POST", PATH, body=body, headers=all_headers)
+                conn.request("POST", path, body=body, headers=all_headers)
                 response = conn.getresponse()
                 data = response.read()
                 status = response.status
@@ -171,7 +172,13 @@ def parse_wrk(output: str, connections: int) -> ThroughputResult:
 
 
 def wrk_throughput(
-    port: int, body: bytes, headers: dict[str, str], *, connections: int, duration: float
+    port: int,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    connections: int,
+    duration: float,
+    path: str = PATH,
 ) -> ThroughputResult:
     """Run ``wrk -t1 -c N -d S --latency`` against the chat endpoint."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
@@ -179,7 +186,7 @@ def wrk_throughput(
         script = f.name
     command = [
         "wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--timeout", "10s", "--latency",
-        "-s", script, f"http://127.0.0.1:{port}{PATH}",
+        "-s", script, f"http://127.0.0.1:{port}{path}",
     ]  # fmt: skip
     try:
         out = subprocess.run(
@@ -196,12 +203,19 @@ def wrk_throughput(
 
 
 def aiohttp_throughput(
-    port: int, body: bytes, headers: dict[str, str], *, connections: int, duration: float
+    port: int,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    connections: int,
+    duration: float,
+    path: str = PATH,
 ) -> ThroughputResult:
     """Run this module as a script (its own process) and read its JSON result."""
     command = [
         sys.executable, __file__, "--port", str(port), "--connections", str(connections),
         "--duration", str(duration), "--body", body.decode(), "--headers", json.dumps(headers),
+        "--path", path,
     ]  # fmt: skip
     out = subprocess.run(
         command, capture_output=True, text=True, timeout=duration + 60, check=False
@@ -212,19 +226,30 @@ def aiohttp_throughput(
 
 
 def throughput(
-    port: int, body: bytes, headers: dict[str, str], *, connections: int, duration: float
+    port: int,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    connections: int,
+    duration: float,
+    path: str = PATH,
 ) -> ThroughputResult:
     """wrk where installed, else the aiohttp fallback."""
     run = wrk_throughput if has_wrk() else aiohttp_throughput
-    return run(port, body, headers, connections=connections, duration=duration)
+    return run(port, body, headers, connections=connections, duration=duration, path=path)
 
 
 async def _drive(
-    port: int, body: bytes, headers: dict[str, str], connections: int, duration: float
+    port: int,
+    body: bytes,
+    headers: dict[str, str],
+    connections: int,
+    duration: float,
+    path: str = PATH,
 ) -> dict[str, Any]:
     import aiohttp
 
-    url = f"http://127.0.0.1:{port}{PATH}"
+    url = f"http://127.0.0.1:{port}{path}"
     all_headers = {"content-type": "application/json", **headers}
     latencies: list[float] = []
     errors = 0
@@ -274,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds to run")
     parser.add_argument("--body", required=True, help="JSON request body")
     parser.add_argument("--headers", default="{}", help="extra headers as a JSON object")
+    parser.add_argument("--path", default=PATH, help=f"the path to POST to (default: {PATH})")
     args = parser.parse_args(argv)
     result = asyncio.run(
         _drive(
@@ -282,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             json.loads(args.headers),
             args.connections,
             args.duration,
+            args.path,
         )
     )
     print(json.dumps(result))

@@ -34,6 +34,7 @@ def render(report: dict[str, Any]) -> str:
         )
     render_part = {
         "overhead": _overhead,
+        "apis": _apis,
         "compression": _compression,
         "concurrency": _concurrency,
     }
@@ -121,6 +122,51 @@ def _overhead(part: dict[str, Any], meta: dict[str, Any]) -> list[str]:
             for r in rounds
         )
         lines.append(f"- {name}: {values}")
+    lines += ["", "Targets:", ""]
+    for v in part["verdicts"]:
+        lines.append(f"- **{'PASS' if v['pass'] else 'MISS'}** {v['target']}: {v['value']}")
+    for name, failure in part.get("failures", {}).items():
+        lines += ["", f"**{name} failed:**", "", "```", failure["error"].strip(), "```"]
+    if part.get("stopped_early"):
+        lines += ["", f"Stopped early: {part['stopped_early']}"]
+    return lines + _servers(part["servers"])
+
+
+def _apis(part: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    args = part["settings"]
+    lines = [
+        "Chat Completions, Responses and Messages in front of one fast upstream that answers "
+        "all three; tokenskip with compression off (Responses and Messages forwarded to the "
+        "upstream's own endpoints), LiteLLM's proxy on the same two deployments, one worker "
+        f"each. Sequential latency: 1 keep-alive connection, {args['requests']} requests after "
+        f"{args['warmup']} warmup. Throughput: {part['throughput_tool']} with "
+        f"{args['connections']} keep-alive connections for {args['duration']:g} s. "
+        f"{args['rounds']} rounds, (API, target) pairs visited in rotated order; medians over "
+        "rounds. Added = target − the upstream directly.",
+        "",
+        NOTE_CORES.format(cpus=meta.get("cpu_count")),
+        "",
+        "| API | target | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s | loaded p50 ms "
+        "| proxy CPU ms/req | errors |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for api, summary in part["summary"].items():
+        for name, s in summary.items():
+            cpu = "–" if name == "direct" else _ms(s["target_cpu_ms_per_request"], 3)
+            lines.append(
+                f"| {api} | {name} | {_ms(s['p50_ms'], 3)} | {_ms(s['p99_ms'], 3)} "
+                f"| {_ms(s.get('added_p50_ms'), 3)} | {_ms(s.get('added_p99_ms'), 3)} "
+                f"| {s['requests_per_s']:.0f} | {_ms(s['loaded_p50_ms'])} | {cpu} "
+                f"| {s['num_errors']} |"
+            )
+    lines += ["", "Per round (p50 ms / req/s):", ""]
+    for api, rounds in part["rounds"].items():
+        for name, points in rounds.items():
+            values = ", ".join(
+                f"{r['latency']['p50_ms']:.3f} / {r['throughput']['requests_per_s']:.0f}"
+                for r in points
+            )
+            lines.append(f"- {api} {name}: {values}")
     lines += ["", "Targets:", ""]
     for v in part["verdicts"]:
         lines.append(f"- **{'PASS' if v['pass'] else 'MISS'}** {v['target']}: {v['value']}")
