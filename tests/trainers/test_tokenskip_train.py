@@ -277,3 +277,30 @@ def test_the_adapters_metadata_names_no_machine_path(trained):
     assert str(tmp) not in text and "/tmp/" not in text
     adapter = json.loads(text)["training"]["adapter"]
     assert not adapter.startswith("/") and adapter.endswith("adapter")  # portable, still there
+
+
+def test_controllability_is_logged_during_training_and_can_stop_the_run(tmp_path):
+    """The control check answers held-out questions at each γ with the model being trained
+    and logs accuracy, CoT tokens and the achieved ratio per check."""
+    from tokenskip.trainers.control import CONTROL_FILE, ControlSettings
+
+    (tmp_path / "data").mkdir()
+    test = write_gsm8k(tmp_path / "data" / "test.jsonl")
+    control = ControlSettings(every=2, questions=2, gammas=(1.0, 0.5), max_new_tokens=12,
+                              batch_size=2, data=str(test.parent), tolerance=10.0,
+                              stop_when_controllable=True)  # fmt: skip
+    meta = run_tokenskip(tiny_config(tmp_path), progress=False, control=control)
+    rows = [json.loads(line) for line in (tmp_path / "run" / CONTROL_FILE).read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2]  # stopped at the first controllable check
+    assert meta["training"]["steps"] == 2
+    by = rows[0]["by_gamma"]
+    assert set(by) == {"1", "0.5"} and by["1"]["ratio"] == 1.0
+    assert all(0 < r["cot_tokens"] <= 12 and 0 <= r["accuracy"] <= 1 for r in by.values())
+    assert by["0.5"]["ratio"] == round(by["0.5"]["cot_tokens"] / by["1"]["cot_tokens"], 4)
+
+
+def test_control_settings_refuse_a_list_without_the_reference():
+    from tokenskip.trainers.control import ControlSettings
+
+    with pytest.raises(InvalidInputError, match="1.0"):
+        ControlSettings(gammas=(0.9, 0.5))

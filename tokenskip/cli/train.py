@@ -19,6 +19,17 @@ def _grid(value: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"{value!r}: {exc}") from None
 
 
+def _control_gammas(value: str) -> tuple[float, ...]:
+    """Comma-separated γ in (0, 1], 1.0 among them (the reference length)."""
+    try:
+        found = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected comma-separated numbers") from None
+    if not found or any(not 0.0 < g <= 1.0 for g in found) or 1.0 not in found:
+        raise argparse.ArgumentTypeError(f"{value!r}: γ values in (0, 1], 1.0 among them")
+    return found
+
+
 def _layers(value: str) -> tuple[int, ...]:
     try:
         layers = tuple(int(v) for v in value.split(",") if v.strip())
@@ -45,7 +56,25 @@ def add_train_arguments(p: argparse.ArgumentParser, max_length: int = 2048) -> N
     g.add_argument("--grad-accum", type=positive(int), default=1)
     g.add_argument("--max-length", type=positive(int), default=max_length)
     g.add_argument("--save-steps", type=positive(int), default=50)
-    g.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
+    g.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        default="auto",
+        help="auto: bf16 autocast where the GPU or CPU computes bf16 natively, else fp32",
+    )
+    g.add_argument(
+        "--no-packing",
+        dest="packing",
+        action="store_false",
+        help="one example per row, right-padded (default: several examples packed per row, "
+        "no attention across them)",
+    )
+    g.add_argument(
+        "--pack-length",
+        type=positive(int),
+        default=None,
+        help="tokens per packed row (default: the longest example's)",
+    )
     g.add_argument(
         "--init-adapter",
         default=None,
@@ -68,6 +97,8 @@ def train_settings(args: argparse.Namespace) -> Any:
         max_length=args.max_length,
         save_steps=args.save_steps,
         precision=args.precision,
+        packing=args.packing,
+        pack_length=args.pack_length,
         seed=args.seed,
         init_adapter=args.init_adapter,
     )
@@ -116,6 +147,23 @@ def add_train_parser(subparsers: Any) -> None:
         help="a malformed dataset line stops the run (default) or is skipped and reported",
     )
     t.add_argument("--merge", action="store_true", help="also write base + adapter merged")
+    c = t.add_argument_group("controllability during training")
+    c.add_argument(
+        "--control-every",
+        type=positive(int),
+        default=None,
+        help="every N steps (and at the end), answer held-out GSM8K test questions at each "
+        "control γ and log accuracy, CoT tokens and achieved ratio to "
+        "OUT/controllability.jsonl (default: off)",
+    )
+    c.add_argument("--control-questions", type=positive(int), default=100)
+    c.add_argument("--control-gammas", type=_control_gammas, default=(1.0, 0.9, 0.7, 0.5))
+    c.add_argument("--control-max-new-tokens", type=positive(int), default=512)
+    c.add_argument(
+        "--stop-when-controllable",
+        action="store_true",
+        help="stop at the first check where every γ's achieved ratio is within 0.1 of it",
+    )
     t.set_defaults(run=run_train_tokenskip)
 
     q = sub.add_parser(
@@ -309,7 +357,19 @@ def run_train_tokenskip(args: argparse.Namespace) -> int:
         on_bad_record=args.on_bad_record,
         allow_download=args.allow_download,
     )
-    meta = run_tokenskip(config, merge=args.merge, progress=not args.no_progress)
+    control = None
+    if args.control_every:
+        from tokenskip.trainers.control import ControlSettings
+
+        control = ControlSettings(
+            every=args.control_every,
+            questions=args.control_questions,
+            gammas=tuple(args.control_gammas),
+            max_new_tokens=args.control_max_new_tokens,
+            stop_when_controllable=args.stop_when_controllable,
+            data=args.data,
+        )
+    meta = run_tokenskip(config, merge=args.merge, progress=not args.no_progress, control=control)
     if meta:  # rank 0 (the other ranks of a distributed run return no metadata)
         _print_summary(
             meta,

@@ -325,7 +325,11 @@ async def forward(
     when that upstream turns out not to have the endpoint (it is then remembered, logged,
     and the request translated by the caller)."""
     overrides = overrides_of(body)
-    p, data = await asyncio.to_thread(_prepare, service, api, raw, body, overrides)
+    entry = service.models.entry(body["model"])
+    if merged_policy(entry, overrides).compresses_prompt:  # compression: off the event loop
+        p, data = await asyncio.to_thread(_prepare, service, api, raw, body, overrides)
+    else:  # nothing heavy to offload
+        p, data = _prepare(service, api, raw, body, overrides)
     start_count(service.models, p)
     backend = service.models.native
     target = backend.target(p.entry.name, api)

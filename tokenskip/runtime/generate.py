@@ -75,6 +75,7 @@ class LocalGenerator:
         frequency_penalty: float = 0.0,
         presence_penalty: float = 0.0,
         dtype: str = "float32",
+        device: str | None = None,
     ):
         import torch
 
@@ -82,7 +83,9 @@ class LocalGenerator:
         from tokenskip.runtime.engine import Engine
         from tokenskip.runtime.runner import Runner
 
-        loaded = load_model(model_name, dtype=getattr(torch, dtype))
+        if device is None:  # a GPU where there is one: collection and evaluation run there
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        loaded = load_model(model_name, dtype=getattr(torch, dtype), device=device)
         self.tokenizer = loaded.tokenizer
         adapters = {"eval": adapter} if adapter else {}
         self.engine = Engine(Runner(loaded.model, loaded.tokenizer, adapters), max_batch=batch_size)

@@ -107,11 +107,8 @@ def early_exit_loss(layers: tuple[int, ...], scale: float) -> Any:
 
     def loss(model: Any, batch: dict[str, Any]) -> Any:
         labels = batch["labels"]
-        out = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            output_hidden_states=True,
-        )
+        inputs = {k: v for k, v in batch.items() if k != "labels"}  # padded or packed
+        out = model(**inputs, output_hidden_states=True)
         targets = labels[:, 1:]
         keep = targets != IGNORE_INDEX
         ce = torch.nn.functional.cross_entropy

@@ -60,7 +60,15 @@ class TrainSettings:
     logging_steps: int = 10
     save_total_limit: int = 2
     precision: str = "auto"
-    """``auto`` (bf16 where the GPU supports it, else fp32), ``bf16``, ``fp16`` or ``fp32``."""
+    """``auto`` (bf16 autocast where the GPU or CPU supports it, else fp32), ``bf16``,
+    ``fp16`` or ``fp32``."""
+    packing: bool = True
+    """Pack several examples into each row (:func:`pack`): no padding, no attention across
+    examples (per-example position ids give a block-diagonal causal mask)."""
+    pack_length: int | None = None
+    """Tokens per packed row (default: the longest example's, so rows stay short: attention
+    on a CPU or without varlen kernels costs the row's length squared); an example longer
+    than a row is an error, never split."""
     init_adapter: str | None = None
     """Start from this peft adapter (continue training it on new data) instead of a fresh
     LoRA; its own rank and target modules then apply."""
@@ -167,14 +175,88 @@ class PairCollator:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def pack(examples: list[dict[str, list[int]]], capacity: int) -> list[dict[str, list[int]]]:
+    """Examples packed into rows of at most ``capacity`` tokens, first-fit by decreasing
+    length; each row's ``position_ids`` restart at 0 for every example, which makes the
+    model's causal mask block-diagonal (transformers' packed-sequence masks: no token attends
+    to another example's). An example is never split: one longer than a row is an error."""
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        n = len(examples[i]["input_ids"])
+        if n > capacity:
+            raise InvalidInputError(
+                f"example {i} has {n} tokens, more than a packed row's {capacity}: packing "
+                "would split it across rows (raise pack_length or lower max_length)"
+            )
+        for r, space in enumerate(free):
+            if space >= n:
+                rows[r].append(i)
+                free[r] -= n
+                break
+        else:
+            rows.append([i])
+            free.append(capacity - n)
+    packed = []
+    for members in rows:
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        for i in members:
+            e = examples[i]
+            ids += e["input_ids"]
+            labels += [IGNORE_INDEX] + e["labels"][1:]  # never a target across examples
+            positions += list(range(len(e["input_ids"])))
+        packed.append({"input_ids": ids, "labels": labels, "position_ids": positions})
+    return packed
+
+
+class PackedCollator:
+    """Packed rows padded to the batch's widest; the padding is a segment of its own (its
+    positions restart at 0), so no real token attends to it, and it has no loss. No
+    attention mask: the position ids carry the example boundaries."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        positions = torch.zeros((len(features), width), dtype=torch.long)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[row, :n] = torch.tensor(f["input_ids"])
+            labels[row, :n] = torch.tensor(f["labels"])
+            positions[row, :n] = torch.tensor(f["position_ids"])
+            positions[row, n:] = torch.arange(width - n)
+        return {"input_ids": ids, "labels": labels, "position_ids": positions}
+
+
 # ---------------------------------------------------------------------------- training
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX): autocast pays there."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
 
 
 def _precision(choice: str) -> dict[str, bool]:
     import torch
 
     if choice == "auto":
-        choice = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+        if torch.cuda.is_available():
+            choice = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        else:
+            choice = "bf16" if cpu_has_bf16() else "fp32"
     return {"bf16": choice == "bf16", "fp16": choice == "fp16"}
 
 
@@ -261,11 +343,13 @@ def train_lora(
         **_precision(t.precision),
     )
     trainer_class = Trainer if loss is None else _with_loss(Trainer, loss)
+    capacity = t.pack_length or max(len(e["input_ids"]) for e in examples)
+    rows = pack(examples, capacity) if t.packing else examples
     trainer = trainer_class(
         model=model,
         args=args,
-        train_dataset=_ListDataset(examples),
-        data_collator=PairCollator(pad_id),
+        train_dataset=_ListDataset(rows),
+        data_collator=PackedCollator(pad_id) if t.packing else PairCollator(pad_id),
         callbacks=callbacks or [],
     )
     resume = last_checkpoint(out)
@@ -280,6 +364,12 @@ def train_lora(
     return {
         "adapter": str(adapter_dir),
         "examples": len(examples),
+        "rows": len(rows),
+        "tokens": sum(len(e["input_ids"]) for e in examples),
+        "completion_tokens": sum(
+            sum(1 for label in e["labels"] if label != IGNORE_INDEX) for e in examples
+        ),
+        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         "truncated_examples": truncated,
         "steps": trainer.state.global_step,
         "epochs": round(float(trainer.state.epoch or 0.0), 4),

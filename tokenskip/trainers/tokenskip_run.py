@@ -131,6 +131,7 @@ def run_tokenskip(
     merge: bool = False,
     progress: bool = True,
     callbacks: list[Any] | None = None,
+    control: Any = None,
 ) -> dict[str, Any]:
     """All stages; returns the adapter's metadata (also written to ``adapter/tokenskip.json``).
 
@@ -146,6 +147,11 @@ def run_tokenskip(
     check_delimiter(hf, delimiter)  # before any long work
     started = time.time()
     data = on_main_process_first(lambda: prepare_data(config, hf, progress), config.out_dir)
+    callbacks = list(callbacks or [])
+    if control is not None:  # controllability checks (tokenskip.trainers.control)
+        from tokenskip.trainers.control import callback
+
+        callbacks.append(callback(control, hf, delimiter, config.out_dir))
     trained = train_lora(config.sft(), callbacks=callbacks, progress=progress)
     if not is_main_process():
         return {}
