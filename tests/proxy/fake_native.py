@@ -34,6 +34,8 @@ from fastapi.responses import Response, StreamingResponse
 STALL_S = 30.0
 X_PROVIDER = {"region": "loopback-1", "trace": ["a", "b"], "weights": {"w": 0.25}}
 ARGUMENTS = '{"city": "Paris", "unit": "celsius"}'
+PROVIDER_HEADERS = {"x-request-id": "req_fake_1", "anthropic-ratelimit-requests-remaining": "49",
+                    "openai-processing-ms": "12"}  # fmt: skip
 
 
 class Dropped(Exception):
@@ -238,7 +240,7 @@ def make_native_app() -> FastAPI:
         if not stream:
             data = json.dumps(answer).encode()
             calls["last_answer"] = data.decode()
-            return Response(data, media_type="application/json")
+            return Response(data, media_type="application/json", headers=PROVIDER_HEADERS)
         events = (responses_events if api == "responses" else messages_events)(answer)
 
         async def gen() -> AsyncIterator[bytes]:
@@ -252,7 +254,7 @@ def make_native_app() -> FastAPI:
                 calls["last_answer"] = sent.decode()
                 yield event
 
-        return StreamingResponse(gen(), media_type="text/event-stream")
+        return StreamingResponse(gen(), media_type="text/event-stream", headers=PROVIDER_HEADERS)
 
     @app.post("/v1/responses")
     async def responses(request: Request) -> Response:

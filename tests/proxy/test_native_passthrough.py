@@ -177,6 +177,20 @@ def test_the_upstreams_response_reaches_the_client_whole(proxy, upstream):
     assert got["usage"]["prompt_tokens_saved"] == 0
 
 
+def test_the_upstreams_response_headers_reach_the_client(proxy):
+    from tests.proxy.fake_native import PROVIDER_HEADERS
+
+    for path, body in (("/v1/responses", {"model": "agent", "input": "x"}),
+                       ("/v1/messages", {"model": "claude-rich", "max_tokens": 8,
+                                         "messages": [{"role": "user", "content": "x"}]})):  # fmt: skip
+        for stream in (False, True):
+            r = post(proxy, path, {**body, "stream": stream})
+            assert r.status_code == 200
+            for name, value in PROVIDER_HEADERS.items():
+                assert r.headers[name] == value, (path, stream, name)
+            assert r.headers["x-tokenskip-cot-method"] == "none"
+
+
 def test_a_responses_stream_is_the_upstreams_bytes(proxy, upstream):
     status, data = raw_stream(
         proxy, "/v1/responses", {"model": "agent", "input": "Weather?", "stream": True}

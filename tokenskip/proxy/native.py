@@ -49,6 +49,18 @@ from tokenskip.proxy.protocol import savings_usage
 
 log = logging.getLogger(__name__)
 Path = tuple[Any, ...]
+HOP_HEADERS = {
+    "connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding",
+    "content-type", "date", "server", "te", "trailer", "upgrade", "proxy-authenticate",
+}  # fmt: skip
+"""Upstream response headers that describe the upstream connection, not the answer; every
+other one (request ids, rate-limit state, processing time) reaches the client."""
+
+
+def upstream_headers(response: Any) -> dict[str, str]:
+    return {k: v for k, v in response.headers.items() if k.lower() not in HOP_HEADERS}
+
+
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
 
 
@@ -359,7 +371,7 @@ async def forward(
         return StreamingResponse(
             relay(service, p, api, response),
             media_type="text/event-stream",
-            headers={**p.headers(), "cache-control": "no-cache"},
+            headers={**upstream_headers(response), **p.headers(), "cache-control": "no-cache"},
         )
     return await _answer(service, p, api, response)
 
@@ -395,7 +407,7 @@ async def _answer(service: Any, p: Prepared, api: str, response: Any) -> Respons
     body["model"] = p.entry.name
     body["usage"] = {**(body.get("usage") or {}), **savings_usage(counted)}
     body["tokenskip"] = p.info()
-    return JSONResponse(body, headers=p.headers(counted))
+    return JSONResponse(body, headers={**upstream_headers(response), **p.headers(counted)})
 
 
 async def relay(service: Any, p: Prepared, api: str, response: Any) -> AsyncIterator[bytes]:
