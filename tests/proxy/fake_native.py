@@ -2,7 +2,8 @@
 themselves, on loopback, for the gateway's pass-through tests.
 
 ``POST /v1/responses`` (OpenAI protocol: the deployment's ``api_base`` ends in ``/v1``) and
-``POST /v1/messages`` (Anthropic) answer by the request's ``model``:
+``POST /v1/messages`` (Anthropic) answer by the request's ``model`` (``POST
+/v1/messages/count_tokens`` answers 1000 + the request's words):
 
     rich       everything an agent's answer has: a reasoning item / thinking block, a
                function call / tool_use, text, and fields no SDK knows (``x_provider``);
@@ -263,5 +264,15 @@ def make_native_app() -> FastAPI:
     @app.post("/v1/messages")
     async def messages(request: Request) -> Response:
         return await serve("messages", request)
+
+    @app.post("/v1/messages/count_tokens")
+    async def count_tokens(request: Request) -> Response:
+        raw = await request.body()
+        calls["total"] += 1
+        calls["last_raw"] = raw.decode()
+        body = json.loads(raw)
+        words = len(" ".join(_texts(body)).split())
+        return Response(json.dumps({"input_tokens": words + 1000}), media_type="application/json",
+                        headers=PROVIDER_HEADERS)  # fmt: skip
 
     return app

@@ -441,3 +441,14 @@ def test_messages_count_tokens_and_usage_are_in_the_ledger(proxy, claude):
     # the upstream's input (3 words) + cache writes (2) + cache reads (5)
     assert after["prompt_tokens_sent"] - before["prompt_tokens_sent"] == 10
     assert after["completion_tokens"] - before["completion_tokens"] == 11
+
+
+def test_count_tokens_comes_from_the_anthropic_upstream_on_what_would_be_sent(claude, upstream):
+    got = claude.messages.count_tokens(
+        model="claude-rich", messages=[{"role": "user", "content": "a b c"}],
+        system="be brief",
+    )  # fmt: skip
+    assert got.input_tokens == 1000 + 5
+    sent_body = sent(upstream)
+    assert sent_body["model"] == "rich" and sent_body["system"] == "be brief"
+    assert "max_tokens" not in sent_body  # the client's body, not the gateway's check

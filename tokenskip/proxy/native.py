@@ -376,6 +376,34 @@ async def forward(
     return await _answer(service, p, api, response)
 
 
+async def count_tokens(
+    service: Any, request: Request, raw: bytes, body: dict[str, Any]
+) -> Response | None:
+    """``/v1/messages/count_tokens`` from an Anthropic upstream's own endpoint, on the body
+    as it would be sent (compressed); None when the upstream lacks it (the caller counts)."""
+    import dataclasses
+
+    overrides = overrides_of(body)
+    p, data = await asyncio.to_thread(_prepare, service, "messages", raw, body, overrides)
+    backend = service.models.native
+    target = backend.target(p.entry.name, "messages")
+    counting = dataclasses.replace(target, url=target.url + "/count_tokens")
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    try:
+        response = await backend.send(counting, data, False, headers)
+        found = json.loads(await response.read())
+    except BackendError as exc:
+        if exc.code == MISSING:
+            return None
+        error = ProxyError(exc.status, exc.message, exc.type, exc.code)
+        error.accounted = True  # a count is no request to a model: no ledger row
+        raise error from None
+    except (ValueError, *TRANSPORT_ERRORS):
+        raise ProxyError(502, "the upstream's token count is not JSON", "upstream_error") from None
+    response.release()
+    return JSONResponse(found, headers=upstream_headers(response))
+
+
 async def _answer(service: Any, p: Prepared, api: str, response: Any) -> Response:
     usage = Usage(api)
     status, error, body, counted = 502, "the upstream answer is not a JSON object", None, None

@@ -204,14 +204,18 @@ async def responses(request: Request, service: ChatService = Depends(service_of)
     summary="Count a Messages request's input tokens (Anthropic protocol)",
 )
 async def count_tokens(request: Request, service: ChatService = Depends(service_of)) -> Response:
-    from tokenskip.proxy import anthropic
+    from tokenskip.proxy import anthropic, native
 
     body = await read_body(request, MessagesRequest)
     if body is None:
         return Response(status_code=499)
-    raw = body.model_dump(exclude_unset=True)
-    raw.setdefault("max_tokens", 1)
-    checked = anthropic.check(raw)
+    sent = await request.body()
+    raw = json.loads(sent)
+    checked = anthropic.check({"max_tokens": 1, **raw})
+    if native.applies(service, "messages", checked):
+        answer = await native.count_tokens(service, request, sent, raw)
+        if answer is not None:
+            return answer
     return JSONResponse(await asyncio.to_thread(anthropic.count_tokens, service, checked))
 
 
