@@ -13,6 +13,7 @@ themselves, on loopback, for the gateway's pass-through tests.
                compression sent; usage counts words.
     fail500    HTTP 500 in the API's error shape.
     bad400     HTTP 400 in the API's error shape (the client's mistake, passed on).
+    ratelimit  HTTP 429 in the API's error shape.
     overload   HTTP 529 (Messages) / 503 (Responses).
     stall      sleeps STALL_S before answering.
     cut        streams two whole events and half of a third, then drops the connection.
@@ -203,7 +204,8 @@ def messages_events(answer: dict[str, Any]) -> list[bytes]:
 
 def _error(api: str, status: int, message: str) -> Response:
     if api == "messages":
-        kind = {400: "invalid_request_error", 529: "overloaded_error"}.get(status, "api_error")
+        kinds = {400: "invalid_request_error", 429: "rate_limit_error", 529: "overloaded_error"}
+        kind = kinds.get(status, "api_error")
         body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
     else:
         kind = "invalid_request_error" if status < 500 else "server_error"
@@ -231,6 +233,8 @@ def make_native_app() -> FastAPI:
             return _error(api, 500, "upstream exploded")
         if model == "bad400":
             return _error(api, 400, "tools.0.name: String should match pattern")
+        if model == "ratelimit":
+            return _error(api, 429, "Rate limit reached; retry after 1 s")
         if model == "overload":
             return _error(api, 529 if api == "messages" else 503, "Overloaded")
         if model == "stall":

@@ -59,6 +59,7 @@ def proxy(upstream, tmp_path_factory):
             oa("fail", "fail500"),
             oa("bad", "bad400"),
             oa("cut", "cut"),
+            oa("limited", "ratelimit"),
             oa("stall", "stall", timeout=1),
             an("claude-rich", "rich"),
             an("claude-echo", "echo", {}),
@@ -66,6 +67,7 @@ def proxy(upstream, tmp_path_factory):
             an("claude-bad", "bad400"),
             an("claude-overload", "overload"),
             an("claude-cut", "cut"),
+            an("claude-limited", "ratelimit"),
         ],
         "router_settings": {"num_retries": 0},
     }
@@ -244,7 +246,7 @@ def test_compression_changes_only_the_texts_it_compresses(proxy, upstream):
 @pytest.mark.parametrize(
     "model, status, fragment",
     [("fail", 502, "upstream exploded"), ("bad", 400, "String should match"),
-     ("stall", 504, "timed out")],
+     ("stall", 504, "timed out"), ("limited", 429, "Rate limit")],
 )  # fmt: skip
 def test_responses_upstream_failures_in_openais_shape(proxy, model, status, fragment):
     r = post(proxy, "/v1/responses", {"model": model, "input": "x"})
@@ -391,7 +393,7 @@ def test_cache_control_content_and_its_prefix_are_never_compressed(proxy, upstre
 @pytest.mark.parametrize(
     "model, status, kind",
     [("claude-fail", 502, "api_error"), ("claude-bad", 400, "invalid_request_error"),
-     ("claude-overload", 502, "api_error")],
+     ("claude-overload", 502, "api_error"), ("claude-limited", 429, "rate_limit_error")],
 )  # fmt: skip
 def test_messages_upstream_failures_in_anthropics_shape(claude, model, status, kind):
     with pytest.raises(anthropic.APIStatusError) as e:
