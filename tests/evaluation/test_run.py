@@ -269,3 +269,29 @@ def test_instruction_budget_asks_for_each_cap_and_generates_at_it(tmp_path, data
     )
     texts = [s for s in result["samples"] if s["method"] == "instruction-budget"]
     assert len(texts) == 2 * 3 and all(s["text"] for s in texts)
+
+
+def test_instruction_budget_can_run_at_some_caps_only(tmp_path, data_file, tokenizer):
+    runner, generator = make_runner(
+        tmp_path, data_file, tokenizer, methods=("original", "instruction-budget"),
+        instruction_budgets=(8,),
+    )  # fmt: skip
+    result = runner.run()
+    assert set(row(result, "instruction-budget", 1.0)["budgets"]) == {"8"}
+    assert set(row(result, "original", 1.0)["budgets"]) == {"8", "64"}
+    texts = [s for s in result["samples"] if s["method"] == "instruction-budget"]
+    assert len(texts) == 3 and {s["budget"] for s in texts} == {8}
+    meta = {
+        "model": "scripted", "adapter": None, "tokenizer": "smollm2",
+        "dataset": {"source": str(data_file), "split": "test", "n": 3, "sha256": "ab" * 32},
+        "config": {"budgets": [8, 64], "shots": 0, "price_per_1k_output": 0.0006},
+        "command": "test", "hardware": {"cpu_count": 2, "cuda": None},
+        "versions": {"torch": "x", "transformers": "y"}, "git_commit": "abc",
+    }  # fmt: skip
+    md = write_reports({"meta": meta, **result}, tmp_path / "report")["markdown"].read_text()
+    assert "| instruction-budget | 1 |" in md and "not run" in md
+
+
+def test_instruction_budgets_must_be_among_the_budgets(tmp_path, data_file):
+    with pytest.raises(InvalidInputError, match="among the budgets"):
+        EvalConfig(data=str(data_file), budgets=(8, 64), instruction_budgets=(16,))

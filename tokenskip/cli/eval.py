@@ -95,6 +95,13 @@ def add_eval_parser(subparsers: Any) -> None:
         help="comma-separated generation caps to report accuracy at (default: 256,512)",
     )
     g.add_argument(
+        "--instruction-budgets",
+        type=_int_list,
+        default=None,
+        help="the caps instruction-budget generates at (each a full run; default: every "
+        "--max-new-tokens cap)",
+    )
+    g.add_argument(
         "--batch-size", type=int, default=8, help="samples generated together (default: 8)"
     )
     g.add_argument("--shots", type=int, default=0, help="k-shot exemplars from train (default: 0)")
@@ -165,6 +172,7 @@ def run_gsm8k(args: argparse.Namespace) -> int:
         ratios=args.ratios,
         methods=args.methods,
         budgets=args.max_new_tokens,
+        instruction_budgets=args.instruction_budgets,
         batch_size=args.batch_size,
         shots=args.shots,
         scorer=args.scorer,

@@ -55,10 +55,13 @@ def render_markdown(run: dict[str, Any]) -> str:
     for row in run["rows"]:
         cells = []
         for b in budgets:
-            m = row["budgets"][b]
+            m = row["budgets"].get(b)
+            if m is None:  # a method run at some caps only (--instruction-budgets)
+                cells += ["not run", "–"]
+                continue
             lo, hi = m["ci95"]
             cells += [f"{_pct(m['accuracy'])} [{_pct(lo)}–{_pct(hi)}]", f"{_pct(m['cut_off'])}%"]
-        m = row["budgets"][top]
+        m = row["budgets"].get(top) or row["budgets"][max(row["budgets"], key=int)]
         ratio = "—" if m["achieved_ratio"] is None else f"{m['achieved_ratio']:.2f}"
         lines.append(
             f"| {row['method']} | {row['ratio']:g} | "
@@ -119,6 +122,7 @@ def render_plots(run: dict[str, Any], out_dir: Path) -> list[Path]:
     for ax, b in zip(axes[0], budgets):
         for method, rows in methods.items():
             pts = rows if method in ("original", "tokenskip") else original + rows
+            pts = [r for r in pts if b in r["budgets"]]
             pts = sorted(pts, key=lambda r: r["budgets"][b]["cot_tokens_mean"])
             xs = [r["budgets"][b]["cot_tokens_mean"] for r in pts]
             ys = [100 * r["budgets"][b]["accuracy"] for r in pts]
@@ -148,7 +152,7 @@ def render_plots(run: dict[str, Any], out_dir: Path) -> list[Path]:
         pts = sorted(
             (r["ratio"], r["budgets"][top]["achieved_ratio"])
             for r in rows
-            if r["budgets"][top]["achieved_ratio"] is not None
+            if top in r["budgets"] and r["budgets"][top]["achieved_ratio"] is not None
         )
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)

@@ -107,6 +107,9 @@ class EvalConfig:
     """Budget forcing: the text appended at the budget."""
     force_answer_tokens: int = DEFAULT_ANSWER_TOKENS
     """Budget forcing: the most tokens generated after the cue."""
+    instruction_budgets: tuple[int, ...] | None = None
+    """The budgets ``instruction-budget`` runs at (one generation of every question each);
+    None: every budget. A subset of ``budgets``."""
 
     def __post_init__(self) -> None:
         ratios = tuple(sorted({check_ratio(r) for r in self.ratios} | {1.0}, reverse=True))
@@ -117,6 +120,13 @@ class EvalConfig:
         if not self.budgets or any(int(b) <= 0 for b in self.budgets):
             raise InvalidInputError(f"budgets must be positive token counts, got {self.budgets}")
         object.__setattr__(self, "budgets", tuple(sorted({int(b) for b in self.budgets})))
+        if self.instruction_budgets is not None:
+            wanted = tuple(sorted({int(b) for b in self.instruction_budgets}))
+            if not wanted or not set(wanted) <= set(self.budgets):
+                raise InvalidInputError(
+                    f"instruction budgets {wanted} must be among the budgets {self.budgets}"
+                )
+            object.__setattr__(self, "instruction_budgets", wanted)
         if self.limit is not None and self.limit <= 0:
             raise InvalidInputError(f"limit must be positive, got {self.limit}")
         if self.batch_size <= 0 or self.shots < 0 or self.latency_samples < 0:
@@ -393,7 +403,7 @@ class Runner:
 
         cfg = Config("instruction-budget", 1.0)
         cfg.samples = [Sample(s.problem, s.prompt, s.prompt_tokens) for s in original.samples]
-        for b in self.config.budgets:
+        for b in self.budgets_of(cfg):
             run = Config("instruction-budget", 1.0)
             for s in original.samples:
                 messages = [dict(m) for m in s.prompt.messages]
@@ -473,6 +483,12 @@ class Runner:
         cfg.throughput_key = run.throughput_key
         return cfg
 
+    def budgets_of(self, cfg: Config) -> tuple[int, ...]:
+        """The budgets a config is reported at (``instruction-budget``: those it ran at)."""
+        if cfg.method == "instruction-budget" and self.config.instruction_budgets:
+            return self.config.instruction_budgets
+        return self.config.budgets
+
     def _gen_budgets(self) -> list[int]:
         return [self.max_budget] if self.derives_budgets else list(self.config.budgets)
 
@@ -515,7 +531,7 @@ class Runner:
         c = self.config
         per_sample: dict[tuple[str, float, int], list[dict[str, Any]]] = {}
         for cfg in configs:
-            for b in c.budgets:
+            for b in self.budgets_of(cfg):
                 per_sample[(cfg.method, cfg.ratio, b)] = [
                     self.evaluate(cfg, s, b) for s in cfg.samples
                 ]
@@ -529,7 +545,7 @@ class Runner:
                 "prompt_tokens_mean": mean([s.prompt_tokens for s in cfg.samples]),
                 "budgets": {},
             }
-            for b in c.budgets:
+            for b in self.budgets_of(cfg):
                 evals = per_sample[(cfg.method, cfg.ratio, b)]
                 ref = per_sample.get((reference, 1.0, b)) or per_sample[("original", 1.0, b)]
                 base = per_sample[("original", 1.0, b)]
@@ -584,7 +600,7 @@ class Runner:
                 **e,
             }
             for cfg in configs
-            for b in c.budgets
+            for b in self.budgets_of(cfg)
             for sample, e in zip(cfg.samples, per_sample[(cfg.method, cfg.ratio, b)])
         ]
         return {"rows": rows, "skipped_methods": skipped, "samples": samples}
