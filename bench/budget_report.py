@@ -129,12 +129,16 @@ def render(s: dict[str, Any]) -> str:
     ]
     lines += [f"- **{'PASS' if v['pass'] else 'MISS'}** {v['target']}: {v['value']}"
               for v in s["verdicts"]]  # fmt: skip
+    if s.get("notes"):
+        lines += ["", "## How it ran", "", s["notes"]]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str]) -> int:
     for folder in map(Path, argv or ["reports/budget-qwen0.5b"]):
         summary = summarize(json.loads((folder / "run.json").read_text()))
+        notes = folder / "NOTES.md"  # how the run went (machine load, pauses), kept by hand
+        summary["notes"] = notes.read_text().strip() if notes.is_file() else None
         (folder / "budgets.json").write_text(json.dumps(summary, indent=2) + "\n")
         (folder / "BUDGETS.md").write_text(render(summary))
         print(render(summary))
