@@ -2,14 +2,21 @@
 and the loss each reaches, so a speed-up is never bought with a worse model.
 
 One TokenSkip training set (the first ``--problems`` GSM8K train problems, reference CoTs,
-compressed at the paper's γ grid with the heuristic scorer, as ``tokenskip train tokenskip``
-builds it) is split into a training part and a held-out part (the last ``--held-out``
-examples). Each variant trains a fresh LoRA on the training part for the same number of
-epochs with the same seed and learning rate:
+compressed at the paper's γ grid with the heuristic scorer, one γ drawn per problem, as
+``tokenskip train tokenskip`` builds it) is split into a training part and a held-out part
+(the last ``--held-out`` examples). Each variant trains a fresh LoRA on the training part
+for the same number of epochs with the same seed and learning rate:
 
-- ``padded-fp32``: one example per row, right-padded, fp32 (the trainer before packing);
+- ``padded-fp32``: one example per row, right-padded, fp32, the LM head at every position
+  (the trainer before this work);
 - ``packed-fp32``: several examples per row, no attention across them (:func:`pack`), fp32;
-- ``packed-bf16``: packed, bf16 autocast (where the CPU computes bf16 natively).
+- ``packed-bf16``: packed, bf16 autocast (where the CPU computes bf16 natively);
+- ``packed-bf16-head``: packed, bf16, the LM head only where the next token has a loss
+  (:class:`CompletionHead`): the trainer's default.
+
+Every variant takes the same number of optimizer steps of about the same number of examples
+(packed rows per step are sized to hold ``--batch-size`` examples), so the losses compare
+like for like.
 
 Measured: wall time of ``trainer.train``, completion tokens with loss per second and all
 non-padding tokens per second, the logged training-loss curve, and the held-out loss of the
@@ -35,10 +42,12 @@ from provenance import command_line, git
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "gsm8k"
 VARIANTS = {
-    "padded-fp32": {"packing": False, "precision": "fp32"},
-    "packed-fp32": {"packing": True, "precision": "fp32"},
-    "packed-bf16": {"packing": True, "precision": "bf16"},
+    "padded-fp32": {"packing": False, "precision": "fp32", "completion_logits": False},
+    "packed-fp32": {"packing": True, "precision": "fp32", "completion_logits": False},
+    "packed-bf16": {"packing": True, "precision": "bf16", "completion_logits": False},
+    "packed-bf16-head": {"packing": True, "precision": "bf16", "completion_logits": True},
 }
+DEFAULT_VARIANT = "packed-bf16-head"
 
 
 def build_data(work: Path, data: Path, problems: int) -> Path:
@@ -74,6 +83,21 @@ def held_out_loss(adapter: Path, examples: list[dict[str, list[int]]]) -> float:
     return total / count
 
 
+def warm_up(examples: list[dict[str, list[int]]]) -> None:
+    """One untimed forward and backward pass, fp32 and bf16, so the first variant measured
+    does not also pay for the process's one-time start-up (thread pools, kernel choice)."""
+    import torch
+
+    from tokenskip.models import load_model
+    from tokenskip.trainers.sft import PairCollator
+
+    loaded = load_model("smollm2")
+    batch = PairCollator(loaded.tokenizer.eos_token_id)(examples)
+    for dtype in (None, torch.bfloat16):
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            loaded.model(**batch).loss.backward()
+
+
 def run_variant(name: str, train_file: Path, work: Path, args: argparse.Namespace) -> dict:
     from tokenskip.trainers.sft import SFTConfig, TrainSettings, train_lora
 
@@ -106,6 +130,7 @@ def run_variant(name: str, train_file: Path, work: Path, args: argparse.Namespac
         "precision_used": trained["precision"],
         "examples": trained["examples"],
         "rows": trained["rows"],
+        "rows_per_step": trained["rows_per_step"],
         "steps": trained["steps"],
         "epochs": epochs,
         "train_runtime_s": seconds,
@@ -133,18 +158,18 @@ def render(report: dict[str, Any]) -> str:
         f"Data: the first {s['problems']} GSM8K train problems, reference CoTs, compressed at "
         f"the paper's γ grid (heuristic scorer) and built into TokenSkip examples: "
         f"{base['examples']} trained on, the last {s['held_out']} held out. Each variant: a "
-        f"fresh LoRA (r 8), lr {s['lr']}, {s['epochs']} epoch(s), batch {s['batch_size']} rows, "
-        "seed 0; the variants ran one after another, alone on the machine (load averages "
+        f"fresh LoRA (r 8), lr {s['lr']}, {s['epochs']} epoch(s), {s['batch_size']} examples per "
+        "step (packed: rows per step sized to hold about as many), seed 0; the variants ran one after another, alone on the machine (load averages "
         "below).",
         "",
-        "| variant | precision | rows | steps | train s | completion tok/s | all tok/s | speed-up "
+        "| variant | precision | rows | rows/step | steps | train s | completion tok/s | all tok/s | speed-up "
         "| train loss | held-out loss | load avg before → after |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for name, v in report["variants"].items():
         speed = v["completion_tokens_per_s"] / base["completion_tokens_per_s"]
         lines.append(
-            f"| {name} | {v['precision_used']} | {v['rows']} | {v['steps']} "
+            f"| {name} | {v['precision_used']} | {v['rows']} | {v['rows_per_step']} | {v['steps']} "
             f"| {v['train_runtime_s']:.1f} | {v['completion_tokens_per_s']:.0f} "
             f"| {v['tokens_per_s']:.0f} | {speed:.2f}× | {v['train_loss']:.4f} "
             f"| {v['held_out_loss']:.4f} "
@@ -164,7 +189,7 @@ def render(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--problems", type=int, default=64)
+    p.add_argument("--problems", type=int, default=448)
     p.add_argument("--held-out", type=int, default=48)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=4)
@@ -189,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         held_examples = [
             tokenize_pair(hf, r["prompt"], r["completion"], args.max_length) for r in held
         ]
+        warm_up(held_examples[:4])
         variants = {}
         for name in args.variants.split(","):
             v = run_variant(name, train_file, work, args)
@@ -197,10 +223,12 @@ def main(argv: list[str] | None = None) -> int:
             print(name, {k: v[k] for k in ("train_runtime_s", "completion_tokens_per_s",
                                             "train_loss", "held_out_loss")}, flush=True)  # fmt: skip
     base = variants["padded-fp32"]
-    best = max(variants.values(), key=lambda v: v["completion_tokens_per_s"])
+    best = variants.get(DEFAULT_VARIANT) or max(
+        variants.values(), key=lambda v: v["completion_tokens_per_s"]
+    )
     speed = best["completion_tokens_per_s"] / base["completion_tokens_per_s"]
     verdicts = [
-        {"target": "training tokens/s >= 2x the padded fp32 trainer's",
+        {"target": "training tokens/s of the default trainer >= 2x the padded fp32 trainer's",
          "value": f"{speed:.2f}x", "pass": speed >= 2.0},
         {"target": "held-out loss no worse than padded fp32 (+0.02)",
          "value": f"{best['held_out_loss']:.4f} vs {base['held_out_loss']:.4f}",

@@ -7,9 +7,12 @@ import torch
 from tokenskip.errors import InvalidInputError
 from tokenskip.trainers.sft import (
     IGNORE_INDEX,
+    CompletionHead,
     PackedCollator,
     PairCollator,
     TrainSettings,
+    completion_loss,
+    next_token_has_loss,
     pack,
     tokenize_pair,
 )
@@ -98,3 +101,63 @@ def test_packed_and_padded_batches_have_the_same_loss(smol):
 def test_packing_is_on_by_default_and_can_be_turned_off():
     assert TrainSettings().packing is True
     assert TrainSettings(packing=False).packing is False
+
+
+def test_the_head_at_completion_positions_only_gives_the_same_loss_and_gradients(smol):
+    """CompletionHead skips the LM head at prompt positions; the loss and the gradients it
+    sends into the model are those of the model's own full-logits loss, padded or packed."""
+    tok, model = smol.tokenizer, smol.model
+    examples = [tokenize_pair(tok, f"Q: what is {a} times 3?\nA:", f" {3 * a} #### {3 * a}", 512)
+                for a in (7, 21, 305)]  # fmt: skip
+    weight = model.model.layers[2].self_attn.q_proj.weight
+    was = weight.requires_grad
+    weight.requires_grad_(True)
+    try:
+        for batch in (PairCollator(tok.eos_token_id)(examples),
+                      PackedCollator(tok.eos_token_id)(pack(examples, 64))):  # fmt: skip
+            full = model(**batch, use_cache=False).loss
+            (grad_full,) = torch.autograd.grad(full, weight)
+            head = CompletionHead(model)
+            try:
+                head.keep = next_token_has_loss(batch["labels"])
+                inputs = {k: v for k, v in batch.items() if k != "labels"}
+                out = model(**inputs, use_cache=False)
+                kept = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+                assert tuple(out.logits.shape[:2]) == (1, kept)
+                assert kept < batch["input_ids"].numel() / 2  # the prompt positions were skipped
+                selected = completion_loss(out, batch["labels"])
+            finally:
+                head.remove()
+            (grad_selected,) = torch.autograd.grad(selected, weight)
+            assert abs(float(full) - float(selected)) < 1e-5
+            assert torch.allclose(grad_full, grad_selected, rtol=1e-4, atol=1e-7)
+            after = model(**inputs, use_cache=False).logits  # the hook is gone
+            assert after.shape[:2] == batch["input_ids"].shape
+    finally:
+        weight.requires_grad_(was)
+
+
+def test_the_completion_loss_falls_back_to_full_logits_and_counts_the_whole_step():
+    """Full batch × length logits are shifted as the model's own loss shifts them, and a
+    token count for the whole accumulated step replaces the batch's own."""
+    logits = torch.randn(2, 5, 11)
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 3, 4, 5], [IGNORE_INDEX, 1, 2, 3, 4]])
+    mean = completion_loss({"logits": logits}, labels)
+    expected = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX
+    )
+    assert torch.allclose(mean, expected)
+    assert torch.allclose(completion_loss({"logits": logits}, labels, 14), mean * 7 / 14)
+
+
+def test_the_head_and_packing_defaults_and_cli_switches():
+    import argparse
+
+    from tokenskip.cli.train import add_train_arguments, train_settings
+
+    assert TrainSettings().completion_logits is True
+    p = argparse.ArgumentParser()
+    add_train_arguments(p)
+    args = p.parse_args(["--full-logits", "--no-packing"])
+    s = train_settings(args)
+    assert s.completion_logits is False and s.packing is False

@@ -85,6 +85,9 @@ def test_interrupted_run_resumes_from_its_checkpoint(trained):
     assert t["resumed_from"].endswith("checkpoint-2")
     assert t["steps"] == config.train.max_steps
     assert t["examples"] == 6 and t["trainable_params"] > 0
+    # packed rows per step sized to hold the batch's 2 examples; the head skips prompts
+    assert t["rows_per_step"] == max(1, round(2 * t["rows"] / t["examples"]))
+    assert t["completion_logits"] is True
 
 
 def test_tokenskip_json_round_trips(trained):

@@ -52,7 +52,13 @@ def add_train_arguments(p: argparse.ArgumentParser, max_length: int = 2048) -> N
     g.add_argument("--lr", type=positive(float), default=5e-5)
     g.add_argument("--epochs", type=positive(float), default=3.0)
     g.add_argument("--max-steps", type=positive(int), default=None, help="overrides --epochs")
-    g.add_argument("--batch-size", type=positive(int), default=4)
+    g.add_argument(
+        "--batch-size",
+        type=positive(int),
+        default=4,
+        help="examples per optimizer step (with packing, the rows per step are sized to hold "
+        "about this many)",
+    )
     g.add_argument("--grad-accum", type=positive(int), default=1)
     g.add_argument("--max-length", type=positive(int), default=max_length)
     g.add_argument("--save-steps", type=positive(int), default=50)
@@ -74,6 +80,13 @@ def add_train_arguments(p: argparse.ArgumentParser, max_length: int = 2048) -> N
         type=positive(int),
         default=None,
         help="tokens per packed row (default: the longest example's)",
+    )
+    g.add_argument(
+        "--full-logits",
+        dest="completion_logits",
+        action="store_false",
+        help="compute the LM head at every position, as the model's own loss does (default: "
+        "only where the next token has a loss; the same loss, less work)",
     )
     g.add_argument(
         "--init-adapter",
@@ -99,6 +112,7 @@ def train_settings(args: argparse.Namespace) -> Any:
         precision=args.precision,
         packing=args.packing,
         pack_length=args.pack_length,
+        completion_logits=args.completion_logits,
         seed=args.seed,
         init_adapter=args.init_adapter,
     )

@@ -50,6 +50,9 @@ class TrainSettings:
     max_steps: int = -1
     """Stop after this many optimizer steps (overrides ``epochs`` when > 0)."""
     batch_size: int = 4
+    """Examples per optimizer step on each device. With packing, the rows per step are sized
+    so a step still holds about this many examples (rows ≈ batch_size × rows / examples):
+    turning packing on changes the speed, not the number or size of the updates."""
     grad_accum: int = 1
     max_length: int = 2048
     """Longer examples are cut at the end (the completion's tail loses its loss)."""
@@ -69,6 +72,10 @@ class TrainSettings:
     """Tokens per packed row (default: the longest example's, so rows stay short: attention
     on a CPU or without varlen kernels costs the row's length squared); an example longer
     than a row is an error, never split."""
+    completion_logits: bool = True
+    """Compute the LM head (a vocabulary-wide matmul and softmax per token) only at the
+    positions whose next token has a loss, not at every prompt token: the same loss and
+    gradients, less work (:class:`CompletionHead`). Off: the model's own full-logits loss."""
     init_adapter: str | None = None
     """Start from this peft adapter (continue training it on new data) instead of a fresh
     LoRA; its own rank and target modules then apply."""
@@ -236,6 +243,61 @@ class PackedCollator:
         return {"input_ids": ids, "labels": labels, "position_ids": positions}
 
 
+def next_token_has_loss(labels: Any) -> Any:
+    """Positions (batch × length, bool) whose next token is a target: where the LM head's
+    output is used by the causal-LM loss."""
+    import torch
+
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return keep
+
+
+class CompletionHead:
+    """Restricts a causal LM's output head to the positions in ``keep`` while it is set.
+
+    A forward pre-hook on the output embeddings replaces the hidden states (batch × length
+    × d) by the kept ones (1 × kept × d), so the logits come back as 1 × kept × vocabulary,
+    in row-major order: the loss over them (:func:`completion_loss`) is the model's own
+    shifted causal-LM loss without the prompt positions' matmul and softmax. The forward
+    still runs through the model (and any DDP wrapper) as usual; with ``keep`` unset the
+    hook does nothing.
+    """
+
+    def __init__(self, model: Any):
+        self.keep: Any = None
+        self._handle = model.get_output_embeddings().register_forward_pre_hook(self._select)
+
+    def _select(self, _module: Any, args: tuple) -> tuple | None:
+        hidden = args[0]
+        if self.keep is None or tuple(hidden.shape[:2]) != tuple(self.keep.shape):
+            return None
+        return (hidden[self.keep].unsqueeze(0), *args[1:])
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def completion_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+    """Mean cross-entropy over the completion tokens, from the logits :class:`CompletionHead`
+    kept (or from full batch × length logits, shifted, if the head was not restricted);
+    divided by ``num_items_in_batch`` when the Trainer counts the tokens of the whole
+    accumulated step, as the model's own loss is."""
+    import torch.nn.functional as F
+
+    logits = outputs["logits"]
+    targets = labels[:, 1:]
+    wanted = targets != IGNORE_INDEX
+    if logits.dim() == 3 and tuple(logits.shape[:2]) == tuple(labels.shape):
+        logits = logits[:, :-1][wanted]
+    else:
+        logits = logits[0]
+    total = F.cross_entropy(logits.float(), targets[wanted], reduction="sum")
+    if num_items_in_batch is None:
+        return total / wanted.sum().clamp(min=1)
+    return total / num_items_in_batch
+
+
 # ---------------------------------------------------------------------------- training
 
 
@@ -323,9 +385,12 @@ def train_lora(
     trainable, total = model.get_nb_trainable_parameters()
 
     out = Path(config.out_dir)
+    capacity = t.pack_length or max(len(e["input_ids"]) for e in examples)
+    rows = pack(examples, capacity) if t.packing else examples
+    rows_per_step = max(1, round(t.batch_size * len(rows) / len(examples)))
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"),
-        per_device_train_batch_size=t.batch_size,
+        per_device_train_batch_size=rows_per_step,
         gradient_accumulation_steps=t.grad_accum,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.scheduler,
@@ -342,20 +407,29 @@ def train_lora(
         disable_tqdm=not progress,
         **_precision(t.precision),
     )
-    trainer_class = Trainer if loss is None else _with_loss(Trainer, loss)
-    capacity = t.pack_length or max(len(e["input_ids"]) for e in examples)
-    rows = pack(examples, capacity) if t.packing else examples
+    head = CompletionHead(model) if loss is None and t.completion_logits else None
+    if loss is not None:
+        trainer_class, extra = _with_loss(Trainer, loss), {}
+    elif head is not None:
+        trainer_class, extra = _with_head(Trainer, head), {"compute_loss_func": completion_loss}
+    else:
+        trainer_class, extra = Trainer, {}
     trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=_ListDataset(rows),
         data_collator=PackedCollator(pad_id) if t.packing else PairCollator(pad_id),
         callbacks=callbacks or [],
+        **extra,
     )
     resume = last_checkpoint(out)
     if resume is not None:
         log.info("resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:
+        if head is not None:
+            head.remove()
     adapter_dir = out / "adapter"
     if trainer.is_world_process_zero():
         model.save_pretrained(str(adapter_dir))
@@ -365,6 +439,8 @@ def train_lora(
         "adapter": str(adapter_dir),
         "examples": len(examples),
         "rows": len(rows),
+        "rows_per_step": rows_per_step,
+        "completion_logits": head is not None,
         "tokens": sum(len(e["input_ids"]) for e in examples),
         "completion_tokens": sum(
             sum(1 for label in e["labels"] if label != IGNORE_INDEX) for e in examples
@@ -395,6 +471,18 @@ def _with_loss(trainer: type, loss: Callable[[Any, dict[str, Any]], Any]) -> typ
             return (value, None) if return_outputs else value
 
     return LossTrainer
+
+
+def _with_head(trainer: type, head: CompletionHead) -> type:
+    class HeadTrainer(trainer):  # type: ignore[misc, valid-type]
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            head.keep = next_token_has_loss(inputs["labels"])
+            try:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            finally:
+                head.keep = None
+
+    return HeadTrainer
 
 
 class _ListDataset:
