@@ -158,18 +158,19 @@ def render(report: dict[str, Any]) -> str:
         f"Data: the first {s['problems']} GSM8K train problems, reference CoTs, compressed at "
         f"the paper's γ grid (heuristic scorer) and built into TokenSkip examples: "
         f"{base['examples']} trained on, the last {s['held_out']} held out. Each variant: a "
-        f"fresh LoRA (r 8), lr {s['lr']}, {s['epochs']} epoch(s), {s['batch_size']} examples per "
-        "step (packed: rows per step sized to hold about as many), seed 0; the variants ran one after another, alone on the machine (load averages "
-        "below).",
+        f"fresh LoRA (r 8), lr {s['lr']}, {s['epochs']} epoch(s), {s['batch_size']} examples "
+        "per step (packed: rows per step sized to hold about as many), seed 0; the variants "
+        "ran one after another, alone on the machine (load averages below).",
         "",
-        "| variant | precision | rows | rows/step | steps | train s | completion tok/s | all tok/s | speed-up "
-        "| train loss | held-out loss | load avg before → after |",
+        "| variant | precision | rows | rows/step | steps | train s | completion tok/s "
+        "| all tok/s | speed-up | train loss | held-out loss | load avg before → after |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for name, v in report["variants"].items():
         speed = v["completion_tokens_per_s"] / base["completion_tokens_per_s"]
         lines.append(
-            f"| {name} | {v['precision_used']} | {v['rows']} | {v['rows_per_step']} | {v['steps']} "
+            f"| {name} | {v['precision_used']} | {v['rows']} | {v['rows_per_step']} "
+            f"| {v['steps']} "
             f"| {v['train_runtime_s']:.1f} | {v['completion_tokens_per_s']:.0f} "
             f"| {v['tokens_per_s']:.0f} | {speed:.2f}× | {v['train_loss']:.4f} "
             f"| {v['held_out_loss']:.4f} "
@@ -223,16 +224,16 @@ def main(argv: list[str] | None = None) -> int:
             print(name, {k: v[k] for k in ("train_runtime_s", "completion_tokens_per_s",
                                             "train_loss", "held_out_loss")}, flush=True)  # fmt: skip
     base = variants["padded-fp32"]
-    best = variants.get(DEFAULT_VARIANT) or max(
+    judged = variants.get(DEFAULT_VARIANT) or max(
         variants.values(), key=lambda v: v["completion_tokens_per_s"]
-    )
-    speed = best["completion_tokens_per_s"] / base["completion_tokens_per_s"]
+    )  # the default trainer, or the fastest variant run when it was left out
+    speed = judged["completion_tokens_per_s"] / base["completion_tokens_per_s"]
     verdicts = [
         {"target": "training tokens/s of the default trainer >= 2x the padded fp32 trainer's",
          "value": f"{speed:.2f}x", "pass": speed >= 2.0},
         {"target": "held-out loss no worse than padded fp32 (+0.02)",
-         "value": f"{best['held_out_loss']:.4f} vs {base['held_out_loss']:.4f}",
-         "pass": best["held_out_loss"] <= base["held_out_loss"] + 0.02},
+         "value": f"{judged['held_out_loss']:.4f} vs {base['held_out_loss']:.4f}",
+         "pass": judged["held_out_loss"] <= base["held_out_loss"] + 0.02},
     ]  # fmt: skip
     report = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

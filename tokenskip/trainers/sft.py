@@ -288,6 +288,7 @@ def completion_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -
     logits = outputs["logits"]
     targets = labels[:, 1:]
     wanted = targets != IGNORE_INDEX
+    # kept logits are never batch × length: the last position has no next token to keep
     if logits.dim() == 3 and tuple(logits.shape[:2]) == tuple(labels.shape):
         logits = logits[:, :-1][wanted]
     else:
