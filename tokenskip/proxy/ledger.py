@@ -149,6 +149,19 @@ def valid_row(row: LedgerRow) -> dict[str, Any]:
     return d
 
 
+def _create_tables(engine: Any) -> None:
+    """Create the ledger's tables; two replicas starting at once on PostgreSQL can race on
+    CREATE TABLE (a unique violation in pg_type), so a losing replica checks again."""
+    for attempt in range(5):
+        try:
+            metadata.create_all(engine)
+            return
+        except sa.exc.IntegrityError:
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
 def default_url(host: str = "127.0.0.1", port: int = 8000) -> str:
     """One SQLite file per gateway address, so two gateways never share a ledger unless
     they are told to (a shared ``--ledger-url``)."""
@@ -169,7 +182,7 @@ class Ledger:
             # Several workers may share one SQLite file: wait for its lock instead of failing.
             connect_args = {"timeout": 30} if self.url.startswith("sqlite") else {}
             self.engine = sa.create_engine(self.url, connect_args=connect_args)
-            metadata.create_all(self.engine)
+            _create_tables(self.engine)
             _add_columns(self.engine)
         except Exception as exc:  # any driver / path problem
             raise ValueError(f"cannot open the ledger at {self.url}: {exc}") from None
