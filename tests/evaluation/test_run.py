@@ -56,6 +56,8 @@ class Scripted:
                 if concise
                 else "First we read the problem carefully and then we work out the numbers step by step."
             )
+            if prompt.adapter:  # the TokenSkip adapter: its own, shorter reasoning
+                reasoning = "Adapter: read the numbers, then work them out in order."
             text = f"{reasoning}\n#### {answer if not concise else answer + 1}"
             ids = self.tokenizer.encode(text, add_special_tokens=False)
             g = Generation(
@@ -86,10 +88,17 @@ def make_runner(tmp_path, data_file, tokenizer, **kw):
         "latency_samples": 1,
         **kw,
     }
+    delimiter = kw.pop("delimiter", None)
     config = EvalConfig(data=str(data_file), out_dir=str(tmp_path / "out"), **kw)
     generator = Scripted(tokenizer.hf)
     runner = Runner(
-        config, generator, tokenizer, gsm8k.load_gsm8k(str(data_file)), (), None, progress=False
+        config,
+        generator,
+        tokenizer,
+        gsm8k.load_gsm8k(str(data_file)),
+        (),
+        delimiter,
+        progress=False,
     )
     return runner, generator
 
@@ -253,6 +262,62 @@ def test_budget_forcing_keeps_the_answer_a_cap_cuts_off(tmp_path, data_file, tok
     assert [r["budgets"] for r in rerun] == [r["budgets"] for r in result["rows"]]
     assert generator2.calls == 0  # all cached
     assert calls > 0
+
+
+def test_tokenskip_forcing_forces_the_adapters_own_reasoning(tmp_path, data_file, tokenizer):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    kw = {"ratios": (1.0,), "adapter": str(adapter), "delimiter": "<|im_end|>"}
+    runner, _ = make_runner(
+        tmp_path, data_file, tokenizer, methods=("tokenskip-forcing", "original"), **kw
+    )
+    result = runner.run()
+    # the adapter's γ = 1.0 run is generated (and reported) for it, even when not asked for
+    assert [(r["method"], r["ratio"]) for r in result["rows"]] == [
+        ("original", 1.0),
+        ("tokenskip", 1.0),
+        ("tokenskip-forcing", 1.0),
+    ]
+    forced = row(result, "tokenskip-forcing", 1.0)
+    assert row(result, "tokenskip", 1.0)["budgets"]["8"]["accuracy"] == 0.0  # cut
+    assert forced["budgets"]["8"]["accuracy"] == 1.0
+    assert forced["budgets"]["8"]["achieved_ratio_reference"] == "tokenskip γ=1.0"
+    texts = {
+        (s["method"], s["budget"], s["index"]): s["text"]
+        for s in result["samples"]
+        if s["method"] in ("tokenskip", "tokenskip-forcing", "original")
+    }
+    for index in range(len(PROBLEMS)):
+        head = texts[("tokenskip", 8, index)]
+        assert head.startswith("Adapter:")  # the adapter's reasoning, not the base model's
+        forced_text = texts[("tokenskip-forcing", 8, index)]
+        assert forced_text.startswith(head) and "Final answer:" in forced_text[len(head) :]
+        # answered under the budget: left as the adapter wrote it
+        assert texts[("tokenskip-forcing", 64, index)] == texts[("tokenskip", 64, index)]
+        assert not texts[("original", 64, index)].startswith("Adapter:")
+    # with the adapter's own γ = 1.0 run asked for, that one row is reused, not repeated
+    again, generator = make_runner(
+        tmp_path, data_file, tokenizer, methods=("original", "tokenskip", "tokenskip-forcing"), **kw
+    )
+    rows = again.run()["rows"]
+    assert [(r["method"], r["ratio"]) for r in rows] == [
+        ("original", 1.0),
+        ("tokenskip", 1.0),
+        ("tokenskip-forcing", 1.0),
+    ]
+    assert generator.calls == 0  # everything came from the cache
+
+
+def test_tokenskip_forcing_without_an_adapter_is_skipped_and_says_why(
+    tmp_path, data_file, tokenizer
+):
+    runner, _ = make_runner(
+        tmp_path, data_file, tokenizer, methods=("original", "tokenskip-forcing"), ratios=(1.0,)
+    )
+    result = runner.run()
+    assert "needs --adapter" in result["skipped_methods"]["tokenskip-forcing"]
+    assert [r["method"] for r in result["rows"]] == ["original"]
 
 
 def test_instruction_budget_asks_for_each_cap_and_generates_at_it(tmp_path, data_file, tokenizer):

@@ -18,6 +18,9 @@ Methods (rows of the report):
   tokens the engine's own forcing would produce) and only the answer is generated, from
   the prompt, those tokens and the cue; through ``--base-url`` the server does the forcing
   (the proxy's ``cot_method: budget-forcing`` with ``cot_budget``).
+- ``tokenskip-forcing``: budget forcing on the TokenSkip adapter's own reasoning (its
+  γ = 1.0 greedy generation, stopped at each budget, the cue, the answer): the budget knob
+  beside the adapter's ratio knob, on the same model (local ``--adapter`` only).
 
 Budgets: generation is capped at the largest budget; with a local model the smaller budgets
 are the same greedy generation cut at that many tokens (identical to a run capped there).
@@ -51,7 +54,10 @@ METHODS = (
     "prompt-compression",
     "budget-forcing",
     "instruction-budget",
+    "tokenskip-forcing",
 )
+FORCING = ("budget-forcing", "tokenskip-forcing")
+"""Methods whose generation at each budget is forced (stored per budget, not cut)."""
 DEFAULT_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 
 
@@ -372,7 +378,8 @@ class Runner:
             ]
         )
         skipped: dict[str, str] = {}
-        for method in c.methods:
+        # forcing last: tokenskip-forcing reuses the tokenskip γ = 1.0 run when there is one
+        for method in sorted(c.methods, key=lambda m: m in FORCING):
             if method == "original":
                 continue
             reason = self._not_applicable(method)
@@ -381,6 +388,9 @@ class Runner:
                 continue
             if method == "budget-forcing":
                 configs.append(self.force(original))
+                continue
+            if method == "tokenskip-forcing":
+                configs.append(self.force(self._tokenskip_full(configs, mean_cot), method))
                 continue
             if method == "instruction-budget":
                 configs.append(self.instruct_per_budget(original))
@@ -422,10 +432,21 @@ class Runner:
             cfg.wall_s += run.wall_s
         return cfg
 
-    def force(self, original: Config) -> Config:
-        """Budget forcing at every budget (see the module docstring)."""
+    def _tokenskip_full(self, configs: list[Config], mean_cot: float) -> Config:
+        """The adapter's γ = 1.0 run: the one already in ``configs``, else run (and reported)."""
+        for cfg in configs:
+            if cfg.method == "tokenskip" and cfg.ratio == 1.0:
+                return cfg
+        cfg = self._config("tokenskip", 1.0, mean_cot)
+        self.generate(cfg, self._gen_budgets())
+        configs.append(cfg)
+        return cfg
+
+    def force(self, original: Config, method: str = "budget-forcing") -> Config:
+        """Budget forcing at every budget on ``original``'s reasoning (see the module
+        docstring); ``original`` is the base run, or the adapter's γ = 1.0 run."""
         c = self.config
-        cfg = Config("budget-forcing", 1.0)
+        cfg = Config(method, 1.0)
         cfg.samples = [Sample(s.problem, s.prompt, s.prompt_tokens) for s in original.samples]
         if not self.derives_budgets:  # a server forces: one generation per budget
             for b in c.budgets:
@@ -464,7 +485,7 @@ class Runner:
                     continuation=tuple(g.token_ids[:b]) + cue_ids,
                 )
                 todo.append((mine, b, prompt))
-        run = Config("budget-forcing", 1.0)
+        run = Config(method, 1.0)
         run.samples = [Sample(m.problem, p, 0) for m, _, p in todo]
         if run.samples:
             self.generate(run, [c.force_answer_tokens], latency=False)
@@ -495,6 +516,11 @@ class Runner:
     def _not_applicable(self, method: str) -> str | None:
         if method == "tokenskip" and not (self.config.adapter or self.config.base_url):
             return "needs --adapter (a TokenSkip LoRA) or --base-url of a server that applies cot_ratio"
+        if method == "tokenskip-forcing" and not self.config.adapter:
+            return (
+                "needs --adapter: it forces the adapter's own reasoning, which only a local run "
+                "can stop and continue (through --base-url use budget-forcing)"
+            )
         if method == "prompt-compression" and self.config.shots == 0:
             return "needs --shots > 0 (it compresses the k-shot exemplars)"
         return None
@@ -507,7 +533,7 @@ class Runner:
         return cfg
 
     def evaluate(self, cfg: Config, s: Sample, budget: int) -> dict[str, Any]:
-        if cfg.method in ("budget-forcing", "instruction-budget"):
+        if cfg.method in (*FORCING, "instruction-budget"):
             g = s.by_budget[budget]
             text, finished, output_tokens = g.text, g.finished, g.output_tokens
         else:
@@ -537,7 +563,7 @@ class Runner:
                 ]
         rows = []
         for cfg in configs:
-            reference = "tokenskip" if cfg.method == "tokenskip" else "original"
+            reference = "tokenskip" if cfg.method.startswith("tokenskip") else "original"
             row: dict[str, Any] = {
                 "method": cfg.method,
                 "ratio": cfg.ratio,
