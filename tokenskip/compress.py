@@ -19,6 +19,7 @@ from tokenskip.cot import split_cot
 from tokenskip.errors import InvalidInputError
 from tokenskip.force import MATH, ForceKeep
 from tokenskip.guards import COT_GUARDS, GUARDS, Guards
+from tokenskip.relevance import SelectionResult, document_spans, markup_spans, select
 from tokenskip.scorers.base import Scorer
 from tokenskip.select import select_units
 from tokenskip.tokens import TextTokenizer, as_text_tokenizer
@@ -59,6 +60,37 @@ def structural_scores(text: str, units: Units, scores: np.ndarray) -> np.ndarray
     top, high = float(out.max()), float(np.quantile(out, 0.9))
     for i in np.flatnonzero(punct).tolist():
         out[i] = top + 1.0 if words[i] in ".!?;" else max(out[i], high)
+    return out
+
+
+SCOPE_LIFT = 0.5
+"""A guard's scope sits this far above the best ordinary word (below sentence ends)."""
+SCOPE_STEP = 0.01
+"""Each unit of distance from the nearest guarded unit lowers a scope word by this much."""
+MAX_SCOPE_DISTANCE = 40
+
+
+def guard_priority(scores: np.ndarray, forced: np.ndarray, scope: np.ndarray) -> np.ndarray:
+    """Scores with the words of a guard's scope (the rest of a cue's clause) above every
+    other word, the nearest to a guarded unit first, ties by their own score.
+
+    A guard keeps the words that carry a constraint ("must not disclose") whatever γ asks;
+    the words around it ("another employee's salary") come next, as far as γ allows, so the
+    ratio stays the user's and a constraint loses its far end before any of its core.
+    """
+    out = np.asarray(scores, dtype=np.float64).copy()
+    idx = np.flatnonzero(scope & ~forced)  # (num_scope,)
+    anchors = np.flatnonzero(forced)
+    if not len(idx) or not len(anchors):
+        return out
+    pos = np.searchsorted(anchors, idx)
+    left = anchors[np.maximum(pos - 1, 0)]
+    right = anchors[np.minimum(pos, len(anchors) - 1)]
+    dist = np.minimum(np.abs(idx - left), np.abs(right - idx))
+    dist = np.minimum(dist, MAX_SCOPE_DISTANCE)
+    low, top = float(out.min()), float(out.max())
+    own = (out[idx] - low) / (top - low) if top > low else np.zeros(len(idx))
+    out[idx] = top + SCOPE_LIFT - SCOPE_STEP * dist + SCOPE_STEP * 0.9 * own
     return out
 
 
@@ -117,6 +149,7 @@ def compress(
     force: ForceKeep = MATH,
     guards: Guards = GUARDS,
     protect: Sequence[tuple[int, int]] = (),
+    prefer: Sequence[tuple[int, int]] = (),
     lossless: bool = True,
 ) -> CompressionResult:
     """Keep about ``ratio`` of ``text``'s target tokens, whole words, original order.
@@ -134,6 +167,8 @@ def compress(
         force: units kept regardless of score (digits, operators, answer line by default).
         guards: meaning guards (negations, limits, conditions, ...); ``NO_GUARDS`` for none.
         protect: ``[start, end)`` character spans kept verbatim (code, URLs, a question...).
+        prefer: ``[start, end)`` spans kept before other words while γ allows, like a
+            guard's scope (the sentences a request is about, :mod:`tokenskip.relevance`).
         lossless: run the lossless transforms first.
     """
     ratio = check_ratio(ratio)
@@ -179,9 +214,10 @@ def compress(
     costs = token_costs(units, encoding)  # (num_units,)
     scored = encoding if scorer.tokenizer is target else scorer.tokenizer.encode(text)
     scores = unit_scores(units, scored, scorer.score(scored.ids))  # (num_units,)
-    scores = structural_scores(text, units, scores)
     spans = protect + guards.spans(text)
     forced = force.mask(text, units) | span_mask(units, spans)  # (num_units,)
+    scope = span_mask(units, [*guards.scopes(text), *prefer])  # (num_units,)
+    scores = structural_scores(text, units, guard_priority(scores, forced, scope))
     if int(costs[forced].sum()) >= goal:
         # γ is out of reach whatever else goes; dropping the punctuation that separates the
         # statements would only blur them, so it stays with the guarded words
@@ -262,4 +298,91 @@ def compress_cot(
     )
     return CotCompressionResult(
         text=result.text + parts.separator + parts.answer, reasoning=result, answer=parts.answer
+    )
+
+
+@dataclass(frozen=True)
+class ContextCompressionResult:
+    """A text of documents compressed for a request, coarse to fine."""
+
+    result: CompressionResult
+    """The whole text: its ratios count the request and markup too, which stay verbatim."""
+    selection: SelectionResult
+    """What happened to each document (kept, shortened, dropped) and the mode."""
+
+    @property
+    def text(self) -> str:
+        return self.result.text
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.selection
+        return {
+            **self.result.to_dict(),
+            "relevance": {
+                "mode": s.mode,
+                "question_aware": s.mode == "ranked",
+                "documents": [
+                    {
+                        "index": p.index,
+                        "tokens": p.tokens,
+                        "score": round(p.score, 4),
+                        "ratio": p.ratio,
+                        "pinned": p.pinned,
+                    }
+                    for p in s.plans
+                ],
+                "num_dropped": s.num_dropped,
+            },
+        }
+
+
+def compress_context(
+    text: str,
+    ratio: float,
+    request: str | None,
+    *,
+    tokenizer: TextTokenizer | Any,
+    scorer: Scorer,
+    force: ForceKeep = MATH,
+    guards: Guards = GUARDS,
+) -> ContextCompressionResult:
+    """Compress the documents of ``text`` for ``request`` (:mod:`tokenskip.relevance`):
+    the relevant ones kept whole while γ × their tokens allows, the next shortened (its
+    sentences about the request first), the rest dropped with a marker; everything outside
+    the documents (markup, the request itself) verbatim. Without a request, or for one
+    that needs every document, each document is compressed at γ."""
+    ratio = check_ratio(ratio)
+    target = as_text_tokenizer(tokenizer)
+    spans = document_spans(text)
+
+    def shorten(doc: str, r: float, prefer: list[tuple[int, int]]) -> str:
+        return compress(
+            doc,
+            r,
+            tokenizer=target,
+            scorer=scorer,
+            force=force,
+            guards=guards,
+            protect=markup_spans(doc),
+            prefer=prefer,
+        ).text
+
+    selection = select(
+        [text[a:b] for a, b, _ in spans],
+        request,
+        ratio,
+        count=target.count,
+        shorten=shorten,
+        labels=[label for *_, label in spans],
+    )
+    pieces, last = [], 0
+    for (start, end, _), new in zip(spans, selection.texts):
+        pieces += [text[last:start], new]
+        last = end
+    out = "".join(pieces) + text[last:]
+    num_tokens = target.count(text)
+    kept = target.count(out) if out != text else num_tokens
+    return ContextCompressionResult(
+        CompressionResult(out, num_tokens, kept, ratio, kept / num_tokens if num_tokens else 1.0),
+        selection,
     )

@@ -6,15 +6,21 @@ Each rule below finds such phrases as ``[start, end)`` character spans; the comp
 every unit inside a guard span whatever its score, and reports their share as
 ``forced_ratio`` (a γ below it achieves the forced share instead).
 
-The rules work on words and clause boundaries, with no model. A constraint rarely lives in
-one word: "must not disclose another employee's salary, performance rating or home
-address" loses its meaning with any of its words. So a cue (a negation, a limit, a
-condition, an obligation, a number, a date) guards the whole *chunk* it stands in: the
-words between two boundaries (``, ; : . ! ?``, brackets, dashes, line breaks), extended over
-the short comma-separated items of a list that follows, and at most ``MAX_BEFORE`` words
-before and ``MAX_AFTER`` after the cue in a long run-on chunk. Names, identifiers and quotes
-guard just themselves. The spans are deliberately generous: a word kept too many costs a
-token, a word dropped too many can invert an instruction.
+The rules work on words and clause boundaries, with no model, in two tiers:
+
+- **the span** a rule returns (:meth:`Guards.spans`) is the minimal phrase that carries the
+  meaning: the cue, its lead words ("should", "must always") and a short reach on either
+  side inside its clause (:data:`REACH`), run on to finish the head it names ("not sign
+  anything", "at most 4 grams", "unless the landlord objects", "must notify the seller"),
+  over a list the cue opens ("salary, rating, leave or address"). These are kept whatever
+  γ asks; their share is ``forced_ratio``.
+- **the scope** (:meth:`Guards.scopes`) is the rest of the cue's clause ("... in writing",
+  "... before reading the contract"): never forced, but ranked above every other word,
+  nearest the cue first, so it is kept while γ allows and the ratio stays the user's.
+
+A guard that kept whole clauses would force most of a realistic policy (0.865 of the
+meaning set) and make the ratio knob a fiction; a guard that kept single words would drop
+what they govern. Names, identifiers and quotes guard just themselves.
 """
 
 from __future__ import annotations
@@ -34,9 +40,9 @@ _STRONG = re.compile(r"[;.!?()\[\]{}\n—–]|\s-\s")
 """Boundaries a guard does not reach over; a comma or a colon ("skipped: stage failed")
 only separates the items and labels of one statement."""
 MAX_BEFORE = 10
-"""Words a cue guards before itself inside one long chunk."""
+"""Words a cue's scope reaches before it inside one long chunk."""
 MAX_AFTER = 18
-"""Words a cue guards after itself inside one long chunk."""
+"""Words a cue's scope reaches after it inside one long chunk."""
 MAX_LIST_ITEM = 5
 """A comma-separated chunk this short next to a guarded chunk is an item of the same list
 (or a label: "default 3", "skipped: ...") and is guarded with it."""
@@ -203,7 +209,8 @@ COMMON_WORDS = frozenset(
     nothing often once one otherwise overall perhaps previously rather recently regarding
     second several similarly since sometimes soon still such that therefore these those
     though thus today together typically unfortunately unless unlike until usually users
-    user we when whenever where whether while within without yet""".split()
+    user we when whenever where whether while within without yet well so okay ok basically
+    actually really honestly anyway now indeed sure yes""".split()
 )
 TITLES = frozenset("mr mrs ms dr prof st mt sir dame".split())
 ENTITY_LINKS = frozenset("of the and & de la von van der du".split())
@@ -381,27 +388,139 @@ def _chunk_span(text: str, w: _Words, i: int) -> tuple[int, int]:
     return start, end
 
 
-def _cue_spans(text: str, w: _Words, positions: list[int]) -> list[tuple[int, int]]:
-    return [_chunk_span(text, w, i) for i in positions]
+@dataclass(frozen=True)
+class Reach:
+    """How far a cue's guard reaches: the words that carry its meaning, not its clause."""
+
+    behind: int
+    """Words before the cue, inside its clause ("merge blocked", "Children under 3")."""
+    ahead: int
+    """Words after the cue, inside its clause ("not sign anything", "unless the manager
+    approves"); a span never ends on a function word ("ask for their" goes on to "PIN")."""
+
+
+REACH: dict[str, Reach] = {
+    "negation": Reach(behind=0, ahead=2),
+    "limit": Reach(behind=1, ahead=2),
+    "condition": Reach(behind=0, ahead=4),
+    "obligation": Reach(behind=0, ahead=2),
+    "number_clause": Reach(behind=3, ahead=1),
+    "date": Reach(behind=2, ahead=1),
+}
+"""The reach of each cue rule, chosen on ``bench/data/meaning`` (annotated phrases average
+5-7 words: a cue, its auxiliary and its head) and checked on ``meaning_heldout``."""
+LEAD_WORDS = AUXILIARIES | frozenset(
+    """also always still ever just strictly absolutely generally usually only never not no
+    under any""".split()
+)
+"""Words right before a cue that belong to it: "should not", "must always", "is only"."""
+BREAK_WORDS = frozenset("but because although though while whereas which who whose so then".split())
+"""Words that open another clause: a guard's reach stops before them."""
+FUNCTION_WORDS = frozenset(
+    """a an the this that these those of to for with in on at by from into onto their your
+    his her its our my and or nor as any each every some per than""".split()
+)
+"""Words a phrase does not end on: the reach goes on to the next content word."""
+MAX_FUNCTION_RUN = 3
+MAX_HEAD_RUN = 2
+"""Content words a phrase may run on past its reach, to finish the head it names."""
+
+
+def _list_end(w: _Words, c0: int) -> int:
+    """The last chunk of a list that chunk ``c0`` opens ("salary, rating, leave or address"):
+    short comma-separated items, the last joined by and/or; ``c0`` when there is none."""
+    n = len(w.chunk_first)
+    c = c0
+    while c + 1 < n and c + 1 - c0 <= MAX_LIST_CHUNKS:
+        first = w.chunk_first[c + 1]
+        if w.strong_start[first] or not _is_list_item(w, c + 1):
+            break
+        c += 1
+        last = w.chunk_last[c]
+        if any(w.lower[k] in ("and", "or", "nor") for k in range(first, last + 1)):
+            return c
+    return c0
+
+
+def _phrase_span(text: str, w: _Words, i: int, reach: Reach) -> tuple[int, int]:
+    """The minimal phrase of a cue at word ``i``: its lead words and ``reach`` words on
+    either side inside its clause, a list it opens, a parenthesis right after it."""
+    n = len(w.lower)
+    first = i
+    while first > 0 and not w.clause_start[first] and i - first < 3:
+        if w.lower[first - 1] not in LEAD_WORDS:
+            break
+        first -= 1
+    for _ in range(reach.behind):
+        if first > 0 and not w.clause_start[first]:
+            first -= 1
+    last = i
+    while (
+        last + 1 < n
+        and not w.clause_start[last + 1]
+        and last - i < reach.ahead
+        and w.lower[last + 1] not in BREAK_WORDS
+    ):
+        last += 1
+    run = 0
+    while (
+        w.lower[last] in FUNCTION_WORDS
+        and run < MAX_FUNCTION_RUN
+        and last + 1 < n
+        and not w.clause_start[last + 1]
+    ):
+        last, run = last + 1, run + 1
+    run = 0
+    while (  # the rest of the head: "can't return opened software", "credit card number"
+        run < MAX_HEAD_RUN
+        and last + 1 < n
+        and not w.clause_start[last + 1]
+        and w.lower[last + 1] not in FUNCTION_WORDS
+        and w.lower[last + 1] not in BREAK_WORDS
+        and w.lower[last + 1] not in AUXILIARIES
+    ):
+        last, run = last + 1, run + 1
+    if last + 1 < n and w.clause_start[last + 1] and not w.strong_start[last + 1]:
+        c = _list_end(w, w.chunk[last])
+        if c != w.chunk[last]:
+            last = w.chunk_last[c]
+    start, end = _span(w, first, last)
+    rest = text[end : end + MAX_PARENTHESIS + 2]
+    if rest.startswith((" (", "(")):
+        close = rest.find(")")
+        if close > 0 and "\n" not in rest[:close]:
+            end += close + 1
+    return start, end
+
+
+def _cue_spans(text: str, w: _Words, positions: list[int], rule: str) -> list[tuple[int, int]]:
+    reach = REACH[rule]
+    return [_phrase_span(text, w, i, reach) for i in positions]
+
+
+def negation_cues(w: _Words) -> list[int]:
+    """Negations: not, never, without, refuse, ..., any -n't and non- word."""
+    cues = NEGATIONS | {k for k in w.index if k.endswith(("n't", "n’t")) or k.startswith("non-")}
+    return w.at(cues)
 
 
 def negation_spans(text: str, w: _Words) -> list[tuple[int, int]]:
-    """A negation and what it negates: "should not sign anything before reading ..."."""
-    cues = NEGATIONS | {k for k in w.index if k.endswith(("n't", "n’t")) or k.startswith("non-")}
-    return _cue_spans(text, w, w.at(cues))
+    """A negation and what it negates: "should not sign anything"."""
+    return _cue_spans(text, w, negation_cues(w), "negation")
 
 
-def limit_spans(text: str, w: _Words) -> list[tuple[int, int]]:
-    """Limits and comparisons with their operand: "at most 4 grams", "before 7 am"."""
+def limit_cues(w: _Words) -> list[int]:
+    """Limits and comparisons: at most, only, until, before/after, under + a number, ..."""
     n = len(w.lower)
     found = []
     for i in w.at(_LIMIT_CANDIDATES):
         word = w.lower[i]
         nxt = w.lower[i + 1] if i + 1 < n and not w.clause_start[i + 1] else ""
         prev = w.lower[i - 1] if i > 0 and not w.clause_start[i] else ""
-        if (
+        if (prev, word) in POSTFIX_LIMITS:
+            found.append(i - 1)  # "38.0 °C or higher": the operand stands before "or"
+        elif (
             (word, nxt) in LIMIT_PAIRS
-            or (prev, word) in POSTFIX_LIMITS
             or word in LIMIT_CUES
             or (
                 word in NUMERIC_LIMIT_CUES
@@ -413,11 +532,16 @@ def limit_spans(text: str, w: _Words) -> list[tuple[int, int]]:
             )
         ):
             found.append(i)
-    return _cue_spans(text, w, found)
+    return sorted(set(found))
 
 
-def condition_spans(text: str, w: _Words) -> list[tuple[int, int]]:
-    """Conditions and exceptions with their clause: "unless the item is damaged"."""
+def limit_spans(text: str, w: _Words) -> list[tuple[int, int]]:
+    """Limits and comparisons with their operand: "at most 4 grams", "before 7 am"."""
+    return _cue_spans(text, w, limit_cues(w), "limit")
+
+
+def condition_cues(w: _Words) -> list[int]:
+    """Conditions and exceptions: if, unless, except, provided, as long as, ..."""
     n = len(w.lower)
     found = []
     for i in w.at(_CONDITION_CANDIDATES):
@@ -427,12 +551,17 @@ def condition_spans(text: str, w: _Words) -> list[tuple[int, int]]:
             continue
         if word in CONDITION_CUES or (word, nxt) in CONDITION_PAIRS:
             found.append(i)
-    return _cue_spans(text, w, found)
+    return found
 
 
-def obligation_spans(text: str, w: _Words) -> list[tuple[int, int]]:
-    """Obligations, permissions and instructions with their verb and object: "must notify
-    the landlord", "Direct the patient to call 911"."""
+def condition_spans(text: str, w: _Words) -> list[tuple[int, int]]:
+    """Conditions and exceptions with their head: "unless the item is damaged"."""
+    return _cue_spans(text, w, condition_cues(w), "condition")
+
+
+def obligation_cues(w: _Words) -> list[int]:
+    """Obligations and permissions (must, may, required, ...) and imperatives that open a
+    sentence."""
     n = len(w.lower)
     found = []
     for i in w.at(_OBLIGATION_CANDIDATES):
@@ -445,7 +574,13 @@ def obligation_spans(text: str, w: _Words) -> list[tuple[int, int]]:
         found.append(i)
     # an imperative that opens a sentence is an instruction
     found.extend(i for i in w.at(SENTENCE_VERBS) if w.sentence_start[i] and w.raw[i][:1].isupper())
-    return _cue_spans(text, w, sorted(found))
+    return sorted(found)
+
+
+def obligation_spans(text: str, w: _Words) -> list[tuple[int, int]]:
+    """Obligations, permissions and instructions with their verb: "must notify the
+    landlord", "Direct the patient to call 911"."""
+    return _cue_spans(text, w, obligation_cues(w), "obligation")
 
 
 def _number_positions(w: _Words) -> list[int]:
@@ -498,11 +633,11 @@ def number_spans(text: str, w: _Words) -> list[tuple[int, int]]:
 def number_clause_spans(text: str, w: _Words) -> list[tuple[int, int]]:
     """The clause a number stands in, what it counts and where it applies: "Overdraft fees
     of $35", "held for 24 hours". For prompts; chains of thought keep numbers alone."""
-    return _cue_spans(text, w, _number_positions(w))
+    return _cue_spans(text, w, _number_positions(w), "number_clause")
 
 
-def date_spans(text: str, w: _Words) -> list[tuple[int, int]]:
-    """Dates and times with what happens then: "closed on Mondays", "until March 3, 2026"."""
+def date_cues(w: _Words) -> list[int]:
+    """Months (capitalised, or before a day number) and weekdays."""
     n = len(w.lower)
     found = []
     for i in w.at(_DATE_CANDIDATES):
@@ -516,7 +651,12 @@ def date_spans(text: str, w: _Words) -> list[tuple[int, int]]:
         ):
             continue
         found.append(i)
-    return _cue_spans(text, w, found) + [m.span() for m in _TIME.finditer(text)]
+    return found
+
+
+def date_spans(text: str, w: _Words) -> list[tuple[int, int]]:
+    """Dates and times with what happens then: "closed on Mondays", "until March 3, 2026"."""
+    return _cue_spans(text, w, date_cues(w), "date") + [m.span() for m in _TIME.finditer(text)]
 
 
 def quote_spans(text: str, w: _Words) -> list[tuple[int, int]]:
@@ -650,6 +790,15 @@ RULES: dict[str, Rule] = {
     "answer_format": answer_format_spans,
 }
 """Every guard rule by name, in the order they are documented."""
+CUES: dict[str, Callable[[_Words], list[int]]] = {
+    "negation": negation_cues,
+    "limit": limit_cues,
+    "condition": condition_cues,
+    "obligation": obligation_cues,
+    "number": _number_positions,
+    "date": date_cues,
+}
+"""The rules whose cue has a scope beyond its minimal span: the rest of its clause."""
 
 
 @dataclass(frozen=True)
@@ -669,9 +818,10 @@ class Guards:
     and object."""
     number: bool = True
     """Numbers (digits or words) with their signs and units."""
-    number_clause: bool = True
-    """The whole clause around a number (what it counts, where it applies); off for chains
-    of thought, whose every clause holds a number."""
+    number_clause: bool = False
+    """A number with the words just before it ("Overdraft fees of $35"). Off by default:
+    a number's clause is already its scope (kept first while γ allows), and in a chain of
+    thought every clause holds a number."""
     date: bool = True
     """Dates, weekdays and clock times."""
     quote: bool = True
@@ -709,6 +859,19 @@ class Guards:
         with paused_collection():
             words = _words(text)
             found = [span for name in names for span in RULES[name](text, words)]
+        return merge_spans(text, found)
+
+    def scopes(self, text: str) -> list[tuple[int, int]]:
+        """The clause each cue of these rules stands in (with a list it opens and a
+        parenthesis after it): not kept whatever γ asks, like :meth:`spans`, but kept before
+        any other word while γ allows, nearest the cue first (see
+        :func:`tokenskip.compress.guard_priority`)."""
+        names = [name for name in self.names if name in CUES]
+        if not names or not text:
+            return []
+        with paused_collection():
+            words = _words(text)
+            found = [_chunk_span(text, words, i) for name in names for i in CUES[name](words)]
         return merge_spans(text, found)
 
     def labeled_spans(self, text: str) -> list[tuple[str, tuple[int, int]]]:
