@@ -1,15 +1,18 @@
 """tokenskip: make LLM reasoning cheaper without losing answers.
 
 The compression core. ``compress`` keeps about γ of a text's tokens (target tokenizer) by
-word-level importance; ``compress_cot`` does the same to the reasoning of a chain of thought
+word-level importance; ``compress_context`` spends that budget on the documents a request
+is about, coarse to fine; ``compress_cot`` does the same to the reasoning of a chain of thought
 and leaves its final answer intact. Importing this package loads no model.
 """
 
 from tokenskip.compress import (
     CompressionResult,
+    ContextCompressionResult,
     CotCompressionResult,
     check_ratio,
     compress,
+    compress_context,
     compress_cot,
 )
 from tokenskip.cot import CotParts, split_cot
@@ -26,6 +29,7 @@ __all__ = [
     "MATH",
     "NONE",
     "CompressionResult",
+    "ContextCompressionResult",
     "CotCompressionResult",
     "CotParts",
     "ForceKeep",
@@ -40,6 +44,7 @@ __all__ = [
     "TokenskipError",
     "check_ratio",
     "compress",
+    "compress_context",
     "compress_cot",
     "load_model",
     "load_tokenizer",

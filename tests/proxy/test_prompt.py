@@ -197,3 +197,43 @@ def test_cot_knob_instructs_other_models_with_a_budget():
         [{"role": "user", "content": "Q"}], 1.0, delimiter=None, reference_tokens=300
     )
     assert method == "none" and out == [{"role": "user", "content": "Q"}]
+
+
+def test_retrieval_documents_are_ranked_against_the_request_in_the_same_message(tokenizer, scorer):
+    """Six documents in markup and a question in one user message, through the gateway's
+    policy path: the document the question is about stays, the others leave a marker."""
+    from tests.tokenskip.test_relevance import retrieval_prompt
+
+    question = "How long do I have to report damaged items, and is there a restocking fee?"
+    text = retrieval_prompt(question)
+    messages = [{"role": "user", "content": text}]
+    done = compress_messages(
+        messages, settings(context_ratio=0.2), tokenizer=tokenizer, scorer=scorer
+    )
+    out = done.messages[0]["content"]
+    assert "Damaged items must be reported within 48 hours of delivery" in out
+    assert out.count("[omitted, not relevant to the request:") == 5
+    assert out.endswith(question)
+    part = done.parts[0].to_dict()
+    assert part["relevance"] == "ranked" and part["documents_dropped"] == 5
+    assert part["achieved_ratio"] < 0.6
+    # the same message compresses the same way on the next turn (cache-safe)
+    again = compress_messages(
+        messages, settings(context_ratio=0.2), tokenizer=tokenizer, scorer=scorer
+    )
+    assert again.messages[0]["content"] == out
+
+
+def test_documents_without_a_request_are_compressed_without_one_and_say_so(tokenizer, scorer):
+    from tests.tokenskip.test_relevance import retrieval_prompt
+
+    text = retrieval_prompt("")
+    done = compress_messages(
+        [{"role": "user", "content": text}],
+        settings(context_ratio=0.5),
+        tokenizer=tokenizer,
+        scorer=scorer,
+    )
+    part = done.parts[0].to_dict()
+    assert part["relevance"] == "spread-no-request" and part["documents_dropped"] == 0
+    assert "[omitted" not in done.messages[0]["content"]

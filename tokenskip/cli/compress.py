@@ -47,8 +47,10 @@ def add_compress_parser(subparsers: Any) -> None:
         "--question",
         default=None,
         metavar="TEXT",
-        help="with --scorer self-info: score conditioned on this question (LongLLMLingua's "
-        "contrastive form), so what the question is about is kept first",
+        help="the request the text is context for: its documents (<document> markup, else "
+        "paragraphs) are ranked against it, the relevant kept, the rest dropped with a marker "
+        "(coarse to fine); with --scorer self-info the words are also scored conditioned on it "
+        "(LongLLMLingua's contrastive form)",
     )
     p.add_argument(
         "--cot",
@@ -122,7 +124,7 @@ def _guards(args: argparse.Namespace) -> Any:
 
 
 def run_compress(args: argparse.Namespace) -> int:
-    from tokenskip.compress import compress, compress_cot
+    from tokenskip.compress import compress, compress_context, compress_cot
     from tokenskip.force import MATH, NONE, ForceKeep
     from tokenskip.guards import COT_GUARDS, GUARDS
     from tokenskip.models import load_model, load_tokenizer
@@ -154,11 +156,14 @@ def run_compress(args: argparse.Namespace) -> int:
         allow_download=args.allow_download,
     )
     if args.question is not None:
-        if args.scorer != "self-info":
-            raise InvalidInputError("--question needs --scorer self-info")
         if not args.question.strip():
             raise InvalidInputError("--question is empty")
-        scorer = scorer.conditioned(args.question)
+        if args.cot:
+            raise InvalidInputError(
+                "--question ranks a text's documents; it does not apply to --cot"
+            )
+        if args.scorer == "self-info":
+            scorer = scorer.conditioned(args.question)
     guards = _guards(args)
     if args.cot:
         result = compress_cot(
@@ -168,6 +173,16 @@ def run_compress(args: argparse.Namespace) -> int:
             scorer=scorer,
             force=force,
             guards=guards or COT_GUARDS,
+        )
+    elif args.question is not None:
+        result = compress_context(
+            text,
+            args.ratio,
+            args.question,
+            tokenizer=tokenizer,
+            scorer=scorer,
+            force=force,
+            guards=guards or GUARDS,
         )
     else:
         result = compress(

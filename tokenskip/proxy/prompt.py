@@ -12,7 +12,12 @@ caches:
   request (no question, no imperative opening) are *context* - a pasted document, retrieved
   passages - and are compressed at ``prompt_ratio`` with the meaning guards on; text inside
   explicit document markup (``<document>``, ``<context>``, ...) is context whatever its size.
-  Everything else is the user's request, an instruction.
+  Everything else is the user's request, an instruction. When the context holds two or
+  more documents (document markup, or separate blocks), they are ranked against that
+  request, coarse to fine (:mod:`tokenskip.relevance`): the relevant kept, the next
+  shortened, the rest dropped with a marker naming them; a request that needs them all
+  ("summarize", "compare") spreads the budget, and a message without a request is
+  compressed without one and says so (``relevance: spread-no-request``).
 - ``system`` / ``developer`` messages are instructions; only blocks inside explicit document
   markup are context. ``instruction_ratio`` compresses instructions too (off by default).
 - ``assistant`` messages and fenced code are never changed, nor (unless the policy's
@@ -34,6 +39,7 @@ from tokenskip.compress import compress
 from tokenskip.force import ForceKeep
 from tokenskip.guards import GUARDS, NO_GUARDS
 from tokenskip.lossless import lossless
+from tokenskip.relevance import document_spans, markup_spans, select
 from tokenskip.scorers.base import Scorer
 from tokenskip.tokens import TextTokenizer
 
@@ -83,6 +89,13 @@ class PartCompression:
     """Target-tokenizer tokens of ``before`` (None until :meth:`PromptCompression.count`)."""
     tokens_after: int | None = None
     """Target-tokenizer tokens of ``after``."""
+    relevance: str | None = None
+    """How the budget met the message's documents (:func:`tokenskip.relevance.plan`):
+    ``ranked`` by the request in the same message, ``spread`` over all of them (the request
+    needs them all), ``spread-no-request`` (no request found: compressed without a question);
+    None where the text held fewer than two documents."""
+    num_dropped: int = 0
+    """Documents dropped as not relevant to the request (a marker in their place)."""
 
     @property
     def achieved_ratio(self) -> float:
@@ -101,6 +114,11 @@ class PartCompression:
             "achieved_ratio": round(self.achieved_ratio, 4),
             "forced_ratio": round(self.forced_ratio, 4),
             "transforms": list(self.transforms),
+            **(
+                {"relevance": self.relevance, "documents_dropped": self.num_dropped}
+                if self.relevance
+                else {}
+            ),
         }
 
 
@@ -170,12 +188,13 @@ def context_blocks(text: str, role: str, min_chars: int) -> list[tuple[int, int]
     spans = [m.span("body") for m in _DOCUMENT.finditer(text)]
     if role != "user":
         return spans
+    markup = list(spans)  # a block holding markup is context through its markup alone
     code = [m.span() for m in _FENCED.finditer(text)]
     start = 0
     for m in [*_BLOCK.finditer(text), None]:
         end = m.start() if m else len(text)
         block = text[start:end]
-        inside_markup = any(a <= start and end <= b for a, b in spans)
+        inside_markup = any(a < end and start < b for a, b in markup)
         in_code = any(a < end and start < b for a, b in code)
         if (
             not inside_markup
@@ -236,9 +255,14 @@ class _Compressor:
         self.s, self.tokenizer, self.scorer = settings, tokenizer, scorer
 
     def lossy(
-        self, text: str, ratio: float, data: tuple[tuple[int, int], ...] = ()
+        self,
+        text: str,
+        ratio: float,
+        data: tuple[tuple[int, int], ...] = (),
+        prefer: list[tuple[int, int]] | None = None,
     ) -> tuple[str, float]:
-        """``text`` at ``ratio`` (code, URLs and compacted JSON verbatim), and the forced share."""
+        """``text`` at ``ratio`` (code, URLs, markup tags and compacted JSON verbatim; the
+        ``prefer`` spans kept first), and the forced share."""
         if self.scorer is None:
             return text, 0.0
         result = compress(
@@ -248,7 +272,8 @@ class _Compressor:
             scorer=self.scorer,
             force=PROMPT_FORCE,
             guards=GUARDS if self.s.guards else NO_GUARDS,
-            protect=protected_spans(text) + list(data),
+            protect=protected_spans(text) + markup_spans(text) + list(data),
+            prefer=prefer or (),
             lossless=False,
         )
         return result.text, result.forced_ratio
@@ -282,13 +307,14 @@ def compress_messages(
             result = _compress_text(worker, settings, role, text)
             if result is None:
                 continue
-            new_text, kind, method, transforms, forced = result
+            new_text, kind, method, transforms, forced, *selection = result
             if len(new_text) >= len(text):
                 continue
             changed[key] = new_text
-            parts.append(
-                PartCompression(index, key, kind, method, text, new_text, transforms, forced)
-            )
+            part = PartCompression(index, key, kind, method, text, new_text, transforms, forced)
+            if selection:
+                part.relevance, part.num_dropped = selection
+            parts.append(part)
         if changed:
             message = dict(message)
             if None in changed:
@@ -307,8 +333,9 @@ def compress_messages(
 
 def _compress_text(
     worker: _Compressor, s: PromptSettings, role: str, text: str
-) -> tuple[str, str, str, tuple[str, ...], float] | None:
-    """(new text, kind, method, transforms, forced share), or None to leave it alone."""
+) -> tuple[Any, ...] | None:
+    """(new text, kind, method, transforms, forced share[, relevance mode, documents
+    dropped]), or None to leave it alone."""
     min_chars = s.min_tokens * CHARS_PER_TOKEN
     if role in ("tool", "function"):
         if not s.lossless and s.tool_ratio is None:
@@ -335,6 +362,10 @@ def _compress_text(
     blocks = context_blocks(text, role, min_chars)
     if not blocks:
         return None
+    if s.context_ratio is not None and s.context_ratio < 1.0 and worker.scorer is not None:
+        documents = _documents(text, blocks)
+        if len(documents) >= 2:
+            return _select_documents(worker, s, s.context_ratio, text, blocks, documents)
     pieces, last, transforms, forced_parts, method = [], 0, set(), [], "lossless"
     for start, end in blocks:
         block = text[start:end]
@@ -358,3 +389,77 @@ def _compress_text(
     order = tuple(t for t in ("json", "whitespace", "repeats") if t in transforms)
     forced = sum(forced_parts) / len(forced_parts) if forced_parts else 0.0
     return new_text, "context", method, order, forced
+
+
+def _documents(text: str, blocks: list[tuple[int, int]]) -> list[tuple[int, int, str | None]]:
+    """The documents of a text's context blocks: the document markup inside a block
+    (``<documents><document>...``), else the block itself."""
+    out: list[tuple[int, int, str | None]] = []
+    for start, end in blocks:
+        inner = [(start + a, start + b, label) for a, b, label in document_spans(text[start:end])]
+        marked = any(label is not None or b - a < end - start for a, b, label in inner)
+        out.extend(inner if marked and len(inner) > 1 else [(start, end, None)])
+    return out
+
+
+def request_text(text: str, blocks: list[tuple[int, int]]) -> str:
+    """What of a message is not context: its request (the question the context serves)."""
+    pieces, last = [], 0
+    for start, end in blocks:
+        pieces.append(text[last:start])
+        last = end
+    pieces.append(text[last:])
+    request = _DOCUMENT_TAGS.sub(" ", "".join(pieces))
+    return " ".join(request.split())
+
+
+_DOCUMENT_TAGS = re.compile(r"</?[A-Za-z][\w:-]*(?:\s[^<>]*)?/?>")
+
+
+def _select_documents(
+    worker: _Compressor,
+    s: PromptSettings,
+    ratio: float,
+    text: str,
+    blocks: list[tuple[int, int]],
+    documents: list[tuple[int, int, str | None]],
+) -> tuple[str, str, str, tuple[str, ...], float, str, int] | None:
+    """Coarse to fine over a message's documents against the request in the same message
+    (:func:`tokenskip.relevance.select`): it depends on the message alone, so it stays
+    cache-safe."""
+    request = request_text(text, blocks) or None
+    transforms: set[str] = set()
+    forced_parts: list[float] = []
+
+    def shorten(doc: str, ratio: float, prefer: list[tuple[int, int]]) -> str:
+        data: tuple[tuple[int, int], ...] = ()
+        if s.lossless:
+            done = lossless(doc)
+            if done.transforms:
+                transforms.update(done.transforms)
+                doc, data = done.text, done.data_spans
+            if done.is_data:
+                return doc
+        new, forced = worker.lossy(doc, ratio, data, prefer)
+        forced_parts.append(forced)
+        return new
+
+    selection = select(
+        [text[a:b] for a, b, _ in documents],
+        request,
+        ratio,
+        count=worker.tokenizer.count,
+        shorten=shorten,
+        labels=[label for *_, label in documents],
+    )
+    pieces, last = [], 0
+    for (start, end, _), new in zip(documents, selection.texts):
+        pieces += [text[last:start], new]
+        last = end
+    new_text = "".join(pieces) + text[last:]
+    if new_text == text:
+        return None
+    order = tuple(t for t in ("json", "whitespace", "repeats") if t in transforms)
+    forced = sum(forced_parts) / len(forced_parts) if forced_parts else 0.0
+    method = "lossy" if forced_parts or selection.num_dropped else "lossless"
+    return new_text, "context", method, order, forced, selection.mode, selection.num_dropped
