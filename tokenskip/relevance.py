@@ -275,3 +275,28 @@ def document_spans(text: str) -> list[tuple[int, int, str | None]]:
             out.append((start, end, None))
         start = m.end() if m else len(text)
     return out
+
+
+def select_exemplars(
+    exemplars: Sequence[str], request: str, ratio: float, counts: Sequence[int]
+) -> list[int]:
+    """Few-shot exemplars kept whole for ``request`` (LLMLingua's budget controller, by
+    relevance): ranked by BM25 against the request, taken while γ × their tokens allows
+    (one more when it lands nearer the budget than stopping short), at least one. Returns
+    their indices in the original order; an exemplar's answer line is never touched."""
+    if not exemplars:
+        return []
+    budget = ratio * sum(counts)
+    scores = bm25(terms(request), [terms(e) for e in exemplars])
+    order = sorted(range(len(exemplars)), key=lambda i: (-scores[i], i))
+    kept, used = [], 0.0
+    for i in order:
+        if used + counts[i] <= budget or not kept:
+            kept.append(i)
+            used += counts[i]
+        elif abs(used + counts[i] - budget) < abs(budget - used):
+            kept.append(i)
+            break
+        else:
+            break
+    return sorted(kept)

@@ -360,3 +360,74 @@ def test_instruction_budget_can_run_at_some_caps_only(tmp_path, data_file, token
 def test_instruction_budgets_must_be_among_the_budgets(tmp_path, data_file):
     with pytest.raises(InvalidInputError, match="among the budgets"):
         EvalConfig(data=str(data_file), budgets=(8, 64), instruction_budgets=(16,))
+
+
+SHOTS = tuple(
+    gsm8k.Problem(i, q, s, a)
+    for i, (q, s, a) in enumerate(
+        [
+            (
+                "A farmer has 12 apples and sells 5 apples. How many apples remain?",
+                "12 - 5 = 7 apples remain.\n#### 7",
+                "7",
+            ),
+            (
+                "A box holds 6 eggs. How many eggs are in 3 boxes of eggs?",
+                "6 * 3 = 18 eggs.\n#### 18",
+                "18",
+            ),
+            (
+                "A train travels 60 miles per hour for 2 hours. How far does the train go?",
+                "60 * 2 = 120 miles.\n#### 120",
+                "120",
+            ),
+            (
+                "Sam saves 10 dollars a week. How many dollars after 4 weeks?",
+                "10 * 4 = 40 dollars.\n#### 40",
+                "40",
+            ),
+        ]
+    )
+)
+
+
+def test_exemplar_selection_keeps_whole_exemplars_relevant_to_each_question(
+    tmp_path, data_file, tokenizer
+):
+    config = EvalConfig(
+        data=str(data_file),
+        out_dir=str(tmp_path / "o"),
+        methods=("original", "exemplar-selection"),
+        ratios=(1.0, 0.5),
+        budgets=(64,),
+        shots=4,
+        latency_samples=0,
+    )
+    runner = Runner(
+        config,
+        Scripted(tokenizer.hf),
+        tokenizer,
+        gsm8k.load_gsm8k(str(data_file)),
+        SHOTS,
+        None,
+        progress=False,
+    )
+    full = runner.prompts("original", 1.0, 50.0)
+    chosen = runner.prompts("exemplar-selection", 0.5, 50.0)
+    for problem, prompt, whole in zip(runner.dataset.problems, chosen, full):
+        shots = [m["content"] for m in prompt.messages if m["role"] == "assistant"]
+        assert 1 <= len(shots) < len(SHOTS)
+        # whole exemplars: every kept solution is verbatim, its answer line included
+        assert all(any(s == gsm8k.strip_calculator(x.solution) for x in SHOTS) for s in shots)
+        assert runner._count_prompt(list(prompt.messages)) < runner._count_prompt(
+            list(whole.messages)
+        )
+    # the egg question gets the egg exemplar
+    eggs = next(i for i, p in enumerate(runner.dataset.problems) if "eggs" in p.question)
+    assert any(
+        "eggs" in m["content"]
+        for m in chosen[eggs].messages
+        if m["role"] == "user" and m["content"] != runner.dataset.problems[eggs].question
+    )
+    result = runner.run()
+    assert {r["method"] for r in result["rows"]} == {"original", "exemplar-selection"}

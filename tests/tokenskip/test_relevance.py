@@ -172,3 +172,20 @@ def test_relevant_sentences_and_marker():
         marker("x", 'index 2, "Title"')
         == '[omitted, not relevant to the request: index 2, "Title"]'
     )
+
+
+def test_exemplars_are_chosen_whole_by_relevance_within_the_budget():
+    from tokenskip.relevance import select_exemplars
+
+    exemplars = [
+        "Tom has 3 apples and buys 4 more apples. #### 7",
+        "A train goes 60 miles an hour for 2 hours. #### 120",
+        "A box holds 6 eggs; how many eggs in 2 boxes? #### 12",
+        "Sam saves 10 dollars a week for 4 weeks. #### 40",
+    ]
+    counts = [10, 10, 10, 10]
+    assert select_exemplars(exemplars, "How many eggs fit in 5 boxes?", 0.25, counts) == [2]
+    assert select_exemplars(exemplars, "How many eggs and apples?", 0.5, counts) == [0, 2]
+    # at least one, whatever γ; all of them at γ = 1
+    assert len(select_exemplars(exemplars, "Unrelated words", 0.01, counts)) == 1
+    assert select_exemplars(exemplars, "eggs", 1.0, counts) == [0, 1, 2, 3]

@@ -8,6 +8,9 @@ Methods (rows of the report):
 - ``instruction``: the base model told to be concise within γ × its mean CoT length.
 - ``truncation``: the original output cut at γ of its tokens (no new generation).
 - ``prompt-compression``: k-shot exemplars compressed with the core at γ (needs shots).
+- ``exemplar-selection``: for each question, whole k-shot exemplars chosen by relevance to
+  it (BM25) until γ of the exemplars' tokens (:func:`tokenskip.relevance.select_exemplars`):
+  no word of a kept exemplar is dropped, its ``####`` line verbatim (needs shots).
 - ``instruction-budget``: at each cap B, the concise-reasoning instruction asks for at most
   B tokens of reasoning (one generation per cap): the prompting baseline beside budget
   forcing at the same budgets.
@@ -52,6 +55,7 @@ METHODS = (
     "instruction",
     "truncation",
     "prompt-compression",
+    "exemplar-selection",
     "budget-forcing",
     "instruction-budget",
     "tokenskip-forcing",
@@ -210,6 +214,8 @@ class Runner:
         if method == "prompt-compression" and ratio < 1.0:
             shots = tuple(self._compressed_shots(ratio))
         for p in self.dataset.problems:
+            if method == "exemplar-selection" and ratio < 1.0:
+                shots = self._selected_shots(p.question, ratio)
             messages = gsm8k.build_messages(p.question, shots=shots)
             if method == "tokenskip":
                 if self.config.base_url:
@@ -255,6 +261,16 @@ class Runner:
             )
             for s in self.shots
         ]
+
+    def _selected_shots(self, question: str, ratio: float) -> tuple[gsm8k.Problem, ...]:
+        """The exemplars most relevant to ``question``, whole, within γ of their tokens."""
+        from tokenskip.relevance import select_exemplars
+
+        texts = [f"{s.question}\n{gsm8k.strip_calculator(s.solution)}" for s in self.shots]
+        if getattr(self, "_shot_counts", None) is None:
+            self._shot_counts = [self.target.count(t) for t in texts]
+        kept = select_exemplars(texts, question, ratio, self._shot_counts)
+        return tuple(self.shots[i] for i in kept)
 
     def _scorer(self) -> Any:
         if getattr(self, "_scorer_obj", None) is None:
@@ -396,7 +412,12 @@ class Runner:
                 configs.append(self.instruct_per_budget(original))
                 continue
             for ratio in c.ratios:
-                if method in ("instruction", "prompt-compression", "truncation") and ratio == 1.0:
+                if ratio == 1.0 and method in (
+                    "instruction",
+                    "prompt-compression",
+                    "exemplar-selection",
+                    "truncation",
+                ):
                     continue  # identical to the original run
                 cfg = self._config(method, ratio, mean_cot)
                 if method == "truncation":
@@ -523,6 +544,8 @@ class Runner:
             )
         if method == "prompt-compression" and self.config.shots == 0:
             return "needs --shots > 0 (it compresses the k-shot exemplars)"
+        if method == "exemplar-selection" and self.config.shots == 0:
+            return "needs --shots > 0 (it chooses among the k-shot exemplars)"
         return None
 
     def _config(self, method: str, ratio: float, mean_cot: float) -> Config:
