@@ -214,9 +214,9 @@ def compress(
     costs = token_costs(units, encoding)  # (num_units,)
     scored = encoding if scorer.tokenizer is target else scorer.tokenizer.encode(text)
     scores = unit_scores(units, scored, scorer.score(scored.ids))  # (num_units,)
-    spans = protect + guards.spans(text)
-    forced = force.mask(text, units) | span_mask(units, spans)  # (num_units,)
-    scope = span_mask(units, [*guards.scopes(text), *prefer])  # (num_units,)
+    guarded, scopes = guards.spans_and_scopes(text)
+    forced = force.mask(text, units) | span_mask(units, protect + guarded)  # (num_units,)
+    scope = span_mask(units, [*scopes, *prefer])  # (num_units,)
     scores = structural_scores(text, units, guard_priority(scores, forced, scope))
     if int(costs[forced].sum()) >= goal:
         # γ is out of reach whatever else goes; dropping the punctuation that separates the

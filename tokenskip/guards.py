@@ -861,6 +861,22 @@ class Guards:
             found = [span for name in names for span in RULES[name](text, words)]
         return merge_spans(text, found)
 
+    def spans_and_scopes(self, text: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """:meth:`spans` and :meth:`scopes` from one reading of the text's words."""
+        names = self.names
+        if not names or not text:
+            return [], []
+        with paused_collection():
+            words = _words(text)
+            found = [span for name in names for span in RULES[name](text, words)]
+            scoped = [
+                _chunk_span(text, words, i)
+                for name in names
+                if name in CUES
+                for i in CUES[name](words)
+            ]
+        return merge_spans(text, found), merge_spans(text, scoped)
+
     def scopes(self, text: str) -> list[tuple[int, int]]:
         """The clause each cue of these rules stands in (with a list it opens and a
         parenthesis after it): not kept whatever γ asks, like :meth:`spans`, but kept before

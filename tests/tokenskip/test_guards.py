@@ -280,3 +280,9 @@ def test_few_shot_answer_lines_stay_verbatim(scorers, tokenizer):
     result = compress(shots, 0.5, tokenizer=tokenizer, scorer=scorers["heuristic"])
     assert result.text.count("#### ") == 5
     assert all(f"#### {2 * i + 2}" in result.text for i in range(1, 6))
+
+
+def test_spans_and_scopes_read_the_text_once_and_agree_with_each():
+    text = "\n".join(c[1] for c in CASES)
+    assert GUARDS.spans_and_scopes(text) == (GUARDS.spans(text), GUARDS.scopes(text))
+    assert NO_GUARDS.spans_and_scopes(text) == ([], [])
