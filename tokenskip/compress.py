@@ -230,7 +230,13 @@ def compress(
     for _ in range(MAX_CORRECTIONS):
         tried.add(budget)
         keep = select_units(
-            costs, scores, forced, budget, groups=groups, floor=SENTENCE_FLOOR * ratio
+            costs,
+            scores,
+            forced,
+            budget,
+            groups=groups,
+            floor=SENTENCE_FLOOR * ratio,
+            preferred=scope,
         )
         candidate = render(text, units, keep)
         kept = target.count(candidate)

@@ -1,6 +1,7 @@
 """Which units to keep for a token budget: a pure function on arrays.
 
-Forced units are always kept. If ``groups`` (sentence ids) and a ``floor`` are given, each
+Forced units are always kept, then ``preferred`` ones (a guard's scope) while the budget
+holds. If ``groups`` (sentence ids) and a ``floor`` are given, each
 sentence first keeps its best units up to ``floor`` of its own tokens, so that no sentence is
 gutted just because others scored a little higher (a scorer's positional drift: surprisal
 falls as context grows). The rest are taken by score, highest first, while they fit the
@@ -33,6 +34,7 @@ def select_units(
     *,
     groups: np.ndarray | None = None,
     floor: float = 0.0,
+    preferred: np.ndarray | None = None,
 ) -> np.ndarray:
     """Keep mask ``(num_units,)`` whose total cost is as close to ``budget`` as units allow.
 
@@ -43,6 +45,8 @@ def select_units(
         budget: tokens to keep in total, forced ones included.
         groups: ``(num_units,)`` int sentence id of each unit (non-decreasing), or None.
         floor: share of each group's tokens kept before the global ranking, in [0, 1).
+        preferred: ``(num_units,)`` bool, units taken right after the forced ones, best score
+            first, while the budget holds: before any group's floor (a guard's scope).
     """
     costs = np.asarray(costs, dtype=np.int64)
     scores = np.asarray(scores, dtype=np.float64)
@@ -53,7 +57,13 @@ def select_units(
         raise ValueError(f"floor must be in [0, 1), got {floor}")
     keep = np.asarray(forced, dtype=bool).copy()
     spread = spread_order(num_units)
-    if groups is not None and floor > 0.0 and num_units:
+    if preferred is not None and num_units:
+        pref = np.flatnonzero(np.asarray(preferred, dtype=bool) & ~keep)
+        pref = pref[np.lexsort((spread[pref], -scores[pref]))]
+        room = budget - int(costs[keep].sum())
+        taken = int(np.searchsorted(np.cumsum(costs[pref]), room, side="right"))
+        keep[pref[:taken]] = True
+    if groups is not None and floor > 0.0 and num_units and int(costs[keep].sum()) < budget:
         keep |= _floors(costs, scores, keep, np.asarray(groups, dtype=np.int64), floor, spread)
     used = int(costs[keep].sum())
     order = np.lexsort((spread, -scores))  # highest score first, ties spread

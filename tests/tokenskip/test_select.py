@@ -73,3 +73,18 @@ def test_total_is_as_close_to_budget_as_units_allow(budget):
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError):
         select_units(np.ones(3, int), np.ones(2), np.zeros(3, bool), 1)
+
+
+def test_preferred_units_come_right_after_the_forced_ones_before_any_floor():
+    costs = np.ones(10, dtype=np.int64)
+    scores = np.linspace(1.0, 0.1, 10)
+    forced = np.zeros(10, bool)
+    forced[0] = True
+    preferred = np.zeros(10, bool)
+    preferred[[7, 8, 9]] = True
+    groups = np.r_[np.zeros(5, int), np.ones(5, int)]
+    keep = select_units(costs, scores, forced, 4, groups=groups, floor=0.4, preferred=preferred)
+    # the forced unit and the three preferred ones fill the budget; no floor takes it first
+    assert np.flatnonzero(keep).tolist() == [0, 7, 8, 9]
+    without = select_units(costs, scores, forced, 4, groups=groups, floor=0.4)
+    assert not without[[7, 8, 9]].all()
