@@ -373,6 +373,7 @@ def compress_context(
             prefer=prefer,
         ).text
 
+    num_tokens = target.count(text)
     selection = select(
         [text[a:b] for a, b, _ in spans],
         request,
@@ -380,13 +381,13 @@ def compress_context(
         count=target.count,
         shorten=shorten,
         labels=[label for *_, label in spans],
+        total=num_tokens,
     )
     pieces, last = [], 0
     for (start, end, _), new in zip(spans, selection.texts):
         pieces += [text[last:start], new]
         last = end
     out = "".join(pieces) + text[last:]
-    num_tokens = target.count(text)
     kept = target.count(out) if out != text else num_tokens
     return ContextCompressionResult(
         CompressionResult(out, num_tokens, kept, ratio, kept / num_tokens if num_tokens else 1.0),

@@ -38,7 +38,8 @@ STOPWORDS = frozenset(
     only own same so than too very just also i me my we our you your he him his she her
     one ones such per via up down out over under again further once more most other
     please tell answer question document documents text passage passages according say says
-    said give given find explain describe""".split()
+    said give given find explain describe reply respond yes format sentence word words
+    briefly concise""".split()
 )
 """Words that say nothing about what a request is about."""
 K1 = 1.2
@@ -47,6 +48,8 @@ MIN_RELEVANCE = 0.1
 """A document scoring under this share of the best one is not relevant: it gets no budget."""
 MIN_DOCUMENT_RATIO = 0.2
 """A document that would keep less than this share of itself is dropped instead."""
+MARKER_TOKENS = 16
+"""About what a dropped document's marker costs (``[omitted, ...: index 3, "Title"]``)."""
 NEEDS_ALL = re.compile(
     r"(?i)\b(?:summari[sz]e|summary|summaries|overview|compare|comparison|contrast|"
     r"differences?|similarit(?:y|ies)|synthesi[sz]e|combine|both|"
@@ -56,9 +59,10 @@ NEEDS_ALL = re.compile(
 """Requests that need every document: their budget is spread, nothing is dropped."""
 _VERBATIM = re.compile(
     r"\"([^\"\n]{2,80})\"|“([^”\n]{2,80})”|`([^`\n]{2,80})`|"
-    r"\b([A-Z][\w-]*\d[\w-]*|[A-Z]{2,}[\w-]*|\w+_\w+|\d[\d,.:/-]*\d|\d{2,})\b"
+    r"\b([A-Za-z][\w-]*\d[\w-]*|[A-Z]{2,}[\w-]*|\w+_\w+)\b"
 )
-"""What a request may name verbatim: quotes, codes, identifiers, numbers."""
+"""What a request may name verbatim: quotes, codes and identifiers (a bare number or word
+is no name: "40" is in many documents)."""
 _NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]+(?:\s+[A-Z][a-z]+)+")
 
 
@@ -145,36 +149,44 @@ def plan(
     request: str | None,
     ratio: float,
     counts: Sequence[int],
+    overhead: int = 0,
 ) -> tuple[list[DocumentPlan], str]:
-    """How each document spends the budget ``ratio`` × their tokens, and the mode:
+    """How each document spends the budget, and the mode. The budget is γ of the whole
+    text (documents and ``overhead``, the tokens around them that stay verbatim: markup, the
+    request) less that overhead and the markers of dropped documents, given in relevance
+    order: the best documents whole, the next shortened, the rest dropped. The mode:
     ``ranked`` (the budget follows relevance), ``spread`` (every document at γ: the request
     needs them all, or there is no request) or ``spread-no-request``."""
     total = sum(counts)
+    even = ratio * (total + overhead) - overhead  # every document at the same share of it
+    spread = min(1.0, max(MIN_DOCUMENT_RATIO, even / total)) if total else ratio
     if not request or not terms(request):
-        return [DocumentPlan(i, c, 0.0, ratio) for i, c in enumerate(counts)], "spread-no-request"
+        return [DocumentPlan(i, c, 0.0, spread) for i, c in enumerate(counts)], "spread-no-request"
     scores = bm25(terms(request), [terms(d) for d in documents])
     if needs_all(request) or len(documents) < 2:
         return [
-            DocumentPlan(i, c, float(s), ratio) for i, (c, s) in enumerate(zip(counts, scores))
+            DocumentPlan(i, c, float(s), spread) for i, (c, s) in enumerate(zip(counts, scores))
         ], "spread"
-    names = [n.lower() for n in named_verbatim(request)]
-    pinned = [any(n in d.lower() for n in names) for d in documents]
-    budget = ratio * total
+    names = [re.compile(rf"(?<!\w){re.escape(n)}(?!\w)", re.I) for n in named_verbatim(request)]
+    pinned = [any(n.search(d) for n in names) for d in documents]
     top = float(scores.max())
-    order = sorted(range(len(documents)), key=lambda i: (-pinned[i], -scores[i], i))
+    order = sorted(range(len(documents)), key=lambda i: (-scores[i], i))
     ratios: dict[int, float | None] = {}
-    for i in order:
-        relevant = pinned[i] or (top > 0 and scores[i] >= MIN_RELEVANCE * top)
-        if not relevant or budget <= 0:
-            ratios[i] = None
-            continue
-        share = min(1.0, budget / counts[i]) if counts[i] else 1.0
-        if share < MIN_DOCUMENT_RATIO and not pinned[i]:
-            ratios[i] = None
-            continue
-        share = max(share, MIN_DOCUMENT_RATIO)
-        ratios[i] = share
-        budget -= share * counts[i]
+    budget = ratio * (total + overhead) - overhead
+    for attempt in range(2):  # the second pass pays for the markers of the first's drops
+        if attempt:
+            dropped = sum(r is None for r in ratios.values())
+            budget = ratio * (total + overhead) - overhead - MARKER_TOKENS * dropped
+        left = budget
+        for rank, i in enumerate(order):
+            relevant = pinned[i] or (top > 0 and scores[i] >= MIN_RELEVANCE * top)
+            share = min(1.0, left / counts[i]) if counts[i] else 1.0
+            kept = pinned[i] or (rank == 0 and relevant)  # the best one is never dropped
+            if not relevant or (share < MIN_DOCUMENT_RATIO and not kept):
+                ratios[i] = None
+                continue
+            ratios[i] = max(share, MIN_DOCUMENT_RATIO)
+            left -= ratios[i] * counts[i]
     out = [
         DocumentPlan(i, c, float(s), ratios[i], pinned[i])
         for i, (c, s) in enumerate(zip(counts, scores))
@@ -213,12 +225,16 @@ def select(
     count: Callable[[str], int],
     shorten: Callable[[str, float, list[tuple[int, int]]], str],
     labels: Sequence[str | None] | None = None,
+    total: int | None = None,
 ) -> SelectionResult:
     """Coarse to fine: rank ``documents`` against ``request``, keep the relevant ones whole
     while the budget holds, shorten the next (``shorten(text, ratio, prefer)``, the
-    sentences sharing words with the request preferred), drop the rest with a marker."""
+    sentences sharing words with the request preferred), drop the rest with a marker.
+    ``total``: tokens of the whole text the documents stand in; γ covers the rest of it
+    too (markup, the request), so the documents get what is left."""
     counts = [count(d) for d in documents]
-    plans, mode = plan(documents, request, ratio, counts)
+    overhead = max(0, total - sum(counts)) if total is not None else 0
+    plans, mode = plan(documents, request, ratio, counts, overhead)
     out = []
     for doc, p in zip(documents, plans):
         label = labels[p.index] if labels else None

@@ -401,11 +401,11 @@ def test_question_ranks_the_documents_with_any_scorer(cli):
     )
     assert code == 0, err
     result = json.loads(out)
-    assert "damaged goods within 48 hours" in result["text"]
+    assert "48 hours" in result["text"] and "Refunds" in result["text"]
     assert "fish on Fridays" not in result["text"] and "car park" not in result["text"]
     relevance = result["relevance"]
     assert relevance["mode"] == "ranked" and relevance["num_dropped"] == 2
-    assert [d["ratio"] for d in relevance["documents"]][1] == 1.0
+    assert [d["ratio"] is not None for d in relevance["documents"]] == [False, True, False]
 
 
 def test_question_aware_compression_runs(cli):

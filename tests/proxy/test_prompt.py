@@ -205,10 +205,10 @@ def test_retrieval_documents_are_ranked_against_the_request_in_the_same_message(
     from tests.tokenskip.test_relevance import retrieval_prompt
 
     question = "How long do I have to report damaged items, and is there a restocking fee?"
-    text = retrieval_prompt(question)
+    text = retrieval_prompt(question, size=3)
     messages = [{"role": "user", "content": text}]
     done = compress_messages(
-        messages, settings(context_ratio=0.2), tokenizer=tokenizer, scorer=scorer
+        messages, settings(context_ratio=0.3), tokenizer=tokenizer, scorer=scorer
     )
     out = done.messages[0]["content"]
     assert "Damaged items must be reported within 48 hours of delivery" in out
@@ -216,10 +216,10 @@ def test_retrieval_documents_are_ranked_against_the_request_in_the_same_message(
     assert out.endswith(question)
     part = done.parts[0].to_dict()
     assert part["relevance"] == "ranked" and part["documents_dropped"] == 5
-    assert part["achieved_ratio"] < 0.6
+    assert part["achieved_ratio"] == pytest.approx(0.3, abs=0.05)
     # the same message compresses the same way on the next turn (cache-safe)
     again = compress_messages(
-        messages, settings(context_ratio=0.2), tokenizer=tokenizer, scorer=scorer
+        messages, settings(context_ratio=0.3), tokenizer=tokenizer, scorer=scorer
     )
     assert again.messages[0]["content"] == out
 

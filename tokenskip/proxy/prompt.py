@@ -451,6 +451,7 @@ def _select_documents(
         count=worker.tokenizer.count,
         shorten=shorten,
         labels=[label for *_, label in documents],
+        total=worker.tokenizer.count(text),
     )
     pieces, last = [], 0
     for (start, end, _), new in zip(documents, selection.texts):
