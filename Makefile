@@ -60,6 +60,8 @@ $(BENCH_STAMP):
 bench: $(STAMP) $(BENCH_STAMP)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) || echo "no wrk: bench/gateway.py falls back to its aiohttp load generator"
 	$(PY) bench/compress.py
+	$(PY) -m pip install --quiet toon-format==1.2.0
+	$(PY) bench/tool_outputs.py
 	$(PY) bench/gateway.py
 
 clean:

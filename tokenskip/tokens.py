@@ -10,6 +10,12 @@ with the same regex in Python and memoizes each pre-token's ids, which gives the
 exact ids and offsets several times faster than a full encode on repetitive text (prompts,
 JSON, logs). Texts it cannot prove equal (added tokens such as ``<|im_end|>`` inside, a
 normalizer that would change them) go through the tokenizer itself.
+
+Counting a long text goes further for the pre-token regexes whose line breaks are known
+(GPT-2's, and the Qwen2 / Llama 3 one): the text is cut at newlines where no pre-token can
+span the cut, and each line's count is memoized. The count is still exact; a text whose
+lines were seen before (the same tool output on the next turn of an agent loop, or pretty
+JSON, whose lines repeat) costs a split and a dictionary look-up per line.
 """
 
 from __future__ import annotations
@@ -26,7 +32,31 @@ import regex
 from tokenskip.errors import InvalidInputError
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+QWEN2_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LLAMA3_PATTERN = QWEN2_PATTERN.replace(r"\p{N}|", r"\p{N}{1,3}|", 1)
+NEWLINE_CUTS = {
+    GPT2_PATTERN: "before_newline",
+    QWEN2_PATTERN: "after_newline",
+    LLAMA3_PATTERN: "after_newline",
+}
+"""Where a pre-token regex can be cut at a newline and count the same on both sides.
+
+``before_newline``: no GPT-2 pre-token holds a non-space character and the newline after
+it (the newline starts a whitespace pre-token), so a cut before a newline that follows a
+non-space character is safe. ``after_newline``: the Qwen2 / Llama 3 regex ends a pre-token
+at a newline (punctuation and spaces take the newlines after them, letters and digits stop
+before it) unless only spaces lead to a further newline, so a cut after a newline followed
+by a line that holds a non-space character is safe. The tests check both against the
+tokenizer."""
 MAX_CACHED_PIECES = 200_000
+MAX_CACHED_LINES = 100_000
+MAX_CACHED_LINE_CHARS = 8_000_000
+"""The line memo is emptied when it would hold more lines or characters than these."""
+MIN_CUT_CHARS = 2_000
+"""Shorter texts are counted whole: cutting them saves nothing."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +89,12 @@ class _PieceCodec:
         self._added = regex.compile("|".join(regex.escape(a) for a in added)) if added else None
         self._pieces: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = {}
         self._lengths: dict[str, int] = {}
+        self._cut = NEWLINE_CUTS.get(pattern)
+        self._lines: dict[str, int] = {}
+        """Line → tokens of the line with the newline on its cut side (``"\\n" + line`` or
+        ``line + "\\n"``), only lines next to which that cut is safe; and chunks of several
+        lines between safe cuts → their tokens."""
+        self._line_chars = 0
 
     def usable(self, text: str) -> bool:
         if self._added is not None and self._added.search(text):
@@ -82,6 +118,82 @@ class _PieceCodec:
         return hit
 
     def count(self, text: str) -> int:
+        if self._cut is None or len(text) < MIN_CUT_CHARS or "\n" not in text:
+            return self._count_pieces(text)
+        lines = text.split("\n")
+        first, middle, last = lines[0], lines[1:-1], lines[-1]
+        # A middle line is counted with its newline on the cut side ("\n" + line, or
+        # line + "\n"), memoized only if that cut is safe; the two ends are checked here.
+        if self._cut == "before_newline":
+            is_safe, ends = _ends_in_non_space, (first, "\n" + last)
+            is_end_safe = is_safe(first)
+        else:
+            is_safe, ends = _holds_non_space, (first + "\n", last)
+            is_end_safe = not last or is_safe(last)
+        if not is_end_safe:
+            return self._count_lines(lines)
+        known = self._lines
+        edges = self._count_pieces(ends[0]) + self._count_pieces(ends[1])
+        try:  # the common case, at C speed: every line seen before
+            return sum(map(known.__getitem__, middle)) + edges
+        except KeyError:
+            pass
+        new = [line for line in dict.fromkeys(middle) if line not in known]
+        if not all(map(is_safe, new)):
+            return self._count_lines(lines)
+        before = self._cut == "before_newline"
+        for line in new:  # first sight: each new line counted once
+            self._remember(line, self._count_pieces("\n" + line if before else line + "\n"))
+        try:
+            return sum(map(known.__getitem__, middle)) + edges
+        except KeyError:  # cleared by another thread meanwhile
+            return self._count_lines(lines)
+
+    def _count_lines(self, lines: list[str]) -> int:
+        """Tokens of ``"\\n".join(lines)``, counted chunk by chunk between the safe cuts."""
+        before = self._cut == "before_newline"
+        total, start = 0, 0
+        for k in range(1, len(lines)):
+            if _ends_in_non_space(lines[k - 1]) if before else _holds_non_space(lines[k]):
+                total += self._count_chunk(lines, start, k)
+                start = k
+        return total + self._count_chunk(lines, start, len(lines))
+
+    def _count_chunk(self, lines: list[str], start: int, end: int) -> int:
+        """Tokens of ``lines[start:end]`` with the newline that joins them to their
+        neighbours on the safe side, memoized: a single line under its own text where the
+        cut next to it is safe, several lines under their joined text (which holds a
+        newline, so no line can be mistaken for it)."""
+        before = self._cut == "before_newline"
+        lead = "\n" if before and start > 0 else ""
+        tail = "\n" if not before and end < len(lines) else ""
+        if end - start == 1:
+            line = lines[start]
+            if not (lead or tail):
+                return self._count_pieces(line)
+            key, chunk = line, lead + line + tail
+            is_safe = _ends_in_non_space(line) if before else _holds_non_space(line)
+        else:
+            key = chunk = lead + "\n".join(lines[start:end]) + tail
+            is_safe = True
+        hit = self._lines.get(key)
+        if hit is None:
+            hit = self._count_pieces(chunk)
+            if is_safe:
+                self._remember(key, hit)
+        return hit
+
+    def _remember(self, line: str, num_tokens: int) -> None:
+        if (
+            len(self._lines) >= MAX_CACHED_LINES
+            or self._line_chars + len(line) > MAX_CACHED_LINE_CHARS
+        ):
+            self._lines.clear()
+            self._line_chars = 0
+        self._lines[line] = num_tokens
+        self._line_chars += len(line)
+
+    def _count_pieces(self, text: str) -> int:
         pieces = self._split.findall(text)
         lengths = self._lengths
         try:
@@ -108,6 +220,21 @@ class _PieceCodec:
             itertools.chain.from_iterable(h[2] for h in hits), dtype=np.int64, count=num_tokens
         )
         return Encoding(ids, starts, ends)
+
+
+_SPACE = regex.compile(r"\s")
+_LINE_START = regex.compile(r"[^\S\r\n]*\S")
+
+
+def _ends_in_non_space(line: str) -> bool:
+    """No GPT-2 pre-token spans the newline after ``line``."""
+    return bool(line) and not _SPACE.match(line[-1])
+
+
+def _holds_non_space(line: str) -> bool:
+    """No Qwen2 / Llama 3 pre-token spans the newline before ``line`` (a non-space
+    character comes before any line break)."""
+    return _LINE_START.match(line) is not None
 
 
 def _piece_codec(backend: Any) -> _PieceCodec | None:
@@ -190,6 +317,7 @@ class TextTokenizer:
         return Encoding.from_offsets(enc.ids, enc.offsets)
 
     def count(self, text: str) -> int:
+        """Exact tokens of ``text``; long texts are counted line by line, lines memoized."""
         if not text:
             return 0
         if self._codec is not None and self._codec.usable(text):
