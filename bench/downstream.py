@@ -119,6 +119,12 @@ def main() -> None:
         "--classifier", default=None, help="token-classifier directory for 'classifier@γ'"
     )
     p.add_argument("--limit", type=int, default=None, help="first N questions only")
+    p.add_argument(
+        "--every",
+        type=int,
+        default=1,
+        help="every K-th question (a sample spread over all texts and kinds; before --limit)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
@@ -145,6 +151,7 @@ def main() -> None:
         for t in (json.loads(line) for line in (DATA / "texts.jsonl").read_text().splitlines())
     }
     questions = [json.loads(line) for line in (DATA / "questions.jsonl").read_text().splitlines()]
+    questions = questions[:: max(1, args.every)]
     if args.limit:
         questions = questions[: args.limit]
     conditions = [parse_condition(c) for c in args.conditions.split(",")]
