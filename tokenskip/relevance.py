@@ -12,7 +12,8 @@ hold as everywhere.
 A request that needs all of its context ("summarize", "compare", "list every ...") spreads
 the budget over the documents instead (each at γ): nothing is dropped. So is a text without
 a recognisable request. A document that names something the request names verbatim (a
-quoted string, an identifier, a number, a name) is never dropped.
+quoted string, a code or identifier, a multi-word name) is never dropped, nor is the best
+one.
 
 Everything depends on the text and the request alone (no model, no state), so a message
 compresses the same way on every turn and stays cache-safe.
@@ -106,7 +107,7 @@ def needs_all(request: str) -> bool:
 
 
 def named_verbatim(request: str) -> list[str]:
-    """Strings the request names exactly: quotes, codes, identifiers, numbers, names."""
+    """Strings the request names exactly: quotes, codes, identifiers, multi-word names."""
     found = [next(g for g in m.groups() if g) for m in _VERBATIM.finditer(request)]
     found += [m.group() for m in _NAME.finditer(request)]
     return [f for f in found if len(f) >= 2]
@@ -172,11 +173,11 @@ def plan(
     top = float(scores.max())
     order = sorted(range(len(documents)), key=lambda i: (-scores[i], i))
     ratios: dict[int, float | None] = {}
-    budget = ratio * (total + overhead) - overhead
+    budget = even
     for attempt in range(2):  # the second pass pays for the markers of the first's drops
         if attempt:
             dropped = sum(r is None for r in ratios.values())
-            budget = ratio * (total + overhead) - overhead - MARKER_TOKENS * dropped
+            budget = even - MARKER_TOKENS * dropped
         left = budget
         for rank, i in enumerate(order):
             relevant = pinned[i] or (top > 0 and scores[i] >= MIN_RELEVANCE * top)
