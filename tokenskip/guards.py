@@ -73,6 +73,9 @@ LIMIT_CUES = frozenset(
     maximal minimal sooner later default defaults precedence override overrides instead
     """.split()
 )
+CLAUSE_TIME_CUES = frozenset("after before once".split())
+"""Limit cues that open a plain time clause when a subject pronoun follows them."""
+SUBJECT_PRONOUNS = frozenset("i we you they he she it".split())
 NUMERIC_LIMIT_CUES = frozenset("under over above below by from to per beyond around".split())
 LIMIT_PAIRS = frozenset(
     (a, b)
@@ -518,7 +521,11 @@ def limit_cues(w: _Words) -> list[int]:
         nxt = w.lower[i + 1] if i + 1 < n and not w.clause_start[i + 1] else ""
         prev = w.lower[i - 1] if i > 0 and not w.clause_start[i] else ""
         if (prev, word) in POSTFIX_LIMITS:
+            if i > 1 and (w.lower[i - 2], prev, word) == ("more", "or", "less"):
+                continue  # "more or less": an idiom, no limit
             found.append(i - 1)  # "38.0 °C or higher": the operand stands before "or"
+        elif word in CLAUSE_TIME_CUES and nxt in SUBJECT_PRONOUNS:
+            continue  # "after we have thought about it": a sequence, no limit
         elif (
             (word, nxt) in LIMIT_PAIRS
             or word in LIMIT_CUES

@@ -133,12 +133,23 @@ def test_guards_are_minimal_spans_not_clauses():
     assert any("has arrived" in s for s in (text[a:b] for a, b in GUARDS.scopes(text)))
 
 
-def test_constraint_free_prose_has_almost_nothing_forced(scorers, tokenizer):
-    covered = sum(b - a for a, b in GUARDS.spans(PLAIN))
-    assert covered < 0.1 * len(PLAIN), guarded(GUARDS, PLAIN)
+# The filler of issue #30, which the clause guards kept 0.91 of at γ = 0.5.
+FILLER_ISSUE = (
+    "Well, so basically what we need to do here is to think very carefully about the "
+    "problem, and then, after we have thought about it for quite a while, we can start to "
+    "write down some of the ideas that came up, and maybe share them with the others on the "
+    "team so that everybody is more or less on the same page about where things stand."
+)
+
+
+@pytest.mark.parametrize("text", [PLAIN, FILLER_ISSUE], ids=["plain", "issue-filler"])
+def test_constraint_free_prose_has_almost_nothing_forced(scorers, tokenizer, text):
+    covered = sum(b - a for a, b in GUARDS.spans(text))
+    assert covered < 0.15 * len(text), guarded(GUARDS, text)
+    assert not any("after we have" in s or "more or less" in s for s in guarded(GUARDS, text))
     for ratio in (0.7, 0.5, 0.3):
-        result = compress(PLAIN, ratio, tokenizer=tokenizer, scorer=scorers["heuristic"])
-        assert result.forced_ratio < 0.1
+        result = compress(text, ratio, tokenizer=tokenizer, scorer=scorers["heuristic"])
+        assert result.forced_ratio < 0.15
         assert result.achieved_ratio == pytest.approx(ratio, abs=0.03), (ratio, result)
 
 
