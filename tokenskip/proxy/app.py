@@ -18,7 +18,7 @@ from tokenskip.proxy.batcher import Batcher
 from tokenskip.proxy.config import GatewayConfig, Settings, get_settings, load_config
 from tokenskip.proxy.edge import Edge
 from tokenskip.proxy.errors import install_handlers
-from tokenskip.proxy.ledger import Ledger, default_url
+from tokenskip.proxy.ledger import Ledger, default_backlog_path, default_url
 from tokenskip.proxy.metrics import Metrics
 from tokenskip.proxy.multi_query import MultiQuery
 from tokenskip.proxy.openapi import openapi_document
@@ -35,7 +35,13 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = Metrics()
-        ledger = Ledger(config.ledger_url or default_url(settings.host, settings.port))
+        url = config.ledger_url or default_url(settings.host, settings.port)
+        ledger = Ledger(
+            url,
+            backlog_path=default_backlog_path(url, settings.host, settings.port),
+            backlog_rows=settings.ledger_backlog_rows,
+        )
+        metrics.watch_ledger(ledger)
         service = ChatService(config, ledger, metrics)
         app.state.service, app.state.ledger, app.state.metrics = service, ledger, metrics
         app.state.multi_query = MultiQuery(service)

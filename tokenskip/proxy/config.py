@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     ledger_url: str | None = None
     """SQLAlchemy URL of the savings ledger (default: one SQLite file per gateway address in
     the tokenskip cache dir, ``ledger-<host>-<port>.sqlite``)."""
+    ledger_backlog_rows: int = 100_000
+    """Most ledger rows kept on local disk while the ledger's database is unreachable;
+    past it the oldest are dropped, logged and counted (``tokenskip_ledger_rows_dropped``)."""
     max_body_bytes: int = 4 * 1024 * 1024
     """Requests larger than this get 413."""
     local_model: str = "smollm2"

@@ -3,20 +3,29 @@
 Rows are written by a background thread in small batches, so accounting never sits on a
 request's latency path; :meth:`Ledger.flush` waits for everything queued so far. Totals are
 grouped by model and by kind of saving, each labeled measured or estimated.
+
+Rows the database cannot take because it is unreachable go to a bounded backlog on local
+disk (:class:`tokenskip.proxy.spool.Spool`) and are written when it answers again, once
+and only once (every row has a unique ``row_uid``); the backlog survives a restart.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import queue
 import re
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+
+from tokenskip.proxy.spool import DEFAULT_MAX_ROWS, Spool
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +58,17 @@ requests_table = sa.Table(
     sa.Column("cot_budget", sa.Integer),
     sa.Column("prefix_bytes_identical", sa.Integer),
     sa.Column("prefix_bytes_total", sa.Integer),
+    sa.Column("row_uid", sa.String(32)),
+    sa.Index("ix_tokenskip_requests_row_uid", "row_uid", unique=True),
 )
+UID_INDEX = "ix_tokenskip_requests_row_uid"
 ADDED_COLUMNS = (
     "reasoning_tokens",
     "reasoning_tokens_saved_estimated",
     "cot_budget",
     "prefix_bytes_identical",
     "prefix_bytes_total",
+    "row_uid",
 )
 """Columns newer than the first ledger schema: added to an existing table when it opens."""
 
@@ -92,6 +105,8 @@ class LedgerRow:
     (what a provider prompt cache can hit); None when compression changed nothing."""
     prefix_bytes_total: int | None = None
     ts: float = field(default_factory=time.time)
+    row_uid: str = field(default_factory=lambda: uuid.uuid4().hex)
+    """Unique per row: what makes a row written from the backlog land once and only once."""
 
 
 INT32 = 2**31 - 1
@@ -145,6 +160,7 @@ def valid_row(row: LedgerRow) -> dict[str, Any]:
         d[name] = str(d[name])[:size]
     if d["error"] is not None:
         d["error"] = str(d["error"])[:2000]
+    d["row_uid"] = str(d["row_uid"])[:32]
     d["stream"], d["tokens_estimated"] = bool(d["stream"]), bool(d["tokens_estimated"])
     return d
 
@@ -162,6 +178,26 @@ def _create_tables(engine: Any) -> None:
             time.sleep(0.2 * (attempt + 1))
 
 
+def default_backlog_path(url: str, host: str | None = None, port: int | None = None) -> Path:
+    """Where a ledger keeps its backlog: one file per database URL, and per gateway address
+    when given (two gateways sharing one database keep two backlogs), found again by the
+    next start."""
+    from tokenskip.models import cache_dir
+
+    digest = hashlib.sha256(url.encode()).hexdigest()[:12]
+    where = "" if host is None else "-" + re.sub(r"[^\w.-]", "_", f"{host}-{port}")
+    return cache_dir() / f"ledger-backlog-{digest}{where}.jsonl"
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """The database could not be reached (rather than refusing the row itself)."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)) and not isinstance(
+        exc, sa.exc.IntegrityError
+    )
+
+
 def default_url(host: str = "127.0.0.1", port: int = 8000) -> str:
     """One SQLite file per gateway address, so two gateways never share a ledger unless
     they are told to (a shared ``--ledger-url``)."""
@@ -176,8 +212,19 @@ def default_url(host: str = "127.0.0.1", port: int = 8000) -> str:
 class Ledger:
     """Append-only request log with aggregate queries."""
 
-    def __init__(self, url: str | None = None, flush_interval_s: float = 0.05):
+    def __init__(
+        self,
+        url: str | None = None,
+        flush_interval_s: float = 0.05,
+        *,
+        backlog_path: str | Path | None = None,
+        backlog_rows: int = DEFAULT_MAX_ROWS,
+        retry_s: float = 1.0,
+    ):
         self.url = url or default_url()
+        self.backlog = Spool(backlog_path or default_backlog_path(self.url), backlog_rows)
+        """Rows kept on disk while the database is unreachable."""
+        self._retry_s = retry_s
         try:
             # Several workers may share one SQLite file: wait for its lock instead of failing.
             connect_args = {"timeout": 30} if self.url.startswith("sqlite") else {}
@@ -208,7 +255,12 @@ class Ledger:
 
     def _writer(self) -> None:
         while True:
-            item = self._queue.get()
+            if len(self.backlog):
+                self._drain()
+            try:
+                item = self._queue.get(timeout=self._retry_s if len(self.backlog) else None)
+            except queue.Empty:
+                continue
             batch: list[LedgerRow] = []
             events: list[threading.Event] = []
             stop = False
@@ -234,21 +286,64 @@ class Ledger:
                 return
 
     def _write(self, batch: list[LedgerRow]) -> None:
-        """Insert a batch; if it fails, each row alone, so one bad row loses no other."""
+        """Insert a batch; if the database is unreachable, keep it in the backlog; if it
+        refuses the batch, each row alone, so one bad row loses no other."""
         values = [valid_row(r) for r in batch]
+        if len(self.backlog):  # keep the order: older rows are still waiting
+            self.backlog.append(values)
+            return
         try:
             with self.engine.begin() as conn:
                 conn.execute(requests_table.insert(), values)
             return
-        except Exception:  # never take the server down over accounting
+        except Exception as exc:  # never take the server down over accounting
+            if _unreachable(exc):
+                self._keep(values, exc)
+                return
             log.warning("ledger batch of %d rows failed; writing them one by one", len(values))
         for row, value in zip(batch, values):
             try:
                 with self.engine.begin() as conn:
                     conn.execute(requests_table.insert(), [value])
             except Exception as exc:
+                if _unreachable(exc):
+                    self._keep([value], exc)
+                    continue
                 log.error("ledger row of request %s rejected: %s", row.request_id, exc)
                 self._write_failed(row, exc)
+
+    def _keep(self, values: list[dict[str, Any]], exc: BaseException) -> None:
+        if not len(self.backlog):
+            log.error(
+                "ledger database unreachable (%s): keeping rows in %s until it answers",
+                type(exc).__name__,
+                self.backlog.path,
+            )
+        self.backlog.append(values)
+
+    def _drain(self) -> None:
+        """Write the backlog, oldest first, skipping rows the database already holds (a
+        commit whose trim a crash cut short); stop at the first failure, to retry later."""
+        uid = requests_table.c.row_uid
+        while len(self.backlog):
+            rows = self.backlog.peek(256)
+            try:
+                with self.engine.begin() as conn:
+                    have = set(
+                        conn.execute(
+                            sa.select(uid).where(uid.in_([r["row_uid"] for r in rows]))
+                        ).scalars()
+                    )
+                    fresh = [r for r in rows if r["row_uid"] not in have]
+                    if fresh:
+                        conn.execute(requests_table.insert(), fresh)
+            except Exception as exc:
+                if not _unreachable(exc):
+                    log.error("ledger backlog rows refused (%s); retrying", exc)
+                return
+            self.backlog.pop(len(rows))
+            if not len(self.backlog):
+                log.warning("ledger database back: backlog written")
 
     def _write_failed(self, row: LedgerRow, exc: Exception) -> None:
         """What is left of a row the database refused: who, when, what status, and why."""
@@ -324,11 +419,29 @@ class Ledger:
 
 
 def _add_columns(engine: sa.Engine) -> None:
-    """Add the columns a ledger written by an older version lacks (all nullable)."""
+    """Add the columns a ledger written by an older version lacks (all nullable), and the
+    unique index on ``row_uid``."""
     have = {c["name"] for c in sa.inspect(engine).get_columns(requests_table.name)}
     missing = [name for name in ADDED_COLUMNS if name not in have]
     if not missing:
         return
+    _alter(engine, missing)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    f"CREATE UNIQUE INDEX IF NOT EXISTS {UID_INDEX} "
+                    f"ON {requests_table.name} (row_uid)"
+                )
+            )
+    except sa.exc.DBAPIError:  # another replica created it first
+        if UID_INDEX not in {
+            i["name"] for i in sa.inspect(engine).get_indexes(requests_table.name)
+        }:
+            raise
+
+
+def _alter(engine: sa.Engine, missing: list[str]) -> None:
     for name in missing:
         column = requests_table.c[name]
         kind = column.type.compile(dialect=engine.dialect)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -56,6 +58,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+
+    def watch_ledger(self, ledger: Any) -> None:
+        """Export the ledger's backlog (rows kept on disk while its database is away) and
+        the rows dropped from a full backlog, read at each scrape."""
+        Gauge(
+            "tokenskip_ledger_backlog_rows",
+            "Ledger rows kept on local disk until the database answers again",
+            registry=self.registry,
+        ).set_function(lambda: len(ledger.backlog))
+        Gauge(
+            "tokenskip_ledger_rows_dropped",
+            "Ledger rows dropped since start because the backlog was full (oldest first)",
+            registry=self.registry,
+        ).set_function(lambda: ledger.backlog.dropped)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

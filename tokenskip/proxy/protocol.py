@@ -327,9 +327,18 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class LedgerHealth(BaseModel):
+    backlog_rows: int
+    """Rows kept on local disk until the ledger's database answers again."""
+    dropped_rows: int
+    """Rows dropped since start because the backlog was full."""
+
+
 class Health(BaseModel):
     status: str
+    """``ok``, or ``degraded`` while ledger rows wait for their database."""
     models: list[str]
+    ledger: LedgerHealth | None = None
 
 
 class SavingsReport(BaseModel):

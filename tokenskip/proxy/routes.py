@@ -277,7 +277,12 @@ async def savings(
 
 @router.get("/healthz", response_model=Health, summary="Liveness and the served models")
 async def healthz(request: Request) -> dict[str, Any]:
-    return {"status": "ok", "models": sorted(request.app.state.config.models)}
+    backlog = request.app.state.ledger.backlog
+    return {
+        "status": "degraded" if len(backlog) else "ok",
+        "models": sorted(request.app.state.config.models),
+        "ledger": {"backlog_rows": len(backlog), "dropped_rows": backlog.dropped},
+    }
 
 
 @router.get(
