@@ -496,6 +496,23 @@ def _phrase_span(text: str, w: _Words, i: int, reach: Reach) -> tuple[int, int]:
     return start, end
 
 
+def _scope_spans(text: str, w: _Words, names: Sequence[str]) -> list[tuple[int, int]]:
+    """The scope of every cue of the named rules; a cue in a short chunk has the scope of
+    its chunk (the same for every cue in it), computed once."""
+    positions = sorted({i for name in names if name in CUES for i in CUES[name](w)})
+    short: dict[int, tuple[int, int]] = {}
+    out = []
+    for i in positions:
+        c = w.chunk[i]
+        if w.chunk_last[c] - w.chunk_first[c] <= min(MAX_BEFORE, MAX_AFTER):
+            if c not in short:
+                short[c] = _chunk_span(text, w, i)
+            out.append(short[c])
+        else:
+            out.append(_chunk_span(text, w, i))
+    return out
+
+
 def _cue_spans(text: str, w: _Words, positions: list[int], rule: str) -> list[tuple[int, int]]:
     reach = REACH[rule]
     return [_phrase_span(text, w, i, reach) for i in positions]
@@ -876,12 +893,7 @@ class Guards:
         with paused_collection():
             words = _words(text)
             found = [span for name in names for span in RULES[name](text, words)]
-            scoped = [
-                _chunk_span(text, words, i)
-                for name in names
-                if name in CUES
-                for i in CUES[name](words)
-            ]
+            scoped = _scope_spans(text, words, names)
         return merge_spans(text, found), merge_spans(text, scoped)
 
     def scopes(self, text: str) -> list[tuple[int, int]]:
@@ -893,9 +905,7 @@ class Guards:
         if not names or not text:
             return []
         with paused_collection():
-            words = _words(text)
-            found = [_chunk_span(text, words, i) for name in names for i in CUES[name](words)]
-        return merge_spans(text, found)
+            return merge_spans(text, _scope_spans(text, _words(text), names))
 
     def labeled_spans(self, text: str) -> list[tuple[str, tuple[int, int]]]:
         """Each guard span with the name of the rule that found it."""

@@ -38,6 +38,7 @@ class Units(Sequence[Unit]):
 
     def __init__(self, start: np.ndarray, content_start: np.ndarray, end: np.ndarray):
         self.start, self.content_start, self.end = start, content_start, end
+        self._words: tuple[str, list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.start)
@@ -52,8 +53,12 @@ class Units(Sequence[Unit]):
             yield Unit(s, c, e)
 
     def words(self, text: str) -> list[str]:
-        """Each unit's word (its text without the leading whitespace)."""
-        return [text[c:e] for c, e in zip(self.content_start.tolist(), self.end.tolist())]
+        """Each unit's word (its text without the leading whitespace); read once per text
+        (several steps of one compression ask for them)."""
+        if self._words is None or self._words[0] is not text:
+            words = [text[c:e] for c, e in zip(self.content_start.tolist(), self.end.tolist())]
+            self._words = (text, words)
+        return self._words[1]
 
 
 def as_units(units: Units | Sequence[Unit]) -> Units:
