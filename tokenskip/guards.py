@@ -348,6 +348,17 @@ def _is_list_item(w: _Words, c: int) -> bool:
     return joined and size <= MAX_LAST_ITEM
 
 
+def _with_parenthesis(text: str, end: int) -> int:
+    """``end`` moved past a short parenthesis right after it, which qualifies the phrase
+    that ends there: "UN R129 (i-Size)", "(current: 1)"."""
+    rest = text[end : end + MAX_PARENTHESIS + 2]
+    if rest.startswith((" (", "(")):
+        close = rest.find(")")
+        if close > 0 and "\n" not in rest[:close]:
+            return end + close + 1
+    return end
+
+
 def _chunk_span(text: str, w: _Words, i: int) -> tuple[int, int]:
     """What a cue at word ``i`` guards: its chunk, the list items or labels joined to it by
     commas or colons on either side, and a parenthesis right after it."""
@@ -376,12 +387,7 @@ def _chunk_span(text: str, w: _Words, i: int) -> tuple[int, int]:
     if last == w.chunk_last[c0]:
         last = min(last, i + MAX_AFTER)
     start, end = _span(w, first, last)
-    # a parenthesis that qualifies the phrase: "UN R129 (i-Size)", "(current: 1)"
-    rest = text[end : end + MAX_PARENTHESIS + 2]
-    if rest.startswith((" (", "(")):
-        close = rest.find(")")
-        if close > 0 and "\n" not in rest[:close]:
-            end += close + 1
+    end = _with_parenthesis(text, end)
     # a cue inside a parenthesis qualifies what stands around it
     before = text[max(0, start - 2) : start]
     if "(" in before and first > 0:
@@ -488,12 +494,7 @@ def _phrase_span(text: str, w: _Words, i: int, reach: Reach) -> tuple[int, int]:
         if c != w.chunk[last]:
             last = w.chunk_last[c]
     start, end = _span(w, first, last)
-    rest = text[end : end + MAX_PARENTHESIS + 2]
-    if rest.startswith((" (", "(")):
-        close = rest.find(")")
-        if close > 0 and "\n" not in rest[:close]:
-            end += close + 1
-    return start, end
+    return start, _with_parenthesis(text, end)
 
 
 def _scope_spans(text: str, w: _Words, names: Sequence[str]) -> list[tuple[int, int]]:

@@ -150,6 +150,19 @@ def upstream():
 @pytest.fixture(scope="module")
 def gateways(postgres, upstream, tmp_path_factory):
     work = tmp_path_factory.mktemp("gateways")
+    write_config(work, upstream)
+    ports = [free_port(), free_port()]
+    procs = []
+    try:
+        for port in ports:
+            procs.append(start_gateway(work, postgres, port))
+        yield [f"http://127.0.0.1:{port}" for port in ports]
+    finally:
+        for proc in procs:
+            stop_gateway(proc)
+
+
+def write_config(folder: Path, upstream: str) -> None:
     config = {
         "model_list": [
             {
@@ -159,53 +172,7 @@ def gateways(postgres, upstream, tmp_path_factory):
             }
         ]
     }
-    (work / "config.yaml").write_text(json.dumps(config))
-    procs, urls = [], []
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for _ in range(2):
-        port = free_port()
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tokenskip.cli",
-                    "serve",
-                    "--config",
-                    str(work / "config.yaml"),
-                    "--port",
-                    str(port),
-                    "--ledger-url",
-                    postgres,
-                    "--log-level",
-                    "error",
-                ],
-                cwd=work,
-                env=env,
-            )
-        )
-        urls.append(f"http://127.0.0.1:{port}")
-    try:
-        for url, proc in zip(urls, procs):
-            deadline = time.monotonic() + 120
-            while True:
-                assert proc.poll() is None, "a gateway process exited at start"
-                try:
-                    if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "a gateway did not start in 120 s"
-                time.sleep(0.3)
-        yield urls
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    (folder / "config.yaml").write_text(json.dumps(config))
 
 
 async def drive(urls: list[str]) -> list[tuple[int, str]]:
@@ -317,16 +284,7 @@ def test_the_ledger_survives_its_database_going_away_under_load(pg, upstream, tm
     import sqlalchemy as sa
 
     ledger_url = pg.database("outage")
-    config = {
-        "model_list": [
-            {
-                "model_name": "ok",
-                "litellm_params": {"model": "openai/ok", "api_base": upstream + "/v1"},
-                "tokenskip": {"tokenizer": "smollm2"},
-            }
-        ]
-    }
-    (tmp_path / "config.yaml").write_text(json.dumps(config))
+    write_config(tmp_path, upstream)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = start_gateway(tmp_path, ledger_url, port)
