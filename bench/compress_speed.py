@@ -23,19 +23,17 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import gc
 import io
 import json
 import os
-import platform
 import random
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-from provenance import command_line, git
+from provenance import run_facts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEXTS = REPO_ROOT / "bench" / "data" / "meaning" / "texts.jsonl"
@@ -277,13 +275,7 @@ def main() -> None:
     report = {
         "results": results,
         "tokenizer": "smollm2",
-        "command": command_line(),
-        "commit": git("rev-parse", "HEAD"),
-        "dirty": bool(git("status", "--porcelain")),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "threads": 1,
-        "load_average": {"before": load_before, "after": os.getloadavg()},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **run_facts(load_before, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -23,17 +23,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
 import math
 import os
-import platform
 import re
 import time
 from pathlib import Path
 from typing import Any
 
-from provenance import command_line, git
+from provenance import run_facts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA = REPO_ROOT / "bench" / "data" / "meaning"
@@ -311,14 +309,8 @@ def main() -> None:
         "target_tokenizer": args.model,
         "questions": len(questions),
         "rows": summary,
-        "command": command_line(),
-        "commit": git("rev-parse", "HEAD"),
-        "dirty": bool(git("status", "--porcelain")),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "threads": args.threads,
-        "load_average": {"before": load_before, "after": os.getloadavg()},
+        **run_facts(load_before, args.threads),
         "seconds": time.perf_counter() - started,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(render(report) + "\n")

@@ -44,3 +44,21 @@ def notes_lines(report: dict) -> list[str]:
     return (
         ["## Notes (added by hand after the run)", ""] + [f"- {n}" for n in report["notes"]] + [""]
     )
+
+
+def run_facts(load_before: tuple[float, ...], threads: int) -> dict:
+    """How a run was made, as every report records it: command line, commit (and whether
+    the tree was dirty), machine, threads, load average before and now, date."""
+    import datetime
+    import os
+    import platform
+
+    return {
+        "command": command_line(),
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain")),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "threads": threads,
+        "load_average": {"before": load_before, "after": os.getloadavg()},
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }

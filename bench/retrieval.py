@@ -31,12 +31,10 @@ answer, as greedy decoding would give it again.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gzip
 import hashlib
 import json
 import os
-import platform
 import random
 import time
 from collections import Counter
@@ -44,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from downstream import HINTS, is_correct, wilson
-from provenance import command_line, git
+from provenance import run_facts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA = REPO_ROOT / "bench" / "data" / "meaning"
@@ -314,14 +312,8 @@ def main() -> None:
         "seed": args.seed,
         "max_new_tokens": args.max_new_tokens,
         "rows": [summarize(spec, [done[k] for k in keys[spec]]) for spec in specs],
-        "command": command_line(),
-        "commit": git("rev-parse", "HEAD"),
-        "dirty": bool(git("status", "--porcelain")),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "threads": args.threads,
-        "load_average": {"before": load_before, "after": os.getloadavg()},
+        **run_facts(load_before, args.threads),
         "seconds": time.perf_counter() - started,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(render(report) + "\n")

@@ -41,7 +41,6 @@ import gc
 import io
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -53,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from compress_speed import tool_records
-from provenance import command_line, git
+from provenance import run_facts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BFCL = "bfcl-eval==2026.3.23"
@@ -314,13 +313,7 @@ def main() -> None:
         "results": results,
         "missing": missing,
         "versions": {"toon-format": getattr(toon, "__version__", None), "bfcl-eval": BFCL},
-        "command": command_line(),
-        "commit": git("rev-parse", "HEAD"),
-        "dirty": bool(git("status", "--porcelain")),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "threads": 1,
-        "load_average": {"before": load_before, "after": os.getloadavg()},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **run_facts(load_before, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
