@@ -89,6 +89,7 @@ def make_runner(tmp_path, data_file, tokenizer, **kw):
         **kw,
     }
     delimiter = kw.pop("delimiter", None)
+    shots = kw.pop("shot_problems", ())
     config = EvalConfig(data=str(data_file), out_dir=str(tmp_path / "out"), **kw)
     generator = Scripted(tokenizer.hf)
     runner = Runner(
@@ -96,7 +97,7 @@ def make_runner(tmp_path, data_file, tokenizer, **kw):
         generator,
         tokenizer,
         gsm8k.load_gsm8k(str(data_file)),
-        (),
+        shots,
         delimiter,
         progress=False,
     )
@@ -394,27 +395,20 @@ SHOTS = tuple(
 def test_exemplar_selection_keeps_whole_exemplars_relevant_to_each_question(
     tmp_path, data_file, tokenizer
 ):
-    config = EvalConfig(
-        data=str(data_file),
-        out_dir=str(tmp_path / "o"),
+    runner, _ = make_runner(
+        tmp_path,
+        data_file,
+        tokenizer,
         methods=("original", "exemplar-selection"),
         ratios=(1.0, 0.5),
         budgets=(64,),
         shots=4,
         latency_samples=0,
-    )
-    runner = Runner(
-        config,
-        Scripted(tokenizer.hf),
-        tokenizer,
-        gsm8k.load_gsm8k(str(data_file)),
-        SHOTS,
-        None,
-        progress=False,
+        shot_problems=SHOTS,
     )
     full = runner.prompts("original", 1.0, 50.0)
     chosen = runner.prompts("exemplar-selection", 0.5, 50.0)
-    for problem, prompt, whole in zip(runner.dataset.problems, chosen, full):
+    for prompt, whole in zip(chosen, full):
         shots = [m["content"] for m in prompt.messages if m["role"] == "assistant"]
         assert 1 <= len(shots) < len(SHOTS)
         # whole exemplars: every kept solution is verbatim, its answer line included
