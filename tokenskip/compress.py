@@ -19,7 +19,13 @@ from tokenskip.cot import split_cot
 from tokenskip.errors import InvalidInputError
 from tokenskip.force import MATH, ForceKeep
 from tokenskip.guards import COT_GUARDS, GUARDS, Guards
-from tokenskip.relevance import SelectionResult, document_spans, markup_spans, select
+from tokenskip.relevance import (
+    SelectionResult,
+    document_spans,
+    markup_spans,
+    replace_spans,
+    select,
+)
 from tokenskip.scorers.base import Scorer
 from tokenskip.select import select_units
 from tokenskip.tokens import TextTokenizer, as_text_tokenizer
@@ -383,11 +389,7 @@ def compress_context(
         labels=[label for *_, label in spans],
         total=num_tokens,
     )
-    pieces, last = [], 0
-    for (start, end, _), new in zip(spans, selection.texts):
-        pieces += [text[last:start], new]
-        last = end
-    out = "".join(pieces) + text[last:]
+    out = replace_spans(text, [(a, b) for a, b, _ in spans], selection.texts)
     kept = target.count(out) if out != text else num_tokens
     return ContextCompressionResult(
         CompressionResult(out, num_tokens, kept, ratio, kept / num_tokens if num_tokens else 1.0),

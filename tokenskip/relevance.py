@@ -116,7 +116,7 @@ def named_verbatim(request: str) -> list[str]:
 def markup_spans(text: str) -> list[tuple[int, int]]:
     """Spans a shortened document keeps verbatim: its markup tags and a leading ``<title>``
     or ``<source>`` element."""
-    spans = [m.span() for m in _TAG.finditer(text)]
+    spans = [m.span() for m in TAG.finditer(text)]
     m = _TITLE.match(text)
     return spans + ([m.span()] if m else [])
 
@@ -259,7 +259,8 @@ _ATTR = re.compile(
 )
 _TITLE = re.compile(r"^\s*<(?P<tag>title|source)>(?P<value>[^<\n]{1,200})</(?P=tag)>", re.I)
 _PARAGRAPH = re.compile(r"\n[ \t]*(?:\n[ \t]*)+")
-_TAG = re.compile(r"</?[A-Za-z][\w:-]*(?:\s[^<>]*)?/?>")
+TAG = re.compile(r"</?[A-Za-z][\w:-]*(?:\s[^<>]*)?/?>")
+"""A markup tag: ``<document index="3">``, ``</passage>``."""
 
 
 def document_label(attrs: str, body: str) -> str | None:
@@ -317,3 +318,13 @@ def select_exemplars(
         else:
             break
     return sorted(kept)
+
+
+def replace_spans(text: str, spans: Sequence[tuple[int, int]], new: Sequence[str]) -> str:
+    """``text`` with each ``[start, end)`` of ``spans`` (in order, apart) replaced by the
+    matching string of ``new``."""
+    pieces, last = [], 0
+    for (start, end), piece in zip(spans, new):
+        pieces += [text[last:start], piece]
+        last = end
+    return "".join(pieces) + text[last:]

@@ -39,7 +39,7 @@ from tokenskip.compress import compress
 from tokenskip.force import ForceKeep
 from tokenskip.guards import GUARDS, NO_GUARDS
 from tokenskip.lossless import lossless
-from tokenskip.relevance import document_spans, markup_spans, select
+from tokenskip.relevance import TAG, document_spans, markup_spans, replace_spans, select
 from tokenskip.scorers.base import Scorer
 from tokenskip.tokens import TextTokenizer
 
@@ -404,16 +404,8 @@ def _documents(text: str, blocks: list[tuple[int, int]]) -> list[tuple[int, int,
 
 def request_text(text: str, blocks: list[tuple[int, int]]) -> str:
     """What of a message is not context: its request (the question the context serves)."""
-    pieces, last = [], 0
-    for start, end in blocks:
-        pieces.append(text[last:start])
-        last = end
-    pieces.append(text[last:])
-    request = _DOCUMENT_TAGS.sub(" ", "".join(pieces))
+    request = TAG.sub(" ", replace_spans(text, blocks, [""] * len(blocks)))
     return " ".join(request.split())
-
-
-_DOCUMENT_TAGS = re.compile(r"</?[A-Za-z][\w:-]*(?:\s[^<>]*)?/?>")
 
 
 def _select_documents(
@@ -453,11 +445,7 @@ def _select_documents(
         labels=[label for *_, label in documents],
         total=worker.tokenizer.count(text),
     )
-    pieces, last = [], 0
-    for (start, end, _), new in zip(documents, selection.texts):
-        pieces += [text[last:start], new]
-        last = end
-    new_text = "".join(pieces) + text[last:]
+    new_text = replace_spans(text, [(a, b) for a, b, _ in documents], selection.texts)
     if new_text == text:
         return None
     order = tuple(t for t in ("json", "whitespace", "repeats") if t in transforms)
