@@ -12,7 +12,8 @@ The message goes through the gateway's own policy path
 the answering model's tokenizer: the ``heuristic`` scorer, the policy merged with the
 condition's overrides as a request's ``tokenskip`` fields are). Conditions:
 ``uncompressed`` (the message as is), ``default`` (``CompressionPolicy()``), ``ratio@R``
-(``prompt_ratio`` R) and ``relevant-only`` (only the question's own text, uncompressed).
+(``prompt_ratio`` R: words dropped too), ``documents@R`` (``document_ratio`` R) and
+``relevant-only`` (only the question's own text, uncompressed).
 
 The answering model (default Qwen2.5-Coder-1.5B-Instruct, bf16 on the CPU) answers greedily
 from the chat template around the system prompt and that message; answers are graded by
@@ -22,10 +23,10 @@ their ratio to the uncompressed prompt's, the documents the gateway dropped, how
 question's own text was among them, and how often its constraint phrase survived.
 
 Every generation (with the user message as sent) is appended to ``--out`` with
-``.generations.jsonl`` as it is made; a rerun with the same ``--out`` skips what is there,
-and the finished run gzips them into ``.generations.jsonl.gz``. A message identical to one
-already answered (the gateway often sends the same one at several ratios) takes that
-answer, as greedy decoding would give it again.
+``.generations.jsonl`` as it is made, and the finished run gzips the rows its report counts
+into ``.generations.jsonl.gz``. Every message is compressed afresh; one identical to a
+message already answered (in this run or the one before: the gateway often sends the same
+one at several ratios) takes that answer, as greedy decoding would give it again.
 """
 
 from __future__ import annotations
@@ -46,7 +47,13 @@ from provenance import run_facts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA = REPO_ROOT / "bench" / "data" / "meaning"
-DEFAULT_CONDITIONS = ("uncompressed", "default", "ratio@0.5", "ratio@0.3", "relevant-only")
+DEFAULT_CONDITIONS = (
+    "uncompressed",
+    "default",
+    "documents@0.5",
+    "ratio@0.7",
+    "relevant-only",
+)
 SYSTEM = "Answer the question using only the documents. Reply with the answer and nothing else."
 UPSTREAM = {"model": "openai/retrieval-bench", "api_base": "http://127.0.0.1:9/v1"}
 """The gateway model's deployment: never called, it only gives the registry a model whose
@@ -86,9 +93,13 @@ def parse_condition(spec: str) -> dict[str, Any] | None:
     try:
         if name == "ratio":
             return {"prompt_ratio": float(ratio)}
+        if name == "documents":
+            return {"document_ratio": float(ratio)}
     except ValueError:
         pass
-    raise SystemExit(f"bad condition {spec!r}: uncompressed, default, ratio@R or relevant-only")
+    raise SystemExit(
+        f"bad condition {spec!r}: uncompressed, default, ratio@R, documents@R or relevant-only"
+    )
 
 
 def load_generations(out: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
@@ -119,6 +130,7 @@ def summarize(spec: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "condition": spec,
         "prompt_ratio": rows[0]["prompt_ratio"] if rows else None,
+        "document_ratio": rows[0].get("document_ratio") if rows else None,
         "questions": n,
         "accuracy": correct / n if n else 0.0,
         "ci95": wilson(correct, n),
@@ -251,8 +263,6 @@ def main() -> None:
                 source, own_index = (only, 1) if spec == "relevant-only" else (full, own)
                 key = (spec, q["id"], hashlib.sha256(source.encode()).hexdigest()[:16])
                 keys[spec].append(key)
-                if key in done:
-                    continue
                 policy = policies[spec]
                 t0 = time.perf_counter()
                 user, part = (source, None) if policy is None else through_gateway(source, policy)
@@ -279,6 +289,7 @@ def main() -> None:
                     "own_index": own_index,
                     "seed": args.seed,
                     "prompt_ratio": policy.prompt_ratio if policy else None,
+                    "document_ratio": policy.document_ratio if policy else None,
                     "answers": q["answers"],
                     "output": output,
                     "correct": is_correct(q["type"], q["answers"], output),
@@ -318,7 +329,7 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(render(report) + "\n")
     with gzip.open(args.out.with_suffix(".generations.jsonl.gz"), "wt") as f:
-        for row in done.values():
+        for row in (done[k] for spec in specs for k in keys[spec]):
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     args.out.with_suffix(".generations.jsonl").unlink()
     print(render(report))
@@ -341,10 +352,10 @@ def render(report: dict[str, Any]) -> str:
         f"`{(report['commit'] or '')[:10]}`{' (dirty tree)' if report['dirty'] else ''}. "
         f"Command: `{report['command']}`.",
         "",
-        "| condition | prompt ratio | accuracy [95% CI] | Δ vs uncompressed | prompt tokens "
+        "| condition | prompt_ratio | document_ratio | accuracy [95% CI] | Δ vs uncompressed | prompt tokens "
         "| vs uncompressed | documents dropped | own text dropped | constraint phrase kept "
         "| s / question |",
-        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in report["rows"]:
         delta = (
@@ -353,8 +364,9 @@ def render(report: dict[str, Any]) -> str:
             else f"{(r['accuracy'] - base['accuracy']) * 100:+.1f} pt"
         )
         ratio = "" if r["prompt_ratio"] is None else f"{r['prompt_ratio']:g}"
+        budget = "" if r.get("document_ratio") is None else f"{r['document_ratio']:g}"
         lines.append(
-            f"| {r['condition']} | {ratio} | {r['accuracy']:.1%} "
+            f"| {r['condition']} | {ratio} | {budget} | {r['accuracy']:.1%} "
             f"[{r['ci95'][0]:.1%}, {r['ci95'][1]:.1%}] | {delta} | "
             f"{r['mean_prompt_tokens']:.0f} | {r['ratio_vs_uncompressed']:.3f} | "
             f"{r['mean_documents_dropped']:.2f} | {r['own_dropped']:.1%} | "

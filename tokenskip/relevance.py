@@ -145,6 +145,17 @@ class DocumentPlan:
     """It names what the request names verbatim, so it is never dropped."""
 
 
+def selection_mode(request: str | None, num_documents: int) -> str:
+    """How :func:`plan` spends a budget over ``num_documents`` documents: ``ranked`` (a
+    request that some documents serve better than others), ``spread`` (the request needs
+    every document, or there is only one) or ``spread-no-request``."""
+    if not request or not terms(request):
+        return "spread-no-request"
+    if needs_all(request) or num_documents < 2:
+        return "spread"
+    return "ranked"
+
+
 def plan(
     documents: Sequence[str],
     request: str | None,
@@ -161,10 +172,12 @@ def plan(
     total = sum(counts)
     even = ratio * (total + overhead) - overhead  # every document at the same share of it
     spread = min(1.0, max(MIN_DOCUMENT_RATIO, even / total)) if total else ratio
-    if not request or not terms(request):
-        return [DocumentPlan(i, c, 0.0, spread) for i, c in enumerate(counts)], "spread-no-request"
+    mode = selection_mode(request, len(documents))
+    if mode == "spread-no-request":
+        return [DocumentPlan(i, c, 0.0, spread) for i, c in enumerate(counts)], mode
+    assert request is not None
     scores = bm25(terms(request), [terms(d) for d in documents])
-    if needs_all(request) or len(documents) < 2:
+    if mode == "spread":
         return [
             DocumentPlan(i, c, float(s), spread) for i, (c, s) in enumerate(zip(counts, scores))
         ], "spread"

@@ -52,7 +52,8 @@ def proxy(upstream, tmp_path_factory):
             {
                 "model_name": "ok",
                 "litellm_params": {"model": "openai/ok", "api_base": upstream + "/v1"},
-                "tokenskip": {"tokenizer": "smollm2"},  # the default policy otherwise
+                # the default policy, with words dropped from documents (off by default)
+                "tokenskip": {"tokenizer": "smollm2", "prompt_ratio": 0.7},
             }
         ]
     }

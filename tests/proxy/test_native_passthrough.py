@@ -20,6 +20,8 @@ from tokenskip.proxy.config import Settings, parse_config
 KEY = "sk-gateway-native"
 UPSTREAM_KEY = "sk-upstream-secret"
 OFF = {"enabled": False}
+WORDS = {"prompt_ratio": 0.7}
+"""The default policy with words dropped from documents (off by default)."""
 DOC = " ".join(
     f"Section {i}. The reservoir on the north ridge held water for the town through the dry "
     f"season of year {1900 + i}, and the council kept its records in the old mill."
@@ -55,14 +57,14 @@ def proxy(upstream, tmp_path_factory):
         "model_list": [
             oa("rich", "rich"),  # same name upstream: nothing to rewrite
             oa("agent", "rich"),
-            oa("echo", "echo", {}),  # the default policy
+            oa("echo", "echo", WORDS),  # the default policy, words dropped
             oa("fail", "fail500"),
             oa("bad", "bad400"),
             oa("cut", "cut"),
             oa("limited", "ratelimit"),
             oa("stall", "stall", timeout=1),
             an("claude-rich", "rich"),
-            an("claude-echo", "echo", {}),
+            an("claude-echo", "echo", WORDS),
             an("claude-fail", "fail500"),
             an("claude-bad", "bad400"),
             an("claude-overload", "overload"),

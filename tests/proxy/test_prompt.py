@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -237,3 +238,42 @@ def test_documents_without_a_request_are_compressed_without_one_and_say_so(token
     part = done.parts[0].to_dict()
     assert part["relevance"] == "spread-no-request" and part["documents_dropped"] == 0
     assert "[omitted" not in done.messages[0]["content"]
+
+
+def test_the_default_policy_drops_documents_not_words(tokenizer, scorer):
+    """The defaults from the measured frontier: a retrieval message is cut to 0.3 by
+    ranking its documents (no accuracy lost in reports/retrieval), a single document keeps
+    every word (every word-level ratio measured cost more than a point), and so does a
+    request that needs every document."""
+    from tests.tokenskip.test_relevance import retrieval_prompt
+    from tokenskip.proxy.policy import CompressionPolicy
+    from tokenskip.proxy.prepare import prompt_settings
+
+    default = CompressionPolicy()
+    assert default.prompt_ratio is None and default.document_ratio == 0.3
+
+    def run(text, policy=default):
+        done = compress_messages(
+            [{"role": "user", "content": text}],
+            prompt_settings(policy),
+            tokenizer=tokenizer,
+            scorer=scorer,
+        )
+        return done.messages[0]["content"], [p.to_dict() for p in done.parts]
+
+    question = "How long do I have to report damaged items, and is there a restocking fee?"
+    out, parts = run(retrieval_prompt(question, size=3))
+    assert parts[0]["relevance"] == "ranked" and parts[0]["documents_dropped"] == 5
+    assert parts[0]["achieved_ratio"] == pytest.approx(0.3, abs=0.05)
+    assert "Damaged items must be reported within 48 hours of delivery" in out
+    # one document and its question: nothing but the lossless transforms
+    single = DOCUMENT + "\n\n" + QUESTION
+    assert run(single)[0].split() == single.split()  # the whitespace transform only
+    # a request that needs every document: none dropped, no word dropped
+    every = retrieval_prompt("Summarize every document.", size=3)
+    assert run(every)[0].split() == every.split()
+    # a lower prompt_ratio is the ranked budget; document_ratio 1 turns ranking off
+    _, lower = run(retrieval_prompt(question, size=3), replace(default, prompt_ratio=0.2))
+    assert lower[0]["achieved_ratio"] < parts[0]["achieved_ratio"] - 0.02
+    off = retrieval_prompt(question, size=3)
+    assert run(off, replace(default, document_ratio=1.0))[0].split() == off.split()

@@ -98,3 +98,22 @@ def test_a_backlog_left_by_a_stopped_gateway_is_written_at_the_next_start_once(t
     uids = count(url)
     assert sorted(uids) == sorted([done.row_uid, waiting.row_uid])
     second.close()
+
+
+def test_a_backlog_row_kept_by_an_older_version_lands_with_its_new_columns_null(tmp_path):
+    from dataclasses import asdict
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    old = asdict(row("a", 10, 5))
+    del old["document_ratio"]  # a column newer than the version that kept the row
+    new = row("a", 20, 5)
+    new.document_ratio = 0.3
+    Spool(tmp_path / "backlog.jsonl").append([old, asdict(new)])
+    ledger = Ledger(url, backlog_path=tmp_path / "backlog.jsonl", retry_s=0.05)
+    wait_empty(ledger)
+    with sa.create_engine(url).connect() as conn:
+        got = dict(
+            conn.execute(sa.select(requests_table.c.row_uid, requests_table.c.document_ratio)).all()
+        )
+    assert got == {old["row_uid"]: None, new.row_uid: 0.3}
+    ledger.close()

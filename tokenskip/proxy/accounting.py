@@ -113,6 +113,7 @@ class Accounting:
                 completion_tokens=completion,
                 cot_method=p.cot_method,
                 prompt_ratio=p.prompt_ratio,
+                document_ratio=p.document_ratio,
                 cot_ratio=p.cot_ratio,
                 cot_tokens_saved_estimated=cot_saved,
                 batch_tokens_saved=batch_saved,

@@ -59,6 +59,7 @@ requests_table = sa.Table(
     sa.Column("prefix_bytes_identical", sa.Integer),
     sa.Column("prefix_bytes_total", sa.Integer),
     sa.Column("row_uid", sa.String(32)),
+    sa.Column("document_ratio", sa.Float),
     sa.Index("ix_tokenskip_requests_row_uid", "row_uid", unique=True),
 )
 UID_INDEX = "ix_tokenskip_requests_row_uid"
@@ -69,6 +70,7 @@ ADDED_COLUMNS = (
     "prefix_bytes_identical",
     "prefix_bytes_total",
     "row_uid",
+    "document_ratio",
 )
 """Columns newer than the first ledger schema: added to an existing table when it opens."""
 
@@ -88,6 +90,8 @@ class LedgerRow:
     completion_tokens: int
     cot_method: str = "none"
     prompt_ratio: float | None = None
+    document_ratio: float | None = None
+    """The budget of ranked document selection (see ``CompressionPolicy.document_ratio``)."""
     cot_ratio: float | None = None
     cot_tokens_saved_estimated: int = 0
     batch_tokens_saved: int = 0
@@ -152,7 +156,7 @@ def valid_row(row: LedgerRow) -> dict[str, Any]:
     d["reasoning_tokens_saved_estimated"] = max(
         -INT32, min(INT32, d["reasoning_tokens_saved_estimated"])
     )
-    for name in ("prompt_ratio", "cot_ratio", "cost_original", "cost_actual"):
+    for name in ("prompt_ratio", "document_ratio", "cot_ratio", "cost_original", "cost_actual"):
         d[name] = _float(d[name])
     d["latency_ms"] = _float(d["latency_ms"]) or 0.0
     d["ts"] = _float(d["ts"]) or time.time()
@@ -334,7 +338,13 @@ class Ledger:
                             sa.select(uid).where(uid.in_([r["row_uid"] for r in rows]))
                         ).scalars()
                     )
-                    fresh = [r for r in rows if r["row_uid"] not in have]
+                    columns = requests_table.columns.keys()
+                    # a row kept by an older version lacks the newer columns: NULL
+                    fresh = [
+                        {c: r.get(c) for c in columns if c in r or c in ADDED_COLUMNS}
+                        for r in rows
+                        if r["row_uid"] not in have
+                    ]
                     if fresh:
                         conn.execute(requests_table.insert(), fresh)
             except Exception as exc:

@@ -324,6 +324,7 @@ def _prepare(
         "none",
         models.counter(entry).exact,
         started,
+        document_ratio=policy.document_ratio if policy.compresses_prompt else None,
     )
     if changed:
         p.prefix_bytes = models.prefixes.observe(entry.name, p.messages)

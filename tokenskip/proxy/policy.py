@@ -20,6 +20,8 @@ COT_METHODS = ("auto", "tokenskip", "instruction", "native", "budget-forcing")
 """How the CoT knob is applied: ``auto`` picks ``tokenskip`` for a TokenSkip-tuned model,
 ``native`` for a reasoning model (its provider's own budget field), else ``instruction``."""
 BUDGET_FLOORS = ("clamp", "error")
+DEFAULT_DOCUMENT_RATIO = 0.3
+"""The default budget of ranked document selection (see ``CompressionPolicy``)."""
 
 
 @dataclass(frozen=True)
@@ -28,10 +30,18 @@ class CompressionPolicy:
 
     enabled: bool = True
     """Master switch; false forwards the request untouched (still accounted)."""
-    prompt_ratio: float | None = 0.7
-    """Keep ratio for *context*: long blocks of user messages that are no request (a pasted
-    document, retrieved passages) and document markup (``<document>``...) in any message,
-    meaning guards on. None drops no word from them (the lossless transforms still run)."""
+    prompt_ratio: float | None = None
+    """Keep ratio for the words of *context*: long blocks of user messages that are no
+    request (a pasted document, retrieved passages) and document markup (``<document>``...)
+    in any message, meaning guards on. None, the default, drops no word from them (the
+    lossless transforms still run): on single documents every ratio measured costs more
+    than a point of accuracy (``reports/meaning/frontier.md``)."""
+    document_ratio: float | None = DEFAULT_DOCUMENT_RATIO
+    """Budget of a message holding several documents and a request that some serve better
+    than others (retrieved passages and a question): the documents ranked against the
+    request, the best kept whole, the next shortened, the rest dropped with a marker. 0.3
+    by default, the lowest measured to cost no accuracy (``reports/retrieval``); 1 turns it
+    off. ``prompt_ratio``, when lower, is the budget instead."""
     instruction_ratio: float | None = None
     """Keep ratio for instructions (system and developer messages); None, the default,
     leaves them byte for byte as the client sent them."""
@@ -77,7 +87,13 @@ class CompressionPolicy:
     """Budget forcing: the most tokens the model may write after the cue."""
 
     def __post_init__(self) -> None:
-        for name in ("prompt_ratio", "instruction_ratio", "tool_ratio", "cot_ratio"):
+        for name in (
+            "prompt_ratio",
+            "document_ratio",
+            "instruction_ratio",
+            "tool_ratio",
+            "cot_ratio",
+        ):
             value = getattr(self, name)
             if value is not None:
                 try:
@@ -143,23 +159,21 @@ class CompressionPolicy:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
     @property
+    def prompt_ratios(self) -> tuple[float | None, ...]:
+        """Every ratio that drops words or documents from the prompt."""
+        return (self.prompt_ratio, self.document_ratio, self.instruction_ratio, self.tool_ratio)
+
+    @property
     def compresses_prompt(self) -> bool:
         """True when any prompt transform may run (lossless ones included)."""
         return self.enabled and (
-            self.lossless
-            or any(
-                r is not None and r < 1.0
-                for r in (self.prompt_ratio, self.instruction_ratio, self.tool_ratio)
-            )
+            self.lossless or any(r is not None and r < 1.0 for r in self.prompt_ratios)
         )
 
     @property
     def drops_words(self) -> bool:
         """True when a lossy ratio is set, so a scorer is needed."""
-        return self.enabled and any(
-            r is not None and r < 1.0
-            for r in (self.prompt_ratio, self.instruction_ratio, self.tool_ratio)
-        )
+        return self.enabled and any(r is not None and r < 1.0 for r in self.prompt_ratios)
 
     @property
     def controls_cot(self) -> bool:

@@ -80,6 +80,8 @@ class Prepared:
     prefix_bytes: tuple[int, int] | None = None
     """A compressed request: (bytes of its prefix identical to an earlier request's, bytes
     of all its messages); None when compression changed nothing."""
+    document_ratio: float | None = None
+    """The budget of ranked document selection the policy set (None: prompt untouched)."""
 
     @property
     def model(self) -> str:
@@ -111,6 +113,7 @@ class Prepared:
         parts = self.prompt.parts if self.prompt else []
         return {
             "prompt_ratio": self.prompt_ratio,
+            "document_ratio": self.document_ratio,
             "prompt_tokens_saved": self.prompt.saved_tokens if self.prompt else 0,
             "messages_compressed": self.prompt.num_compressed if self.prompt else 0,
             "compressed": [part.to_dict() for part in parts],
@@ -320,6 +323,20 @@ def merged_policy(entry: ModelEntry, overrides: dict[str, Any]) -> CompressionPo
         raise ProxyError(400, f"tokenskip: {exc}", param="tokenskip") from None
 
 
+def prompt_settings(policy: CompressionPolicy) -> PromptSettings:
+    """The fields of ``policy`` prompt compression reads."""
+    return PromptSettings(
+        context_ratio=policy.prompt_ratio,
+        document_ratio=policy.document_ratio,
+        instruction_ratio=policy.instruction_ratio,
+        tool_ratio=policy.tool_ratio,
+        min_tokens=policy.prompt_min_tokens,
+        lossless=policy.lossless,
+        guards=policy.guards,
+        cache_safe=policy.cache_safe,
+    )
+
+
 def compress_prompt(
     models: Registry,
     metrics: Metrics,
@@ -338,15 +355,7 @@ def compress_prompt(
     )
     prompt = compress_messages(
         messages,
-        PromptSettings(
-            context_ratio=policy.prompt_ratio,
-            instruction_ratio=policy.instruction_ratio,
-            tool_ratio=policy.tool_ratio,
-            min_tokens=policy.prompt_min_tokens,
-            lossless=policy.lossless,
-            guards=policy.guards,
-            cache_safe=policy.cache_safe,
-        ),
+        prompt_settings(policy),
         tokenizer=counter.tokenizer,
         scorer=scorer,
         count=False,  # counted beside the upstream call (see start_count)
@@ -412,6 +421,7 @@ def prepare_sync(
         cot=cot,
         params_before_cot=before_cot,
         prefix_bytes=prefix,
+        document_ratio=policy.document_ratio if policy.compresses_prompt else None,
     )
 
 

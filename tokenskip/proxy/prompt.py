@@ -10,14 +10,16 @@ caches:
   drops words.
 - ``user`` messages are split into blocks at blank lines. Long blocks that are not a
   request (no question, no imperative opening) are *context* - a pasted document, retrieved
-  passages - and are compressed at ``prompt_ratio`` with the meaning guards on; text inside
-  explicit document markup (``<document>``, ``<context>``, ...) is context whatever its size.
-  Everything else is the user's request, an instruction. When the context holds two or
-  more documents (document markup, or separate blocks), they are ranked against that
-  request, coarse to fine (:mod:`tokenskip.relevance`): the relevant kept, the next
-  shortened, the rest dropped with a marker naming them; a request that needs them all
-  ("summarize", "compare") spreads the budget, and a message without a request is
-  compressed without one and says so (``relevance: spread-no-request``).
+  passages - and get the lossless transforms, and words dropped at ``prompt_ratio`` (off by
+  default) with the meaning guards on; text inside explicit document markup
+  (``<document>``, ``<context>``, ...) is context whatever its size. Everything else is the
+  user's request, an instruction. When the context holds two or more documents (document
+  markup, or separate blocks) and a request that some serve better than others, they are
+  ranked against it, coarse to fine (:mod:`tokenskip.relevance`), within
+  ``document_ratio`` (0.3 by default) of the message: the relevant kept whole, the next
+  shortened, the rest dropped with a marker naming them. A request that needs them all
+  ("summarize", "compare") spreads ``prompt_ratio`` over them, and a message without a
+  request is compressed without one and says so (``relevance: spread-no-request``).
 - ``system`` / ``developer`` messages are instructions; only blocks inside explicit document
   markup are context. ``instruction_ratio`` compresses instructions too (off by default).
 - ``assistant`` messages and fenced code are never changed, nor (unless the policy's
@@ -39,7 +41,14 @@ from tokenskip.compress import compress
 from tokenskip.force import ForceKeep
 from tokenskip.guards import GUARDS, NO_GUARDS
 from tokenskip.lossless import lossless
-from tokenskip.relevance import TAG, document_spans, markup_spans, replace_spans, select
+from tokenskip.relevance import (
+    TAG,
+    document_spans,
+    markup_spans,
+    replace_spans,
+    select,
+    selection_mode,
+)
 from tokenskip.scorers.base import Scorer
 from tokenskip.tokens import TextTokenizer
 
@@ -166,6 +175,15 @@ class PromptSettings:
     lossless: bool
     guards: bool
     cache_safe: bool = True
+    document_ratio: float | None = None
+    """The budget of a message holding several documents and a request they serve unevenly:
+    the best documents kept whole, the rest dropped (``ranked`` selection); never looser
+    than ``context_ratio``."""
+
+    def ranked_budget(self) -> float | None:
+        """The budget of ranked document selection: the lower of the two context ratios."""
+        ratios = [r for r in (self.document_ratio, self.context_ratio) if r is not None]
+        return min(ratios) if ratios else None
 
 
 def protected_spans(text: str) -> list[tuple[int, int]]:
@@ -355,17 +373,20 @@ def _compress_text(
             return None
         new, forced = worker.lossy(text, s.instruction_ratio)
         return (new, "instruction", "lossy", (), forced) if new != text else None
-    if s.context_ratio is None and not s.lossless:
+    if s.ranked_budget() is None and not s.lossless:
         return None
     if len(text) < min_chars and not _DOCUMENT.search(text):
         return None
     blocks = context_blocks(text, role, min_chars)
     if not blocks:
         return None
-    if s.context_ratio is not None and s.context_ratio < 1.0 and worker.scorer is not None:
-        documents = _documents(text, blocks)
-        if len(documents) >= 2:
-            return _select_documents(worker, s, s.context_ratio, text, blocks, documents)
+    documents = _documents(text, blocks) if worker.scorer is not None else []
+    if len(documents) >= 2:
+        request = request_text(text, blocks) or None
+        ranked = selection_mode(request, len(documents)) == "ranked"
+        budget = s.ranked_budget() if ranked else s.context_ratio
+        if budget is not None and budget < 1.0:
+            return _select_documents(worker, s, budget, text, documents, request)
     pieces, last, transforms, forced_parts, method = [], 0, set(), [], "lossless"
     for start, end in blocks:
         block = text[start:end]
@@ -413,13 +434,12 @@ def _select_documents(
     s: PromptSettings,
     ratio: float,
     text: str,
-    blocks: list[tuple[int, int]],
     documents: list[tuple[int, int, str | None]],
+    request: str | None,
 ) -> tuple[str, str, str, tuple[str, ...], float, str, int] | None:
-    """Coarse to fine over a message's documents against the request in the same message
-    (:func:`tokenskip.relevance.select`): it depends on the message alone, so it stays
-    cache-safe."""
-    request = request_text(text, blocks) or None
+    """Coarse to fine over a message's documents against ``request``, the rest of the same
+    message (:func:`tokenskip.relevance.select`): it depends on the message alone, so it
+    stays cache-safe."""
     transforms: set[str] = set()
     forced_parts: list[float] = []
 

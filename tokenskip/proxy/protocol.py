@@ -35,7 +35,13 @@ class TokenskipOptions(BaseModel):
 
     enabled: bool | None = Field(None, description="false turns every tokenskip transform off")
     prompt_ratio: float | None = Field(
-        None, ge=MIN_RATIO, le=1, description="keep ratio for context (documents, passages)"
+        None, ge=MIN_RATIO, le=1, description="keep ratio for the words of context (documents)"
+    )
+    document_ratio: float | None = Field(
+        None,
+        ge=MIN_RATIO,
+        le=1,
+        description="budget of a message of several documents ranked against its request",
     )
     instruction_ratio: float | None = Field(
         None, ge=MIN_RATIO, le=1, description="keep ratio for system/developer instructions"
