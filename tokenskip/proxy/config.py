@@ -12,7 +12,7 @@ model_list:                       # LiteLLM's form; existing LiteLLM configs loa
 router_settings: {num_retries: 2, timeout: 30, cooldown_time: 30, fallbacks: [{a: [b]}]}
 general_settings: {master_key: sk-...}          # LiteLLM's key setting is honoured
 tokenskip_settings: {api_keys: [sk-...], ledger_url: sqlite:///ledger.db,
-                     defaults: {prompt_ratio: 0.7}, local_max_batch: 8,
+                     defaults: {document_ratio: 0.3}, local_max_batch: 8,
                      direct_openai_compatible: true, native_passthrough: true}
 ```
 

@@ -19,6 +19,7 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
+from tokenskip.proxy import jsonio
 from tokenskip.proxy.errors import ProxyError, validation_message
 from tokenskip.proxy.protocol import error_body
 
@@ -111,12 +112,19 @@ class TooLarge(ProxyError):
 async def read_body(request: Request, model: type[M]) -> M | None:
     """The JSON body validated as ``model``: 400 for bad JSON, 422 for a bad schema, None
     when the client left while sending."""
+    read = await read_request(request, model)
+    return None if read is None else read[0]
+
+
+async def read_request(request: Request, model: type[M]) -> tuple[M, Any] | None:
+    """The JSON body validated as ``model``, and the body as parsed (parsed once): 400 for
+    bad JSON, 422 for a bad schema, None when the client left while sending."""
     try:
         raw = await request.body()
     except ClientDisconnect:
         return None
     try:
-        data = json.loads(raw)
+        data, clean = jsonio.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProxyError(
             400, f"the request body is not valid JSON: {exc}", code="invalid_json"
@@ -125,11 +133,12 @@ async def read_body(request: Request, model: type[M]) -> M | None:
         raise ProxyError(
             400, "the request body is nested too deeply to be a request", code="invalid_json"
         ) from None
-    check_unicode(data)
+    if not clean:  # orjson refuses a lone surrogate; json does not
+        check_unicode(data)
     if isinstance(data, dict) and isinstance(data.get("model"), str):
         request.state.model = data["model"]  # for the ledger row of a refused request
     try:
-        return model.model_validate(data)
+        return model.model_validate(data), data
     except ValidationError as exc:
         message, param = validation_message(exc.errors())
         raise ProxyError(422, message, param=param) from None

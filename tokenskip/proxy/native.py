@@ -40,6 +40,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from tokenskip.proxy import jsonio
 from tokenskip.proxy.backends.base import BackendError
 from tokenskip.proxy.backends.direct import TRANSPORT_ERRORS
 from tokenskip.proxy.backends.native import MISSING
@@ -313,7 +314,7 @@ def _prepare(
             _put(out, view.paths[(part.message, part.part)], part.after)
         out["model"] = target.model
         out.pop("tokenskip", None)
-        data = json.dumps(out, ensure_ascii=False).encode()
+        data = jsonio.dumps(out)
     p = Prepared(
         entry,
         prompt.messages if prompt is not None else view.messages,

@@ -13,17 +13,18 @@ that ``/v1/savings`` reports beside the compressed requests' total bytes.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections import OrderedDict
 from typing import Any
+
+from tokenskip.proxy import jsonio
 
 CAPACITY = 100_000
 """Prefix digests kept (16 bytes each, oldest dropped first)."""
 
 
 def _message_bytes(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+    return jsonio.dumps(message, sort_keys=True)
 
 
 class PrefixTracker:

@@ -8,7 +8,6 @@ errors come in OpenAI's shape) and hands the work to the objects the app's lifes
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from datetime import datetime
 from typing import Any
@@ -17,7 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tokenskip.proxy.batcher import Batcher, batched_completion, batched_stream
-from tokenskip.proxy.edge import read_body, until_disconnected
+from tokenskip.proxy.edge import read_body, read_request, until_disconnected
 from tokenskip.proxy.errors import ProxyError
 from tokenskip.proxy.multi_query import MultiQuery
 from tokenskip.proxy.openapi import ANTHROPIC_ERRORS, ERRORS, request_body
@@ -126,11 +125,12 @@ async def chat_completions(
 async def messages(request: Request, service: ChatService = Depends(service_of)) -> Response:
     from tokenskip.proxy import anthropic, native
 
-    body = await read_body(request, MessagesRequest)
-    if body is None:
+    read = await read_request(request, MessagesRequest)
+    if read is None:
         return Response(status_code=499)
+    body, parsed = read
     sent = await request.body()
-    raw = anthropic.check(json.loads(sent))
+    raw = anthropic.check(parsed)
     if native.applies(service, "messages", raw):
         answer = await native.forward(service, request, "messages", sent, raw)
         if answer is not None:
@@ -171,11 +171,12 @@ async def responses(request: Request, service: ChatService = Depends(service_of)
     from tokenskip.proxy import native
     from tokenskip.proxy import responses as api
 
-    body = await read_body(request, ResponsesRequest)
-    if body is None:
+    read = await read_request(request, ResponsesRequest)
+    if read is None:
         return Response(status_code=499)
+    body, parsed = read
     sent = await request.body()
-    raw = api.check(json.loads(sent))
+    raw = api.check(parsed)
     if native.applies(service, "responses", raw):
         answer = await native.forward(service, request, "responses", sent, raw)
         if answer is not None:
@@ -206,11 +207,11 @@ async def responses(request: Request, service: ChatService = Depends(service_of)
 async def count_tokens(request: Request, service: ChatService = Depends(service_of)) -> Response:
     from tokenskip.proxy import anthropic, native
 
-    body = await read_body(request, MessagesRequest)
-    if body is None:
+    read = await read_request(request, MessagesRequest)
+    if read is None:
         return Response(status_code=499)
+    body, raw = read
     sent = await request.body()
-    raw = json.loads(sent)
     checked = anthropic.check({"max_tokens": 1, **raw})
     if native.applies(service, "messages", checked):
         answer = await native.count_tokens(service, request, sent, raw)

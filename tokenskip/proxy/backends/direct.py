@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from tokenskip.proxy import jsonio
 from tokenskip.proxy.backends.base import BackendError, Completion, Delta, reasoning_tokens_of
 from tokenskip.proxy.backends.upstream import redact, resolve_secret, secrets_of
 
@@ -165,7 +166,7 @@ class DirectBackend:
         """POST with retries; returns a successful response whose body is not read yet
         (``body`` as a dict, or as the exact bytes to send)."""
         self._check_cooldown(d)
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        data = body if isinstance(body, bytes) else jsonio.dumps(body)
         headers = {**d.headers, **extra_headers} if extra_headers else d.headers
         # A stream may run long: its timeout bounds each read, not the whole answer.
         if stream:
