@@ -19,6 +19,7 @@ from typing import Any
 
 from tokenskip.proxy.errors import ProxyError, anthropic_error
 from tokenskip.proxy.protocol import savings_usage, sse_payloads
+from tokenskip.proxy.translator import Translator
 
 error_response = anthropic_error
 """Anthropic's error shape (built in :mod:`tokenskip.proxy.errors`, which renders every
@@ -204,3 +205,14 @@ def count_tokens(service: Any, body: dict[str, Any]) -> dict[str, Any]:
     if chat.get("tools"):
         total += counter.tokenizer.count(json.dumps(chat["tools"]))
     return {"input_tokens": total, "tokens_estimated": not counter.exact}
+
+
+TRANSLATOR = Translator(
+    api="messages",
+    check=check,
+    translatable=translatable,
+    to_chat=to_chat,
+    from_chat=lambda result, body: from_chat(result, body["model"]),
+    events=lambda chunks, body: events(chunks, body["model"]),
+)
+"""Anthropic Messages ⇄ chat completions."""

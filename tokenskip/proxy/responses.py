@@ -23,6 +23,7 @@ from typing import Any
 
 from tokenskip.proxy.errors import ProxyError
 from tokenskip.proxy.protocol import savings_usage, sse_payloads
+from tokenskip.proxy.translator import Translator
 
 CHAT_FIELDS = {
     "messages",
@@ -321,3 +322,14 @@ async def events(chunks: AsyncIterator[str], body: dict[str, Any]) -> AsyncItera
     yield event(
         "response.completed" if finish != "length" else "response.incomplete", response=done
     )
+
+
+TRANSLATOR = Translator(
+    api="responses",
+    check=check,
+    translatable=translatable,
+    to_chat=to_chat,
+    from_chat=from_chat,
+    events=events,
+)
+"""OpenAI Responses ⇄ chat completions."""

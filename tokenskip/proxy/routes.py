@@ -14,7 +14,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 
+from tokenskip.proxy import anthropic, native
+from tokenskip.proxy import responses as responses_api
 from tokenskip.proxy.batcher import Batcher, batched_completion, batched_stream
 from tokenskip.proxy.edge import read_body, read_request, until_disconnected
 from tokenskip.proxy.errors import ProxyError
@@ -31,6 +34,7 @@ from tokenskip.proxy.protocol import (
     SavingsReport,
 )
 from tokenskip.proxy.service import ChatService
+from tokenskip.proxy.translator import Translator
 
 router = APIRouter()
 
@@ -123,31 +127,7 @@ async def chat_completions(
     summary="Messages (Anthropic protocol)",
 )
 async def messages(request: Request, service: ChatService = Depends(service_of)) -> Response:
-    from tokenskip.proxy import anthropic, native
-
-    read = await read_request(request, MessagesRequest)
-    if read is None:
-        return Response(status_code=499)
-    body, parsed = read
-    sent = await request.body()
-    raw = anthropic.check(parsed)
-    if native.applies(service, "messages", raw):
-        answer = await native.forward(service, request, "messages", sent, raw)
-        if answer is not None:
-            return answer
-    chat = _chat_request(anthropic.to_chat(anthropic.translatable(raw)))
-    prepared = await service.prepare(chat)
-    if chat.stream:
-        headers = {**prepared.headers(), "cache-control": "no-cache"}
-        return StreamingResponse(
-            anthropic.events(service.stream(prepared, True), chat.model),
-            media_type="text/event-stream",
-            headers=headers,
-        )
-    result = await until_disconnected(request, service.complete(prepared))
-    return JSONResponse(
-        anthropic.from_chat(result, chat.model), headers=prepared.headers(result["usage"])
-    )
+    return await _translated(request, service, MessagesRequest, anthropic.TRANSLATOR)
 
 
 @router.post(
@@ -168,17 +148,20 @@ async def messages(request: Request, service: ChatService = Depends(service_of))
     summary="Responses (OpenAI protocol)",
 )
 async def responses(request: Request, service: ChatService = Depends(service_of)) -> Response:
-    from tokenskip.proxy import native
-    from tokenskip.proxy import responses as api
+    return await _translated(request, service, ResponsesRequest, responses_api.TRANSLATOR)
 
-    read = await read_request(request, ResponsesRequest)
+
+async def _translated(
+    request: Request, service: ChatService, schema: type[BaseModel], api: Translator
+) -> Response:
+    """A request in another API's shape: its same-protocol pass-through when the model has
+    one, else translated to chat completions, served, and answered in that API's shape."""
+    read = await read_request(request, schema)  # validated once, parsed once
     if read is None:
         return Response(status_code=499)
-    body, parsed = read
-    sent = await request.body()
-    raw = api.check(parsed)
-    if native.applies(service, "responses", raw):
-        answer = await native.forward(service, request, "responses", sent, raw)
+    raw = api.check(read[1])
+    if native.applies(service, api.api, raw):
+        answer = await native.forward(service, request, api.api, await request.body(), raw)
         if answer is not None:
             return answer
     chat = _chat_request(api.to_chat(api.translatable(raw)))
@@ -205,12 +188,10 @@ async def responses(request: Request, service: ChatService = Depends(service_of)
     summary="Count a Messages request's input tokens (Anthropic protocol)",
 )
 async def count_tokens(request: Request, service: ChatService = Depends(service_of)) -> Response:
-    from tokenskip.proxy import anthropic, native
-
     read = await read_request(request, MessagesRequest)
     if read is None:
         return Response(status_code=499)
-    body, raw = read
+    raw = read[1]
     sent = await request.body()
     checked = anthropic.check({"max_tokens": 1, **raw})
     if native.applies(service, "messages", checked):
