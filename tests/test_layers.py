@@ -84,3 +84,18 @@ def test_no_import_circles():
     for name in sorted(GRAPH):
         if name not in state:
             visit(name)
+
+
+def test_the_gateway_config_reads_deployments_without_importing_a_backend():
+    """``proxy.config`` decides each deployment's backend from ``proxy.deployments`` (pure
+    functions of its litellm params); importing a backend would tie configuration to
+    aiohttp sessions and litellm."""
+    reached, todo = set(), ["tokenskip.proxy.config"]
+    while todo:  # everything config imports, directly or not
+        name = todo.pop()
+        for target in GRAPH.get(name, ()):
+            if target not in reached:
+                reached.add(target)
+                todo.append(target)
+    assert "tokenskip.proxy.deployments" in reached
+    assert not {m for m in reached if m.startswith("tokenskip.proxy.backends")}

@@ -43,8 +43,7 @@ from typing import Any
 import yaml
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tokenskip.proxy.backends.direct import is_direct
-from tokenskip.proxy.backends.native import native_apis
+from tokenskip.proxy.deployments import is_direct, native_apis
 from tokenskip.proxy.policy import BatchSettings, CompressionPolicy
 from tokenskip.reasoning import REASONING_KINDS, infer_kind
 from tokenskip.runtime.configs import EarlyExitConfig, SpeculativeConfig

@@ -47,6 +47,7 @@ from tokenskip.proxy.backends.native import MISSING
 from tokenskip.proxy.errors import ProxyError
 from tokenskip.proxy.prepare import Prepared, compress_prompt, merged_policy, settle, start_count
 from tokenskip.proxy.protocol import savings_usage
+from tokenskip.proxy.service import ChatService
 
 log = logging.getLogger(__name__)
 Path = tuple[Any, ...]
@@ -284,7 +285,7 @@ def overrides_of(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in found.items() if v is not None and k != "batch"}
 
 
-def applies(service: Any, api: str, body: dict[str, Any]) -> bool:
+def applies(service: ChatService, api: str, body: dict[str, Any]) -> bool:
     """Whether this request goes to the upstream's own endpoint (else it is translated)."""
     entry = service.models.entry(body["model"])
     native = service.models.native
@@ -296,7 +297,7 @@ def applies(service: Any, api: str, body: dict[str, Any]) -> bool:
 
 
 def _prepare(
-    service: Any, api: str, raw: bytes, body: dict[str, Any], overrides: dict[str, Any]
+    service: ChatService, api: str, raw: bytes, body: dict[str, Any], overrides: dict[str, Any]
 ) -> tuple[Prepared, bytes]:
     """The bytes to send and the request's accounting (runs in a worker thread)."""
     started = time.perf_counter()
@@ -333,7 +334,7 @@ def _prepare(
 
 
 async def forward(
-    service: Any, request: Request, api: str, raw: bytes, body: dict[str, Any]
+    service: ChatService, request: Request, api: str, raw: bytes, body: dict[str, Any]
 ) -> Response | None:
     """Send the request to the model's same-protocol upstream and relay its answer; None
     when that upstream turns out not to have the endpoint (it is then remembered, logged,
@@ -379,7 +380,7 @@ async def forward(
 
 
 async def count_tokens(
-    service: Any, request: Request, raw: bytes, body: dict[str, Any]
+    service: ChatService, request: Request, raw: bytes, body: dict[str, Any]
 ) -> Response | None:
     """``/v1/messages/count_tokens`` from an Anthropic upstream's own endpoint, on the body
     as it would be sent (compressed); None when the upstream lacks it (the caller counts)."""
@@ -406,14 +407,14 @@ async def count_tokens(
     return JSONResponse(found, headers=upstream_headers(response))
 
 
-async def _answer(service: Any, p: Prepared, api: str, response: Any) -> Response:
+async def _answer(service: ChatService, p: Prepared, api: str, response: Any) -> Response:
     usage = Usage(api)
     status, error, body, counted = 502, "the upstream answer is not a JSON object", None, None
     try:
         try:
             body = json.loads(await response.read())
         except TRANSPORT_ERRORS as exc:
-            failure = service.models.native._transport_error(exc)
+            failure = service.models.native.transport_error(exc)
             status, error = failure.status, failure.message
             raise ProxyError(failure.status, failure.message, failure.type, failure.code) from None
         except ValueError:
@@ -440,7 +441,7 @@ async def _answer(service: Any, p: Prepared, api: str, response: Any) -> Respons
     return JSONResponse(body, headers={**upstream_headers(response), **p.headers(counted)})
 
 
-async def relay(service: Any, p: Prepared, api: str, response: Any) -> AsyncIterator[bytes]:
+async def relay(service: ChatService, p: Prepared, api: str, response: Any) -> AsyncIterator[bytes]:
     """The upstream's events as they came, whole; its usage read on the side; one ledger
     row whatever happens (499 when the client leaves)."""
     usage = Usage(api)
@@ -463,7 +464,7 @@ async def relay(service: Any, p: Prepared, api: str, response: Any) -> AsyncIter
                     "upstream_incomplete",
                 )
         except TRANSPORT_ERRORS as exc:
-            cut = service.models.native._transport_error(exc)
+            cut = service.models.native.transport_error(exc)
             failure = BackendError(
                 cut.status, f"the upstream stream broke off: {cut.message}", cut.type,
                 "upstream_incomplete",

@@ -24,27 +24,8 @@ from tokenskip.proxy import jsonio
 from tokenskip.proxy.backends.base import BackendError, Completion, Delta, reasoning_tokens_of
 from tokenskip.proxy.backends.upstream import redact, resolve_secret, secrets_of
 
-PROVIDERS = ("openai/", "hosted_vllm/")
-DIRECT_PARAMS = {
-    "model",
-    "api_base",
-    "api_key",
-    "timeout",
-    "input_cost_per_token",
-    "output_cost_per_token",
-    "extra_headers",
-}
 RETRYABLE = {429, 500, 502, 503, 504}
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
-
-
-def is_direct(params: dict[str, Any]) -> bool:
-    """Whether a deployment can be served without litellm (OpenAI protocol, nothing exotic)."""
-    return (
-        str(params.get("model", "")).startswith(PROVIDERS)
-        and bool(params.get("api_base"))
-        and set(params) <= DIRECT_PARAMS
-    )
 
 
 @dataclass
@@ -146,7 +127,7 @@ class DirectBackend:
             )
         return BackendError(status, message, "invalid_request_error")
 
-    def _transport_error(self, exc: BaseException) -> BackendError:
+    def transport_error(self, exc: BaseException) -> BackendError:
         if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
             return BackendError(
                 504, f"upstream timed out ({type(exc).__name__})", "upstream_timeout", "timeout"
@@ -180,7 +161,7 @@ class DirectBackend:
                     d.url, data=data, headers=headers, timeout=timeout
                 )
             except TRANSPORT_ERRORS as exc:
-                error = self._transport_error(exc)
+                error = self.transport_error(exc)
                 self._failed(d)
                 continue
             if response.status < 400:
@@ -211,7 +192,7 @@ class DirectBackend:
             choice = data["choices"][0]
         except TRANSPORT_ERRORS as exc:
             self._failed(d)
-            raise self._transport_error(exc) from None
+            raise self.transport_error(exc) from None
         except (ValueError, KeyError, IndexError, TypeError):
             raise BackendError(
                 502,
@@ -277,7 +258,7 @@ class DirectBackend:
                         finish = choice["finish_reason"]
         except TRANSPORT_ERRORS as exc:
             self._failed(d)
-            error = self._transport_error(exc)
+            error = self.transport_error(exc)
             raise BackendError(
                 error.status,
                 f"the upstream stream broke off: {error.message}",

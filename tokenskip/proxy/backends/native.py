@@ -20,31 +20,15 @@ from typing import Any
 import aiohttp
 
 from tokenskip.proxy.backends.base import BackendError
-from tokenskip.proxy.backends.direct import (
-    DIRECT_PARAMS,
-    PROVIDERS,
-    Deployment,
-    DirectBackend,
-)
+from tokenskip.proxy.backends.direct import Deployment, DirectBackend
 from tokenskip.proxy.backends.upstream import resolve_secret, secrets_of
+from tokenskip.proxy.deployments import native_apis
 
 ANTHROPIC_VERSION = "2023-06-01"
 MISSING = "endpoint_missing"
 """Code of the error a same-protocol upstream without the endpoint gives."""
 FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta", "openai-beta")
 """Client headers that are part of the protocol and reach a same-protocol upstream."""
-
-
-def native_apis(params: dict[str, Any]) -> tuple[str, ...]:
-    """The APIs (``responses``, ``messages``) a deployment answers in its own protocol."""
-    model = str(params.get("model", ""))
-    if not params.get("api_base") or not set(params) <= DIRECT_PARAMS:
-        return ()
-    if model.startswith(PROVIDERS):
-        return ("responses",)
-    if model.startswith("anthropic/"):
-        return ("messages",)
-    return ()
 
 
 def _url(api: str, base: str) -> str:
