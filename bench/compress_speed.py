@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from provenance import run_facts
+from provenance import run_facts, write_report
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEXTS = REPO_ROOT / "bench" / "data" / "meaning" / "texts.jsonl"
@@ -113,7 +113,8 @@ def main() -> None:
     from tokenskip import compress
     from tokenskip.models import load_tokenizer
     from tokenskip.proxy.policy import CompressionPolicy
-    from tokenskip.proxy.prompt import PromptSettings, compress_messages
+    from tokenskip.proxy.prepare import prompt_settings
+    from tokenskip.proxy.prompt import compress_messages
     from tokenskip.scorers import CachedScorer, HeuristicScorer
     from tokenskip.tokens import TextTokenizer
 
@@ -162,15 +163,7 @@ def main() -> None:
 
     # 3. pass-through: nothing to compress, growing system prompts
     policy = CompressionPolicy()
-    settings = PromptSettings(
-        context_ratio=policy.prompt_ratio,
-        instruction_ratio=policy.instruction_ratio,
-        tool_ratio=policy.tool_ratio,
-        min_tokens=policy.prompt_min_tokens,
-        lossless=policy.lossless,
-        guards=policy.guards,
-        cache_safe=policy.cache_safe,
-    )
+    settings = prompt_settings(policy)
     passthrough = []
     for target in (1_000, 8_000, 64_000):
         system = ""
@@ -277,10 +270,7 @@ def main() -> None:
         "tokenizer": "smollm2",
         **run_facts(load_before, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(render(report) + "\n")
-    print(render(report))
+    print(write_report(args.out, report, render))
 
 
 def render(report: dict[str, Any]) -> str:

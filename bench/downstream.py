@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from provenance import run_facts
+from provenance import run_facts, write_report
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA = REPO_ROOT / "bench" / "data" / "meaning"
@@ -312,9 +312,7 @@ def main() -> None:
         **run_facts(load_before, args.threads),
         "seconds": time.perf_counter() - started,
     }
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(render(report) + "\n")
-    print(render(report))
+    print(write_report(args.out, report, render))
 
 
 def render(report: dict[str, Any]) -> str:

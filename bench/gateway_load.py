@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from provenance import REPO_ROOT, command_line, git
+from provenance import REPO_ROOT, command_line, git, write_report
 
 
 def free_port() -> int:
@@ -304,10 +304,7 @@ def main() -> None:
         "load_average": {"before": load_before, "after": os.getloadavg()},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(render(report) + "\n")
-    print(render(report))
+    print(write_report(args.out, report, render))
 
 
 def render(r: dict[str, Any]) -> str:

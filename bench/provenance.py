@@ -62,3 +62,12 @@ def run_facts(load_before: tuple[float, ...], threads: int) -> dict:
         "load_average": {"before": load_before, "after": os.getloadavg()},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def write_report(out: Path, report: dict, render: Callable[[dict], str]) -> str:
+    """``report`` as JSON at ``out`` and rendered as Markdown beside it; the Markdown."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    text = render(report)
+    out.with_suffix(".md").write_text(text + "\n")
+    return text

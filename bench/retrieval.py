@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from downstream import HINTS, is_correct, wilson
-from provenance import run_facts
+from provenance import run_facts, write_report
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA = REPO_ROOT / "bench" / "data" / "meaning"
@@ -326,8 +326,7 @@ def main() -> None:
         **run_facts(load_before, args.threads),
         "seconds": time.perf_counter() - started,
     }
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(render(report) + "\n")
+    write_report(args.out, report, render)
     with gzip.open(args.out.with_suffix(".generations.jsonl.gz"), "wt") as f:
         for row in (done[k] for spec in specs for k in keys[spec]):
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

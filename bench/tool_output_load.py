@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen  # noqa: E402
 import targets  # noqa: E402
-from provenance import run_facts  # noqa: E402
+from provenance import run_facts, write_report  # noqa: E402
 from servers import ServerPool, cpu_seconds, free_port  # noqa: E402
 from tool_outputs import log_records  # noqa: E402
 
@@ -210,10 +210,7 @@ def main() -> None:
         "results": results,
         **run_facts(load_before, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(render(report) + "\n")
-    print(render(report))
+    print(write_report(args.out, report, render))
 
 
 def render(report: dict[str, Any]) -> str:

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from compress_speed import tool_records
-from provenance import run_facts
+from provenance import run_facts, write_report
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BFCL = "bfcl-eval==2026.3.23"
@@ -315,10 +315,7 @@ def main() -> None:
         "versions": {"toon-format": getattr(toon, "__version__", None), "bfcl-eval": BFCL},
         **run_facts(load_before, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(render(report) + "\n")
-    print(render(report))
+    print(write_report(args.out, report, render))
 
 
 def _cell(row: dict[str, Any], form: str) -> str:
