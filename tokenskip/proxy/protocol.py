@@ -28,38 +28,29 @@ def short(name: str) -> str:
     return name if len(name) <= MAX_NAME else name[:MAX_NAME] + f"... ({len(name):,} characters)"
 
 
+def _ratio(description: str) -> Any:
+    """An optional keep ratio in [MIN_RATIO, 1]."""
+    return Field(None, ge=MIN_RATIO, le=1, description=description)
+
+
 class TokenskipOptions(BaseModel):
     """Per-request compression policy; any field left out falls back to the model's default."""
 
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool | None = Field(None, description="false turns every tokenskip transform off")
-    prompt_ratio: float | None = Field(
-        None, ge=MIN_RATIO, le=1, description="keep ratio for the words of context (documents)"
+    prompt_ratio: float | None = _ratio("keep ratio for the words of context (documents)")
+    document_ratio: float | None = _ratio(
+        "budget of a message of several documents ranked against its request"
     )
-    document_ratio: float | None = Field(
-        None,
-        ge=MIN_RATIO,
-        le=1,
-        description="budget of a message of several documents ranked against its request",
-    )
-    instruction_ratio: float | None = Field(
-        None, ge=MIN_RATIO, le=1, description="keep ratio for system/developer instructions"
-    )
-    tool_ratio: float | None = Field(
-        None,
-        ge=MIN_RATIO,
-        le=1,
-        description="keep ratio for tool outputs beyond lossless transforms",
-    )
+    instruction_ratio: float | None = _ratio("keep ratio for system/developer instructions")
+    tool_ratio: float | None = _ratio("keep ratio for tool outputs beyond lossless transforms")
     lossless: bool | None = Field(None, description="false skips the lossless transforms")
     guards: bool | None = Field(None, description="false turns the meaning guards off")
     cache_safe: bool | None = Field(
         None, description="false lets compression change content before a cache_control mark"
     )
-    cot_ratio: float | None = Field(
-        None, ge=MIN_RATIO, le=1, description="keep ratio for the reasoning"
-    )
+    cot_ratio: float | None = _ratio("keep ratio for the reasoning")
     cot_budget: StrictInt | None = Field(
         None, gt=0, le=10_000_000, description="reasoning budget in tokens (wins over cot_ratio)"
     )
