@@ -277,3 +277,51 @@ def test_the_default_policy_drops_documents_not_words(tokenizer, scorer):
     assert lower[0]["achieved_ratio"] < parts[0]["achieved_ratio"] - 0.02
     off = retrieval_prompt(question, size=3)
     assert run(off, replace(default, document_ratio=1.0))[0].split() == off.split()
+
+
+def test_a_text_resent_on_a_later_turn_is_compressed_once(tokenizer, scorer, monkeypatch):
+    """The memo: the same text, role and settings give the remembered compression without
+    compressing again; other settings compress afresh; the memo stays within its bound."""
+    import tokenskip.proxy.prompt as prompt
+    from tests.tokenskip.test_relevance import retrieval_prompt
+
+    calls = []
+    real = prompt._compress_text
+    monkeypatch.setattr(prompt, "_compress_text", lambda *a, **k: calls.append(1) or real(*a, **k))
+    question = "How long do I have to report damaged items, and is there a restocking fee?"
+    turn = [{"role": "user", "content": retrieval_prompt(question, size=3)}]
+    memo = prompt.CompressionMemo()
+
+    def run(messages, **overrides):
+        done = compress_messages(
+            messages, settings(**overrides), tokenizer=tokenizer, scorer=scorer, memo=memo
+        )
+        return done.messages, [p.to_dict() for p in done.parts]
+
+    first = run(turn)
+    made = len(calls)
+    assert made > 0 and memo.misses == 1 and memo.hits == 0
+    # the next turn resends the first message and adds an answer and a question
+    later = [
+        *turn,
+        {"role": "assistant", "content": "48 hours."},
+        {"role": "user", "content": "And?"},
+    ]
+    again = run(later)
+    # the first message from the memo; only the new question is looked at
+    assert len(calls) == made + 1 and memo.hits == 1 and memo.misses == 2
+    assert again[0][0] == first[0][0] and again[1] == first[1]
+    run(turn, context_ratio=0.3)  # other settings: compressed afresh
+    assert len(calls) == made + 2 and memo.misses == 3
+
+    small = prompt.CompressionMemo(max_chars=3 * len(turn[0]["content"]))
+    for i in range(5):
+        text = turn[0]["content"].replace("Damaged", f"Damaged{i}")
+        compress_messages(
+            [{"role": "user", "content": text}],
+            settings(),
+            tokenizer=tokenizer,
+            scorer=scorer,
+            memo=small,
+        )
+    assert small.chars <= small.max_chars and 0 < len(small) < 5

@@ -359,6 +359,7 @@ def compress_prompt(
         tokenizer=counter.tokenizer,
         scorer=scorer,
         count=False,  # counted beside the upstream call (see start_count)
+        memo=models.memo,  # a text resent on a later turn is not compressed again
     )
     metrics.compression_seconds.labels(entry.name).observe(time.perf_counter() - t0)
     return prompt

@@ -34,6 +34,8 @@ alone.
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +72,8 @@ _REQUEST_START = re.compile(
 
 PROMPT_FORCE = ForceKeep(numbers=True, operators=False, tokens=(), answer_line=True)
 CHARS_PER_TOKEN = 4
+MEMO_CHARS = 32_000_000
+"""Characters of texts (and their results) the compression memo holds, oldest first out."""
 """English averages about 4 characters per token: a text or block shorter than
 ``min_tokens`` × 4 characters is left alone without being tokenized."""
 
@@ -304,10 +308,13 @@ def compress_messages(
     tokenizer: TextTokenizer,
     scorer: Scorer | None,
     count: bool = True,
+    memo: CompressionMemo | None = None,
 ) -> PromptCompression:
     """The messages with their context compressed; untouched messages are the same objects.
 
     ``count=False`` leaves the token counts to a later :meth:`PromptCompression.count`.
+    ``memo``: where each text's compression is remembered across calls (the gateway's
+    registry holds one); None compresses every text afresh.
     A change that does not shorten the text is dropped (judged by characters: a shorter
     text of the same words never takes more tokens)."""
     frozen_until = -1
@@ -322,7 +329,11 @@ def compress_messages(
             continue
         changed: dict[int | None, str] = {}
         for key, text in _text_parts(message, settings.cache_safe):
-            result = _compress_text(worker, settings, role, text)
+            result = (
+                memo.get(worker, role, text)
+                if memo is not None
+                else _compress_text(worker, settings, role, text)
+            )
             if result is None:
                 continue
             new_text, kind, method, transforms, forced, *selection = result
@@ -347,6 +358,50 @@ def compress_messages(
     if count:
         done.count(tokenizer)
     return done
+
+
+class CompressionMemo:
+    """Each text's compression, remembered: a conversation resends its earlier turns (an
+    agent loop its tool outputs, a chat its pasted documents) on every turn, and a text
+    compresses the same way every time (it depends on the text, its role, the settings,
+    the tokenizer and the scorer alone), so each is compressed once. Bounded by
+    ``max_chars``, least recently used first out; thread-safe."""
+
+    def __init__(self, max_chars: int = MEMO_CHARS):
+        self.max_chars = max_chars
+        self.chars = 0
+        self.hits = self.misses = 0
+        self._items: OrderedDict[tuple[Any, ...], tuple[tuple[Any, ...] | None, int]] = (
+            OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, worker: _Compressor, role: str, text: str) -> tuple[Any, ...] | None:
+        """The compression of ``text`` (see :func:`_compress_text`), from the memo when it
+        was made before."""
+        key = (worker.s, worker.tokenizer, worker.scorer, role, text)
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return found[0]
+            self.misses += 1
+        result = _compress_text(worker, worker.s, role, text)
+        size = len(text) + (len(result[0]) if result else 0)
+        if size > self.max_chars:
+            return result
+        with self._lock:
+            if key not in self._items:
+                self._items[key] = (result, size)
+                self.chars += size
+            while self.chars > self.max_chars:
+                _, (_, dropped) = self._items.popitem(last=False)
+                self.chars -= dropped
+        return result
 
 
 def _compress_text(

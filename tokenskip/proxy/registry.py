@@ -19,6 +19,7 @@ from tokenskip.proxy.backends.local import LocalBackend
 from tokenskip.proxy.config import GatewayConfig, ModelEntry
 from tokenskip.proxy.errors import ProxyError
 from tokenskip.proxy.prefix import PrefixTracker
+from tokenskip.proxy.prompt import CompressionMemo
 from tokenskip.proxy.protocol import short
 from tokenskip.runtime.early_exit import early_exit_policy
 from tokenskip.runtime.speculative import speculative_settings
@@ -60,6 +61,8 @@ class Registry:
         self._lazy_lock = threading.RLock()
         self.prefixes = PrefixTracker()
         """Prefixes sent upstream after compression (cache safety, measured)."""
+        self.memo = CompressionMemo()
+        """Each text's compression, so a text resent on a later turn is not compressed again."""
         self._load_local()
         model_list = config.litellm_model_list()
         if model_list:
