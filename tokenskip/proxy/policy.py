@@ -155,8 +155,10 @@ class CompressionPolicy:
         return replace(base, **data)
 
     def merged(self, overrides: dict[str, Any]) -> CompressionPolicy:
-        """This policy with a request's non-null overrides applied."""
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        """This policy with a request's non-null overrides applied (itself when there are
+        none: most requests, and no need to validate it again)."""
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self, **changes) if changes else self
 
     @property
     def prompt_ratios(self) -> tuple[float | None, ...]:
