@@ -72,10 +72,10 @@ _REQUEST_START = re.compile(
 
 PROMPT_FORCE = ForceKeep(numbers=True, operators=False, tokens=(), answer_line=True)
 CHARS_PER_TOKEN = 4
-MEMO_CHARS = 32_000_000
-"""Characters of texts (and their results) the compression memo holds, oldest first out."""
 """English averages about 4 characters per token: a text or block shorter than
 ``min_tokens`` × 4 characters is left alone without being tokenized."""
+MEMO_CHARS = 32_000_000
+"""Characters of texts (and their results) the compression memo holds, oldest first out."""
 
 
 @dataclass
