@@ -17,6 +17,7 @@ from tests.proxy.fake_upstream import make_upstream_app
 from tests.proxy.servers import serve
 from tokenskip.proxy.app import create_app
 from tokenskip.proxy.config import Settings, parse_config
+from tokenskip.proxy.exchange import Exchange
 from tokenskip.proxy.ledger import Ledger, LedgerRow
 
 MAX_BODY = 64 * 1024
@@ -177,14 +178,14 @@ def test_an_unknown_path_lists_what_is_served(gateway):
 def test_after_a_500_the_keep_alive_connection_serves_the_next_request(gateway, monkeypatch):
     url, app = gateway
     service = app.state.service
-    original = service.prepare
+    original = service.open
 
-    async def boom(request):
+    async def boom(request, **kw):
         if request.model == "ok" and request.user == "boom":
             raise RuntimeError("a bug")
-        return await original(request)
+        return await original(request, **kw)
 
-    monkeypatch.setattr(service, "prepare", boom)
+    monkeypatch.setattr(service, "open", boom)
     host, port = url.removeprefix("http://").split(":")
     body = json.dumps(ask(user="boom")).encode()
     good = json.dumps(ask()).encode()
@@ -209,17 +210,15 @@ def test_after_a_500_the_keep_alive_connection_serves_the_next_request(gateway, 
 
 
 def test_an_unexpected_error_mid_stream_ends_with_an_error_event(gateway, monkeypatch):
-    url, app = gateway
-    service = app.state.service
-    original = service.accounting.usage
+    url, _ = gateway
 
-    def broken(*a, **k):
+    async def broken(*a, **k):
         raise RuntimeError("accounting bug")
 
-    monkeypatch.setattr(service.accounting, "usage", broken)
+    monkeypatch.setattr(Exchange, "answered", broken)
     with httpx.stream("POST", url + "/v1/chat/completions", json=ask(stream=True), timeout=20) as r:
         lines = [line for line in r.iter_lines() if line]
-    monkeypatch.setattr(service.accounting, "usage", original)
+    monkeypatch.undo()
     assert json.loads(lines[-2][6:])["error"]["type"] == "server_error"
     assert lines[-1] == "data: [DONE]"
 

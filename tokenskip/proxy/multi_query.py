@@ -144,14 +144,11 @@ class MultiQuery:
                 **params,
             }
         )
-        prepared = await self.service.prepare(request)
-        prepared.batch_tokens_saved = max(0, separate - prompt_tokens)
+        x = await self.service.open(request, batch_tokens_saved=max(0, separate - prompt_tokens))
         if stop_loops:
-            result = await self.service.complete_watched(
-                prepared, repeating, prompt_tokens=prompt_tokens
-            )
+            result = await self.service.complete_watched(x, repeating, prompt_tokens=prompt_tokens)
         else:
-            result = await self.service.complete(prepared)
+            result = await self.service.complete(x)
         choice = result["choices"][0]
         text = choice["message"]["content"] or ""
         parsed = parse_answers(text, [q.id for q in queries], [q.text for q in queries])
@@ -177,7 +174,7 @@ class MultiQuery:
         request = ChatCompletionRequest.model_validate(
             {"model": entry.name, "messages": messages, "tokenskip": {"enabled": False}, **params}
         )
-        return await self.service.complete(await self.service.prepare(request))
+        return await self.service.complete(await self.service.open(request))
 
     # -- POST /v1/multi_query -------------------------------------------------------------
     async def run(self, body: MultiQueryRequest) -> dict[str, Any]:

@@ -45,7 +45,8 @@ from tokenskip.proxy.backends.base import BackendError
 from tokenskip.proxy.backends.direct import TRANSPORT_ERRORS
 from tokenskip.proxy.backends.native import MISSING
 from tokenskip.proxy.errors import ProxyError
-from tokenskip.proxy.prepare import Prepared, compress_prompt, merged_policy, settle, start_count
+from tokenskip.proxy.exchange import Exchange
+from tokenskip.proxy.prepare import Plan, compress_prompt, merged_policy
 from tokenskip.proxy.protocol import savings_usage
 from tokenskip.proxy.service import ChatService
 
@@ -298,8 +299,8 @@ def applies(service: ChatService, api: str, body: dict[str, Any]) -> bool:
 
 def _prepare(
     service: ChatService, api: str, raw: bytes, body: dict[str, Any], overrides: dict[str, Any]
-) -> tuple[Prepared, bytes]:
-    """The bytes to send and the request's accounting (runs in a worker thread)."""
+) -> tuple[Plan, bytes]:
+    """The bytes to send and the request's plan (runs in a worker thread)."""
     started = time.perf_counter()
     models = service.models
     entry = models.entry(body["model"])
@@ -316,9 +317,10 @@ def _prepare(
         out["model"] = target.model
         out.pop("tokenskip", None)
         data = jsonio.dumps(out)
-    p = Prepared(
+    messages = prompt.messages if prompt is not None else view.messages
+    plan = Plan(
         entry,
-        prompt.messages if prompt is not None else view.messages,
+        messages,
         {},
         prompt,
         policy.prompt_ratio if policy.compresses_prompt else None,
@@ -326,11 +328,10 @@ def _prepare(
         "none",
         models.counter(entry).exact,
         started,
+        prefix_bytes=models.prefixes.observe(entry.name, messages) if changed else None,
         document_ratio=policy.document_ratio if policy.compresses_prompt else None,
     )
-    if changed:
-        p.prefix_bytes = models.prefixes.observe(entry.name, p.messages)
-    return p, data
+    return plan, data
 
 
 async def forward(
@@ -342,41 +343,39 @@ async def forward(
     overrides = overrides_of(body)
     entry = service.models.entry(body["model"])
     if merged_policy(entry, overrides).compresses_prompt:  # compression: off the event loop
-        p, data = await asyncio.to_thread(_prepare, service, api, raw, body, overrides)
+        plan, data = await asyncio.to_thread(_prepare, service, api, raw, body, overrides)
     else:  # nothing heavy to offload
-        p, data = _prepare(service, api, raw, body, overrides)
-    start_count(service.models, p)
+        plan, data = _prepare(service, api, raw, body, overrides)
     backend = service.models.native
-    target = backend.target(p.entry.name, api)
+    target = backend.target(plan.entry.name, api)
     stream = bool(body.get("stream"))
     headers = {k.lower(): v for k, v in request.headers.items()}
-    try:
-        response = await backend.send(target, data, stream, headers)
-    except BackendError as exc:
-        if exc.code == MISSING:
-            backend.missing.add((p.entry.name, api))
-            log.warning(
-                "model %s: the upstream has no %s endpoint; translating %s requests to chat "
-                "completions from now on",
-                p.entry.name, api, api,
-            )  # fmt: skip
-            return None
-        service.metrics.upstream_errors.labels(p.entry.name, exc.code or str(exc.status)).inc()
-        service.accounting.account(p, exc.status, stream, None, exc.message)
-        error = ProxyError(exc.status, exc.message, exc.type, exc.code)
-        error.accounted = True
-        raise error from None
-    except asyncio.CancelledError:
-        service.accounting.account(p, 499, stream, None, "client disconnected")
-        raise
-    p.served = p.entry
-    if stream:
+    with service.exchange(plan, stream=stream) as x:
+        try:
+            response = await backend.send(target, data, stream, headers)
+        except BackendError as exc:
+            if exc.code == MISSING:
+                x.void()  # translated by the caller, in an exchange of its own
+                backend.missing.add((plan.entry.name, api))
+                log.warning(
+                    "model %s: the upstream has no %s endpoint; translating %s requests to "
+                    "chat completions from now on",
+                    plan.entry.name, api, api,
+                )  # fmt: skip
+                return None
+            service.metrics.upstream_errors.labels(
+                plan.entry.name, exc.code or str(exc.status)
+            ).inc()
+            raise ProxyError(exc.status, exc.message, exc.type, exc.code) from None
+        x.served = plan.entry
+        if not stream:
+            return await _answer(service, x, api, response)
+        x.hand_over()  # the relay accounts it when the stream ends
         return StreamingResponse(
-            relay(service, p, api, response),
+            relay(service, x, api, response),
             media_type="text/event-stream",
-            headers={**upstream_headers(response), **p.headers(), "cache-control": "no-cache"},
+            headers={**upstream_headers(response), **x.headers(), "cache-control": "no-cache"},
         )
-    return await _answer(service, p, api, response)
 
 
 async def count_tokens(
@@ -407,77 +406,79 @@ async def count_tokens(
     return JSONResponse(found, headers=upstream_headers(response))
 
 
-async def _answer(service: ChatService, p: Prepared, api: str, response: Any) -> Response:
+async def _answer(service: ChatService, x: Exchange, api: str, response: Any) -> Response:
+    """The upstream's answer with the gateway's savings beside its usage (inside the
+    exchange: a failure here is its outcome)."""
     usage = Usage(api)
-    status, error, body, counted = 502, "the upstream answer is not a JSON object", None, None
     try:
         try:
             body = json.loads(await response.read())
         except TRANSPORT_ERRORS as exc:
             failure = service.models.native.transport_error(exc)
-            status, error = failure.status, failure.message
             raise ProxyError(failure.status, failure.message, failure.type, failure.code) from None
         except ValueError:
             body = None
         if not isinstance(body, dict):
-            raise ProxyError(502, error, "upstream_error", "upstream_invalid")
-        usage.read_body(body)
-        await settle(p)
-        p.reasoning_tokens = usage.reasoning
-        counted = service.accounting.usage(p, usage.prompt, usage.completion, "".join(usage.text))
-        status, error = 200, None
-    except ProxyError as exc:
-        exc.accounted = True
-        raise
-    except asyncio.CancelledError:
-        status, error = 499, "client disconnected"
-        raise
+            raise ProxyError(
+                502,
+                "the upstream answer is not a JSON object",
+                "upstream_error",
+                "upstream_invalid",
+            )
     finally:
         response.release()
-        service.accounting.account(p, status, False, counted, error)
-    body["model"] = p.entry.name
+    usage.read_body(body)
+    counted = await x.answered(
+        usage.prompt, usage.completion, "".join(usage.text), reasoning_tokens=usage.reasoning
+    )
+    body["model"] = x.plan.entry.name
     body["usage"] = {**(body.get("usage") or {}), **savings_usage(counted)}
-    body["tokenskip"] = p.info()
-    return JSONResponse(body, headers={**upstream_headers(response), **p.headers(counted)})
+    body["tokenskip"] = x.info()
+    return JSONResponse(body, headers={**upstream_headers(response), **x.headers(counted)})
 
 
-async def relay(service: ChatService, p: Prepared, api: str, response: Any) -> AsyncIterator[bytes]:
-    """The upstream's events as they came, whole; its usage read on the side; one ledger
-    row whatever happens (499 when the client leaves)."""
+async def relay(service: ChatService, x: Exchange, api: str, response: Any) -> AsyncIterator[bytes]:
+    """The upstream's events as they came, whole; its usage read on the side; the exchange
+    accounted whatever happens (499 when the client leaves)."""
     usage = Usage(api)
-    status, error, counted = 499, "client disconnected", None
     failure: BackendError | None = None
     buffer = b""
-    try:
+    with x:
         try:
-            async for chunk in response.content.iter_any():
-                buffer += chunk
-                while (end := _EVENT_END.search(buffer)) is not None:
-                    event, buffer = buffer[: end.end()], buffer[end.end() :]
-                    usage.read_event(event)
-                    yield event
-            if not usage.finished:
+            try:
+                async for chunk in response.content.iter_any():
+                    buffer += chunk
+                    while (end := _EVENT_END.search(buffer)) is not None:
+                        event, buffer = buffer[: end.end()], buffer[end.end() :]
+                        usage.read_event(event)
+                        yield event
+                if not usage.finished:
+                    failure = BackendError(
+                        502,
+                        "the upstream stream broke off before its last event",
+                        "upstream_error",
+                        "upstream_incomplete",
+                    )
+            except TRANSPORT_ERRORS as exc:
+                cut = service.models.native.transport_error(exc)
                 failure = BackendError(
-                    502,
-                    "the upstream stream broke off before its last event",
-                    "upstream_error",
+                    cut.status, f"the upstream stream broke off: {cut.message}", cut.type,
                     "upstream_incomplete",
-                )
-        except TRANSPORT_ERRORS as exc:
-            cut = service.models.native.transport_error(exc)
-            failure = BackendError(
-                cut.status, f"the upstream stream broke off: {cut.message}", cut.type,
-                "upstream_incomplete",
-            )  # fmt: skip
-        if failure is not None:
-            status, error = failure.status, failure.message
-            service.metrics.upstream_errors.labels(p.entry.name, failure.code or "stream").inc()
-            yield error_event(api, failure, usage.sequence)
-            return
-        await settle(p)
-        p.reasoning_tokens = usage.reasoning
-        counted = service.accounting.usage(p, usage.prompt, usage.completion, "".join(usage.text))
-        status, error = (502, usage.failed) if usage.failed else (200, None)
-    finally:
-        response.release()
-        service.accounting.account(p, status, True, counted, error)
+                )  # fmt: skip
+            if failure is not None:
+                x.failed(failure.status, failure.message)
+                service.metrics.upstream_errors.labels(
+                    x.plan.entry.name, failure.code or "stream"
+                ).inc()
+                yield error_event(api, failure, usage.sequence)
+                return
+            await x.answered(
+                usage.prompt,
+                usage.completion,
+                "".join(usage.text),
+                reasoning_tokens=usage.reasoning,
+            )
+            if usage.failed:
+                x.failed(502, usage.failed)
+        finally:
+            response.release()

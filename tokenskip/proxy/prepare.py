@@ -2,8 +2,9 @@
 
 :func:`prepare` validates what the models need (content present, no fields a local model
 cannot honour), merges the model's policy with the request's ``tokenskip`` overrides,
-compresses the prompt in a worker thread (never on the event loop) and starts counting the
-savings beside the upstream call. Pass-through requests are not tokenized at all.
+compresses the prompt in a worker thread (never on the event loop), and returns the request's
+immutable :class:`Plan`; its savings are counted beside the upstream call by the plan's
+:class:`~tokenskip.proxy.exchange.Exchange`. Pass-through requests are not tokenized at all.
 """
 
 from __future__ import annotations
@@ -46,34 +47,28 @@ LOCAL_UNSUPPORTED = (
 """Request fields a local model cannot honour: refused by name rather than ignored."""
 
 
-@dataclass
-class Prepared:
-    """A request after policy, compression and the CoT knob, ready for its backend."""
+@dataclass(frozen=True)
+class Plan:
+    """A request after policy, compression and the CoT knob: what to send, to which model,
+    and what was done to it. Never changed once made; what happens when it is sent lives in
+    its :class:`~tokenskip.proxy.exchange.Exchange`."""
 
     entry: ModelEntry
     messages: list[dict[str, Any]]
     params: dict[str, Any]
     prompt: PromptCompression | None
+    """The prompt compression (its savings are counted beside the upstream call)."""
     prompt_ratio: float | None
     cot_ratio: float | None
     cot_method: str
     exact: bool
+    """Whether the model's own tokenizer counts the gateway's estimates."""
     started: float
     request_id: str = field(default_factory=completion_id)
-    served: ModelEntry | None = None
-    """The entry that actually answered (differs from ``entry`` after a fallback)."""
     batch_tokens_saved: int = 0
     """Input tokens a merged multi-query call saved against one call per query."""
-    counting: Any = None
-    """The savings count running beside the upstream call (an asyncio future), or None."""
-    fallbacks: list[str] = field(default_factory=list)
-    """``failed->next`` for every fallback taken, in order."""
     cot: CotPlan | None = None
     """How the CoT knob was applied (None: it was not asked for)."""
-    forced_at: int | None = None
-    """Budget forcing: the output token where the answer cue went in (None: not forced)."""
-    reasoning_tokens: int | None = None
-    """What the upstream reported in ``completion_tokens_details.reasoning_tokens``."""
     params_before_cot: dict[str, Any] = field(default_factory=dict)
     """The client's parameters before the CoT knob set native reasoning fields (for a
     fallback to a model of another kind)."""
@@ -82,46 +77,6 @@ class Prepared:
     of all its messages); None when compression changed nothing."""
     document_ratio: float | None = None
     """The budget of ranked document selection the policy set (None: prompt untouched)."""
-
-    @property
-    def model(self) -> str:
-        """The name of the model that answers (after any fallback)."""
-        return (self.served or self.entry).name
-
-    def headers(self, usage: dict[str, Any] | None = None) -> dict[str, str]:
-        """Savings headers: from the final usage when known (non-streaming), else what is
-        known before generation (streaming: the saving, not yet the upstream's count)."""
-        h = {
-            "x-tokenskip-cot-method": self.cot_method,
-            "x-tokenskip-tokens-estimated": str(not self.exact).lower(),
-        }
-        if self.fallbacks:
-            h["x-tokenskip-fallback"] = ",".join(self.fallbacks)
-        if self.prompt is None or self.prompt.counted:
-            # a stream starts before a large part is counted: its final usage chunk says
-            h["x-tokenskip-prompt-tokens-saved"] = str(
-                self.prompt.saved_tokens if self.prompt else 0
-            )
-        if usage is not None:
-            h["x-tokenskip-prompt-tokens-original"] = str(usage["prompt_tokens_original"])
-            h["x-tokenskip-prompt-tokens-saved"] = str(usage["prompt_tokens_saved"])
-            h["x-tokenskip-tokens-estimated"] = str(usage["tokens_estimated"]).lower()
-        return h
-
-    def info(self) -> dict[str, Any]:
-        """The response's ``tokenskip`` object: what was compressed, how, and fallbacks."""
-        parts = self.prompt.parts if self.prompt else []
-        return {
-            "prompt_ratio": self.prompt_ratio,
-            "document_ratio": self.document_ratio,
-            "prompt_tokens_saved": self.prompt.saved_tokens if self.prompt else 0,
-            "messages_compressed": self.prompt.num_compressed if self.prompt else 0,
-            "compressed": [part.to_dict() for part in parts],
-            "cot_ratio": self.cot_ratio,
-            "cot_method": self.cot_method,
-            **(self.cot.info(self.forced_at) if self.cot else {}),
-            "fallbacks": list(self.fallbacks),
-        }
 
 
 @dataclass
@@ -156,7 +111,10 @@ class CotPlan:
             return effort_budget(effort_for(budget), budget)
         return budget
 
-    def info(self, forced_at: int | None) -> dict[str, Any]:
+    def info(self, forced_at: int | None, note: str | None = None) -> dict[str, Any]:
+        """The knob's part of the ``tokenskip`` object; ``note`` is what answering found
+        (it replaces the plan's own)."""
+        note = note or self.note
         out: dict[str, Any] = {
             "cot_budget": self.budget,
             "reasoning": self.reasoning,
@@ -167,8 +125,8 @@ class CotPlan:
             out["cot_budget_requested"] = self.budget_asked
         if self.fields:
             out["cot_fields"] = list(self.fields)
-        if self.note:
-            out["cot_note"] = self.note
+        if note:
+            out["cot_note"] = note
         if self.forcing is not None:
             out["cot_forced"] = forced_at is not None
         return out
@@ -344,7 +302,7 @@ def compress_prompt(
     policy: CompressionPolicy,
     messages: list[dict[str, Any]],
 ) -> PromptCompression | None:
-    """The messages compressed by the policy (not counted yet: see :func:`start_count`), or
+    """The messages compressed by the policy (counted later, beside the upstream call), or
     None when the policy compresses no prompt."""
     if not policy.compresses_prompt:
         return None
@@ -358,7 +316,7 @@ def compress_prompt(
         prompt_settings(policy),
         tokenizer=counter.tokenizer,
         scorer=scorer,
-        count=False,  # counted beside the upstream call (see start_count)
+        count=False,  # counted beside the upstream call (see exchange.Exchange)
         memo=models.memo,  # a text resent on a later turn is not compressed again
     )
     metrics.compression_seconds.labels(entry.name).observe(time.perf_counter() - t0)
@@ -367,7 +325,7 @@ def compress_prompt(
 
 def prepare_sync(
     models: Registry, metrics: Metrics, request: ChatCompletionRequest, started: float
-) -> Prepared:
+) -> Plan:
     """Everything :func:`prepare` does but start the count (runs in a worker thread)."""
     entry = models.entry(request.model)
     _check(entry, request)
@@ -409,7 +367,7 @@ def prepare_sync(
         if prompt is not None and prompt.num_compressed
         else None
     )
-    return Prepared(
+    return Plan(
         entry,
         messages,
         params,
@@ -426,8 +384,8 @@ def prepare_sync(
     )
 
 
-async def prepare(models: Registry, metrics: Metrics, request: ChatCompletionRequest) -> Prepared:
-    """The request ready for its backend; the savings count runs on beside the call."""
+async def prepare(models: Registry, metrics: Metrics, request: ChatCompletionRequest) -> Plan:
+    """The request's plan; compression runs in a worker thread, never on the event loop."""
     started = time.perf_counter()
     entry = models.config.models.get(request.model)
     if (
@@ -436,20 +394,4 @@ async def prepare(models: Registry, metrics: Metrics, request: ChatCompletionReq
         and not (request.tokenskip and request.tokenskip.enabled)
     ):
         return prepare_sync(models, metrics, request, started)  # nothing heavy to offload
-    p = await asyncio.to_thread(prepare_sync, models, metrics, request, started)
-    start_count(models, p)
-    return p
-
-
-def start_count(models: Registry, p: Prepared) -> None:
-    """Count the compression's savings while the upstream works, not before it is called."""
-    if p.prompt is not None and not p.prompt.counted:
-        tokenizer = models.counter(p.entry).tokenizer
-        p.counting = asyncio.ensure_future(asyncio.to_thread(p.prompt.count, tokenizer))
-
-
-async def settle(p: Prepared) -> None:
-    """Wait for the savings count started by :func:`prepare` (usage needs it)."""
-    if p.counting is not None:
-        await p.counting
-        p.counting = None
+    return await asyncio.to_thread(prepare_sync, models, metrics, request, started)

@@ -96,17 +96,17 @@ async def chat_completions(
             return JSONResponse(
                 batched_completion(body, answer), headers={"x-tokenskip-batched": "true"}
             )
-    prepared = await service.prepare(body)
+    x = await service.open(body)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        headers = {**prepared.headers(), "cache-control": "no-cache"}
+        headers = {**x.headers(), "cache-control": "no-cache"}
         return StreamingResponse(
-            service.stream(prepared, include_usage),
+            service.stream(x, include_usage),
             media_type="text/event-stream",
             headers=headers,
         )
-    result = await until_disconnected(request, service.complete(prepared))
-    return JSONResponse(result, headers=prepared.headers(result["usage"]))
+    result = await until_disconnected(request, service.complete(x))
+    return JSONResponse(result, headers=x.headers(result["usage"]))
 
 
 @router.post(
@@ -165,16 +165,16 @@ async def _translated(
         if answer is not None:
             return answer
     chat = _chat_request(api.to_chat(api.translatable(raw)))
-    prepared = await service.prepare(chat)
+    x = await service.open(chat)
     if chat.stream:
-        headers = {**prepared.headers(), "cache-control": "no-cache"}
+        headers = {**x.headers(), "cache-control": "no-cache"}
         return StreamingResponse(
-            api.events(service.stream(prepared, True), raw),
+            api.events(service.stream(x, True), raw),
             media_type="text/event-stream",
             headers=headers,
         )
-    result = await until_disconnected(request, service.complete(prepared))
-    return JSONResponse(api.from_chat(result, raw), headers=prepared.headers(result["usage"]))
+    result = await until_disconnected(request, service.complete(x))
+    return JSONResponse(api.from_chat(result, raw), headers=x.headers(result["usage"]))
 
 
 @router.post(

@@ -1,17 +1,20 @@
 """The chat service: a prepared request through its backend (with fallbacks) to an answer.
 
-Routes hand it a validated request; :meth:`ChatService.prepare` applies policy, compression
-and the CoT knob (:mod:`tokenskip.proxy.prepare`), then :meth:`~ChatService.complete` or
-:meth:`~ChatService.stream` call the model's backend, fall back to the next model on a 5xx
-or 429 before any output, and return a response body (or SSE lines). The models live in
-:mod:`tokenskip.proxy.registry`, usage and the ledger in :mod:`tokenskip.proxy.accounting`,
-the bodies the gateway builds in :mod:`tokenskip.proxy.openai_format`.
+Routes hand it a validated request; :meth:`ChatService.open` plans it (policy, compression
+and the CoT knob, :mod:`tokenskip.proxy.prepare`) and opens its
+:class:`~tokenskip.proxy.exchange.Exchange`; :meth:`~ChatService.complete`,
+:meth:`~ChatService.complete_watched` or :meth:`~ChatService.stream` run the exchange: call
+the model's backend, fall back to the next model on a 5xx or 429 before any output, and
+return a response body (or SSE lines); the exchange's exit writes the ledger row. The
+models live in :mod:`tokenskip.proxy.registry`, the ledger and metrics in
+:mod:`tokenskip.proxy.accounting`, the bodies the gateway builds in
+:mod:`tokenskip.proxy.protocol`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -22,9 +25,10 @@ from tokenskip.proxy.backends.base import BackendError, Completion, Delta
 from tokenskip.proxy.backends.local import FORCING_PARAM
 from tokenskip.proxy.config import GatewayConfig, ModelEntry
 from tokenskip.proxy.errors import ProxyError
+from tokenskip.proxy.exchange import Exchange
 from tokenskip.proxy.ledger import Ledger
 from tokenskip.proxy.metrics import Metrics
-from tokenskip.proxy.prepare import Prepared, prepare, settle
+from tokenskip.proxy.prepare import Plan, prepare
 from tokenskip.proxy.protocol import (
     DONE,
     ChatCompletionRequest,
@@ -47,7 +51,7 @@ class ChatService:
         self.ledger = ledger
         self.metrics = metrics
         self.models = Registry(config)
-        self.accounting = Accounting(self.models, ledger, metrics)
+        self.accounting = Accounting(ledger, metrics)
 
     @property
     def local(self) -> Any:
@@ -60,8 +64,18 @@ class ChatService:
     async def aclose(self) -> None:
         await self.models.aclose()
 
-    async def prepare(self, request: ChatCompletionRequest) -> Prepared:
-        return await prepare(self.models, self.metrics, request)
+    async def open(
+        self, request: ChatCompletionRequest, *, batch_tokens_saved: int = 0
+    ) -> Exchange:
+        """The request planned, and its exchange opened (its savings count starts now)."""
+        plan = await prepare(self.models, self.metrics, request)
+        if batch_tokens_saved:
+            plan = dataclasses.replace(plan, batch_tokens_saved=batch_tokens_saved)
+        return self.exchange(plan, stream=bool(request.stream))
+
+    def exchange(self, plan: Plan, *, stream: bool) -> Exchange:
+        tokenizer = self.models.counter(plan.entry).tokenizer
+        return Exchange(plan, self.accounting, tokenizer, stream=stream)
 
     def record_refusal(self, model: str | None, status: int, message: str) -> None:
         self.accounting.record_refusal(model, status, message)
@@ -73,23 +87,23 @@ class ChatService:
         return exc.status >= 500 or exc.status == 429
 
     def _fell_back(
-        self, p: Prepared, failed: ModelEntry, nxt: ModelEntry, exc: BackendError
+        self, x: Exchange, failed: ModelEntry, nxt: ModelEntry, exc: BackendError
     ) -> None:
         """A fallback is never silent: logged, counted, and named in a response header."""
         log.warning(
             "request %s: model %s failed (%s %s); falling back to %s",
-            p.request_id,
+            x.plan.request_id,
             failed.name,
             exc.status,
             exc.code or exc.message[:120],
             nxt.name,
         )
-        p.fallbacks.append(f"{failed.name}->{nxt.name}")
-        self.metrics.fallbacks.labels(p.entry.name, nxt.name).inc()
+        x.fell_back(failed, nxt)
+        self.metrics.fallbacks.labels(x.plan.entry.name, nxt.name).inc()
 
     # -- answers --------------------------------------------------------------------------
     @staticmethod
-    def _params(p: Prepared, entry: ModelEntry) -> dict[str, Any]:
+    def _params(p: Plan, entry: ModelEntry) -> dict[str, Any]:
         """The request's parameters for ``entry``: budget forcing reaches local models only,
         and native reasoning fields only models of the kind they were set for (a fallback of
         another kind gets the client's own parameters)."""
@@ -100,18 +114,20 @@ class ChatService:
             return params
         return {k: v for k, v in params.items() if k != FORCING_PARAM}
 
-    async def _complete_one(self, p: Prepared, entry: ModelEntry) -> Completion:
+    async def _complete_one(self, x: Exchange, entry: ModelEntry) -> Completion:
+        p = x.plan
         backend = self.models.backend(entry)
         forcing = p.cot.forcing if p.cot is not None else None
         if forcing is None or entry.is_local or entry.continue_final is None:
             return await backend.complete(entry.name, p.messages, self._params(p, entry))
-        return await self._forced_remote(p, entry, forcing)
+        return await self._forced_remote(x, entry, forcing)
 
-    async def _forced_remote(self, p: Prepared, entry: ModelEntry, forcing: Any) -> Completion:
+    async def _forced_remote(self, x: Exchange, entry: ModelEntry, forcing: Any) -> Completion:
         """Budget forcing over an OpenAI-protocol upstream that continues a partial assistant
         message (vLLM, SGLang): reason up to the budget, then, if no answer is written, send
         the reasoning back with the cue as the assistant's unfinished turn
         (``continue_final_message``) for at most ``answer_tokens`` more."""
+        p = x.plan
         backend = self.models.backend(entry)
         params = self._params(p, entry)
         cap = params.get("max_tokens") or params.get("max_completion_tokens")
@@ -127,11 +143,10 @@ class ChatService:
         if not head.text and message.get("reasoning_content"):
             # the server parses the reasoning out of content (vLLM --reasoning-parser):
             # continuing needs it in the partial message, so the budget's cut stands
-            if p.cot is not None:
-                p.cot.note = (
-                    "the upstream returned the reasoning apart from content, so it cannot be "
-                    "continued with an answer cue; the reasoning was cut at the budget"
-                )
+            x.cot_note = (
+                "the upstream returned the reasoning apart from content, so it cannot be "
+                "continued with an answer cue; the reasoning was cut at the budget"
+            )
             return head
         partial = head.text + forcing.cue
         left = cap - (head.completion_tokens or forcing.budget) if cap else None
@@ -148,10 +163,10 @@ class ChatService:
                 entry.name, [*p.messages, {"role": "assistant", "content": partial}], second
             )
         except BackendError as exc:
-            if p.cot is not None:  # the reasoning already came back and was paid for
-                p.cot.note = f"the answer call failed ({exc.status}); the reasoning is returned"
+            # the reasoning already came back and was paid for
+            x.cot_note = f"the answer call failed ({exc.status}); the reasoning is returned"
             return head
-        p.forced_at = head.completion_tokens or forcing.budget
+        x.forced_at = head.completion_tokens or forcing.budget
         text = partial + tail.text
         both = [
             head.prompt_tokens,
@@ -182,35 +197,33 @@ class ChatService:
             raw=raw,
         )
 
-    async def complete(self, p: Prepared) -> dict[str, Any]:
-        chain = self.models.chain(p.entry)
-        for i, entry in enumerate(chain):
-            try:
-                result = await self._complete_one(p, entry)
-                p.served = entry
-                break
-            except BackendError as exc:
-                if self._upstream_failed(entry, exc) and i + 1 < len(chain):
-                    self._fell_back(p, entry, chain[i + 1], exc)
-                    continue
-                self.accounting.account(p, exc.status, False, None, exc.message)
-                raise _accounted(ProxyError(exc.status, exc.message, exc.type, exc.code)) from None
-            except asyncio.CancelledError:
-                self.accounting.account(p, 499, False, None, "client disconnected")
-                raise
-        await settle(p)
-        if p.forced_at is None:
-            p.forced_at = result.extra.get("forced_at")
-        p.reasoning_tokens = result.reasoning_tokens
-        usage = self.accounting.usage(
-            p, result.prompt_tokens, result.completion_tokens, result.text
-        )
-        self.accounting.account(p, 200, False, usage)
-        return self._completion(p, result.text, result.finish_reason, usage, result.raw)
+    async def complete(self, x: Exchange) -> dict[str, Any]:
+        """The answer as one chat completion body (the exchange accounted on the way out)."""
+        with x:
+            p = x.plan
+            chain = self.models.chain(p.entry)
+            for i, entry in enumerate(chain):
+                try:
+                    result = await self._complete_one(x, entry)
+                    x.served = entry
+                    break
+                except BackendError as exc:
+                    if self._upstream_failed(entry, exc) and i + 1 < len(chain):
+                        self._fell_back(x, entry, chain[i + 1], exc)
+                        continue
+                    raise ProxyError(exc.status, exc.message, exc.type, exc.code) from None
+            usage = await x.answered(
+                result.prompt_tokens,
+                result.completion_tokens,
+                result.text,
+                reasoning_tokens=result.reasoning_tokens,
+                forced_at=result.extra.get("forced_at"),
+            )
+            return self._completion(x, result.text, result.finish_reason, usage, result.raw)
 
     async def complete_watched(
         self,
-        p: Prepared,
+        x: Exchange,
         stop: Callable[[str], bool],
         *,
         prompt_tokens: int | None = None,
@@ -226,40 +239,31 @@ class ChatService:
         watch = TailCheck(stop, every, window)
         end: list[Delta] = []
         stopped = False
-        status, usage, error = 499, None, "client disconnected"
-        try:
-            async with contextlib.aclosing(self._pieces(p, end)) as pieces:
-                async for delta in pieces:
-                    parts.append(delta.text)
-                    if watch.feed(delta.text):
-                        stopped = True
-                        break
+        with x:
+            try:
+                async with contextlib.aclosing(self._pieces(x, end)) as pieces:
+                    async for delta in pieces:
+                        parts.append(delta.text)
+                        if watch.feed(delta.text):
+                            stopped = True
+                            break
+            except BackendError as exc:
+                raise ProxyError(exc.status, exc.message, exc.type, exc.code) from None
             text = "".join(parts)
             if not end and not stopped:
-                raise _incomplete()
+                raise ProxyError(*_INCOMPLETE)
             last = end[0] if end else None
-            await settle(p)
             reported = last.prompt_tokens if last is not None else None
-            usage = self.accounting.usage(
-                p,
+            usage = await x.answered(
                 reported if reported is not None else prompt_tokens,
                 last.completion_tokens if last is not None else None,
                 text,
             )
-            status, error = 200, None
-            return self._completion(p, text, last.finish_reason if last else "stopped", usage)
-        except BackendError as exc:
-            status, error = exc.status, exc.message
-            raise _accounted(ProxyError(exc.status, exc.message, exc.type, exc.code)) from None
-        except Exception as exc:
-            status, error = 500, f"{type(exc).__name__}: {exc}"
-            raise
-        finally:
-            self.accounting.account(p, status, True, usage, error)
+            return self._completion(x, text, last.finish_reason if last else "stopped", usage)
 
     def _completion(
         self,
-        p: Prepared,
+        x: Exchange,
         text: str,
         finish_reason: str,
         usage: dict[str, Any],
@@ -270,14 +274,17 @@ class ChatService:
             # system_fingerprint, service_tier, usage details...); the gateway only names the
             # model it was asked for and adds its own accounting.
             body = dict(raw)
-            body["model"] = p.model
+            body["model"] = x.model
             body["usage"] = {**(raw.get("usage") or {}), **usage}
-            body["tokenskip"] = p.info()
+            body["tokenskip"] = x.info()
             return body
-        return completion_body(p.request_id, now(), p.model, text, finish_reason, usage, p.info())
+        return completion_body(
+            x.plan.request_id, now(), x.model, text, finish_reason, usage, x.info()
+        )
 
-    async def _deltas(self, p: Prepared) -> AsyncIterator[Delta]:
+    async def _deltas(self, x: Exchange) -> AsyncIterator[Delta]:
         """The backend's deltas, falling back to the next model only before any output."""
+        p = x.plan
         chain = self.models.chain(p.entry)
         for i, entry in enumerate(chain):
             started = False
@@ -288,60 +295,78 @@ class ChatService:
                     )
                 ) as deltas:
                     async for delta in deltas:
-                        started, p.served = True, entry
+                        started, x.served = True, entry
                         yield delta
                 return
             except BackendError as exc:
                 if not self._upstream_failed(entry, exc) or started or i + 1 == len(chain):
                     raise
-                self._fell_back(p, entry, chain[i + 1], exc)
+                self._fell_back(x, entry, chain[i + 1], exc)
 
-    async def _pieces(self, p: Prepared, end: list[Delta]) -> AsyncIterator[Delta]:
+    async def _pieces(self, x: Exchange, end: list[Delta]) -> AsyncIterator[Delta]:
         """The backend's deltas up to the finishing one, which is put in ``end``."""
-        async with contextlib.aclosing(self._deltas(p)) as deltas:
+        async with contextlib.aclosing(self._deltas(x)) as deltas:
             async for delta in deltas:
                 if delta.finish_reason is not None:
                     end.append(delta)
                     return
                 yield delta
 
-    async def stream(self, p: Prepared, include_usage: bool) -> AsyncIterator[str]:
+    async def stream(self, x: Exchange, include_usage: bool) -> AsyncIterator[str]:
         """SSE lines. From an OpenAI-protocol upstream its chunks are forwarded as they came
         (tool-call deltas, logprobs, refusals...); a local model's are built here: a role
-        chunk, content chunks, a finish chunk. Then the usage chunk if asked, and [DONE]."""
+        chunk, content chunks, a finish chunk. Then the usage chunk if asked, and [DONE].
+        A failure ends the stream with an error event (its status in the exchange)."""
         created = now()
+        p = x.plan
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-            return sse(chunk_body(p.request_id, created, p.model, delta, finish))
+            return sse(chunk_body(p.request_id, created, x.model, delta, finish))
 
         parts: list[str] = []
-        status, usage, error = 499, None, "client disconnected"
         passthrough = False
-        try:
-            end: list[Delta] = []
-            # aclosing: if the client leaves, the backend stream is closed (and cancelled) now.
-            async with contextlib.aclosing(self._pieces(p, end)) as pieces:
-                first = True
-                async for delta in pieces:
-                    if first:
-                        passthrough, first = delta.raw is not None, False
-                        if not passthrough:
-                            yield chunk({"role": "assistant", "content": ""})
-                    parts.append(delta.text)
-                    if passthrough and delta.raw is not None:
-                        yield sse({**delta.raw, "model": p.model})
-                    elif delta.text:
-                        yield chunk({"content": delta.text})
-                if first and end and end[0].raw is None:
-                    yield chunk({"role": "assistant", "content": ""})
-            if not end:
-                raise _incomplete()
-            last = end[0]
-            await settle(p)
-            p.forced_at, p.reasoning_tokens = last.forced_at, last.reasoning_tokens
-            usage = self.accounting.usage(
-                p, last.prompt_tokens, last.completion_tokens, "".join(parts)
-            )
+        with x:
+            try:
+                end: list[Delta] = []
+                # aclosing: if the client leaves, the backend stream is closed (cancelled) now
+                async with contextlib.aclosing(self._pieces(x, end)) as pieces:
+                    first = True
+                    async for delta in pieces:
+                        if first:
+                            passthrough, first = delta.raw is not None, False
+                            if not passthrough:
+                                yield chunk({"role": "assistant", "content": ""})
+                        parts.append(delta.text)
+                        if passthrough and delta.raw is not None:
+                            yield sse({**delta.raw, "model": x.model})
+                        elif delta.text:
+                            yield chunk({"content": delta.text})
+                    if first and end and end[0].raw is None:
+                        yield chunk({"role": "assistant", "content": ""})
+                if not end:
+                    raise BackendError(*_INCOMPLETE)
+                last = end[0]
+                usage = await x.answered(
+                    last.prompt_tokens,
+                    last.completion_tokens,
+                    "".join(parts),
+                    reasoning_tokens=last.reasoning_tokens,
+                    forced_at=last.forced_at,
+                )
+            except BackendError as exc:
+                x.failed(exc.status, exc.message)
+                yield sse(error_body(exc.message, exc.type, exc.code))
+                yield DONE
+                return
+            except Exception as exc:  # noqa: BLE001 - a stream ends cleanly whatever happened
+                log.exception("stream of request %s failed", p.request_id)
+                x.failed(500, f"{type(exc).__name__}: {exc}")
+                body = error_body(
+                    f"internal error: {type(exc).__name__}", "server_error", "internal_error"
+                )
+                yield sse(body)
+                yield DONE
+                return
             if not passthrough:
                 yield chunk({}, last.finish_reason)
             if include_usage:
@@ -351,38 +376,18 @@ class ChatService:
                     "object": "chat.completion.chunk",
                     "created": upstream.get("created", created),
                     **upstream,
-                    "model": p.model,
+                    "model": x.model,
                     "choices": [],
                     "usage": {**(upstream.get("usage") or {}), **usage},
-                    "tokenskip": p.info(),
+                    "tokenskip": x.info(),
                 }
                 yield sse(body)
             yield DONE
-            status, error = 200, None
-        except BackendError as exc:
-            status, error = exc.status, exc.message
-            yield sse(error_body(exc.message, exc.type, exc.code))
-            yield DONE
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a stream ends cleanly whatever happened
-            log.exception("stream of request %s failed", p.request_id)
-            status, error = 500, f"{type(exc).__name__}: {exc}"
-            body = error_body(
-                f"internal error: {type(exc).__name__}", "server_error", "internal_error"
-            )
-            yield sse(body)
-            yield DONE
-        finally:
-            self.accounting.account(p, status, True, usage, error)
 
 
-def _accounted(error: ProxyError) -> ProxyError:
-    error.accounted = True
-    return error
-
-
-def _incomplete() -> BackendError:
-    return BackendError(
-        502, "the backend stream ended without finishing", "upstream_error", "upstream_incomplete"
-    )
+_INCOMPLETE = (
+    502,
+    "the backend stream ended without finishing",
+    "upstream_error",
+    "upstream_incomplete",
+)
