@@ -8,7 +8,7 @@ gateway does at start:
    tokens of prose;
 2. end-to-end compression of a ~4k-token prompt (context prose from the meaning set) with
    the heuristic scorer at γ = 0.7, guards on: milliseconds;
-3. pass-through cost of the gateway's prompt step (``tokenskip.proxy.prompt.compress_messages`` under
+3. pass-through cost of the gateway's prompt step (``tokenskip.proxy.serving.prompt.compress_messages`` under
    the default policy) on chats that hold nothing to compress, 1k to 64k tokens of system
    prompt: milliseconds, which must not grow with the prompt;
 4. the agent chat of the Headroom comparison: a system prompt, a user turn, an assistant
@@ -112,9 +112,9 @@ def main() -> None:
     torch.set_num_threads(1)
     from tokenskip import compress
     from tokenskip.models import load_tokenizer
-    from tokenskip.proxy.policy import CompressionPolicy
-    from tokenskip.proxy.prepare import prompt_settings
-    from tokenskip.proxy.prompt import compress_messages
+    from tokenskip.proxy.infra.policy import CompressionPolicy
+    from tokenskip.proxy.serving.prepare import prompt_settings
+    from tokenskip.proxy.serving.prompt import compress_messages
     from tokenskip.scorers import CachedScorer, HeuristicScorer
     from tokenskip.tokens import TextTokenizer
 

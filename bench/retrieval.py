@@ -8,7 +8,7 @@ question's id, each as ``<document index="N">`` inside ``<documents>``: an index
 that tells them apart. The question and its answer-format hint follow after a blank line.
 
 The message goes through the gateway's own policy path
-(:func:`tokenskip.proxy.prepare.compress_prompt` on a registry whose one model counts in
+(:func:`tokenskip.proxy.serving.prepare.compress_prompt` on a registry whose one model counts in
 the answering model's tokenizer: the ``heuristic`` scorer, the policy merged with the
 condition's overrides as a request's ``tokenskip`` fields are). Conditions:
 ``uncompressed`` (the message as is), ``default`` (``CompressionPolicy()``), ``ratio@R``
@@ -186,12 +186,12 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from tokenskip.models import load_model
-    from tokenskip.proxy.config import GatewayConfig, ModelEntry
     from tokenskip.proxy.errors import ProxyError
-    from tokenskip.proxy.metrics import Metrics
-    from tokenskip.proxy.policy import CompressionPolicy
-    from tokenskip.proxy.prepare import compress_prompt, merged_policy
-    from tokenskip.proxy.registry import Registry
+    from tokenskip.proxy.infra.config import GatewayConfig, ModelEntry
+    from tokenskip.proxy.infra.metrics import Metrics
+    from tokenskip.proxy.infra.policy import CompressionPolicy
+    from tokenskip.proxy.serving.prepare import compress_prompt, merged_policy
+    from tokenskip.proxy.serving.registry import Registry
     from tokenskip.relevance import marker
 
     texts = {

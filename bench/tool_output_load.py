@@ -87,14 +87,14 @@ def agent_chat() -> dict[str, Any]:
 
 def prompt_step_ms(request: dict[str, Any], repeats: int = 21) -> float:
     """The gateway's prompt step on this chat in-process, one core, median: the default
-    policy's transforms (:func:`tokenskip.proxy.prompt.compress_messages`) and the count of
+    policy's transforms (:func:`tokenskip.proxy.serving.prompt.compress_messages`) and the count of
     the saving in SmolLM2's tokenizer."""
     import torch
 
     from tokenskip.models import load_tokenizer
-    from tokenskip.proxy.policy import CompressionPolicy
-    from tokenskip.proxy.prepare import prompt_settings
-    from tokenskip.proxy.prompt import compress_messages
+    from tokenskip.proxy.infra.policy import CompressionPolicy
+    from tokenskip.proxy.serving.prepare import prompt_settings
+    from tokenskip.proxy.serving.prompt import compress_messages
     from tokenskip.tokens import TextTokenizer
 
     torch.set_num_threads(1)

@@ -90,12 +90,52 @@ def test_the_gateway_config_reads_deployments_without_importing_a_backend():
     """``proxy.config`` decides each deployment's backend from ``proxy.deployments`` (pure
     functions of its litellm params); importing a backend would tie configuration to
     aiohttp sessions and litellm."""
-    reached, todo = set(), ["tokenskip.proxy.config"]
+    reached, todo = set(), ["tokenskip.proxy.infra.config"]
     while todo:  # everything config imports, directly or not
         name = todo.pop()
         for target in GRAPH.get(name, ()):
             if target not in reached:
                 reached.add(target)
                 todo.append(target)
-    assert "tokenskip.proxy.deployments" in reached
-    assert not {m for m in reached if m.startswith("tokenskip.proxy.backends")}
+    assert "tokenskip.proxy.infra.deployments" in reached
+    assert not {m for m in reached if m.startswith("tokenskip.proxy.infra.backends")}
+
+
+GATEWAY_FLOOR = {"wire": 0, "infra": 1, "serving": 2, "api": 3}
+"""The gateway's rooms, bottom up: the wire vocabulary at ``tokenskip/proxy/*.py``
+(protocol, errors, jsonio), then ``infra``, ``serving`` and ``api``."""
+
+
+def gateway_room(module: str) -> str:
+    parts = module.split(".")
+    assert parts[:2] == ["tokenskip", "proxy"]
+    if len(parts) == 2:
+        return "wire"  # the package's docstring
+    return parts[2] if parts[2] in GATEWAY_FLOOR else "wire"
+
+
+def test_the_gateway_is_three_rooms_over_its_wire_vocabulary():
+    proxy = PACKAGE / "proxy"
+    assert {p.name for p in proxy.iterdir() if p.is_dir() and p.name != "__pycache__"} == {
+        "api",
+        "serving",
+        "infra",
+    }
+    assert sorted(p.stem for p in proxy.glob("*.py")) == [
+        "__init__",
+        "errors",
+        "jsonio",
+        "protocol",
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(m for m in MODULES if m.startswith("tokenskip.proxy")))
+def test_the_gateway_rooms_import_only_downward(name):
+    here = gateway_room(name)
+    for target in sorted(GRAPH[name]):
+        if not target.startswith("tokenskip.proxy"):
+            continue
+        there = gateway_room(target)
+        assert GATEWAY_FLOOR[there] <= GATEWAY_FLOOR[here], (
+            f"{name} ({here}) imports {target} ({there}): upward"
+        )

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tests.proxy.servers import serve
-from tokenskip.proxy.app import create_app
-from tokenskip.proxy.config import Settings, parse_config
+from tokenskip.proxy.api.app import create_app
+from tokenskip.proxy.infra.config import Settings, parse_config
 
 KEY = "sk-test-key"
 LONG = (

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from tokenskip.proxy.config import Settings, load_config, parse_config
+from tokenskip.proxy.infra.config import Settings, load_config, parse_config
 from tokenskip.runtime.configs import SpeculativeConfig
 
 CONFIG = """

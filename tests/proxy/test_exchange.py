@@ -5,13 +5,13 @@ import time
 
 import pytest
 
-from tokenskip.proxy.backends.base import BackendError
-from tokenskip.proxy.config import Settings, parse_config
 from tokenskip.proxy.errors import ProxyError
-from tokenskip.proxy.ledger import Ledger
-from tokenskip.proxy.metrics import Metrics
-from tokenskip.proxy.prepare import Plan
-from tokenskip.proxy.service import ChatService
+from tokenskip.proxy.infra.backends.base import BackendError
+from tokenskip.proxy.infra.config import Settings, parse_config
+from tokenskip.proxy.infra.ledger import Ledger
+from tokenskip.proxy.infra.metrics import Metrics
+from tokenskip.proxy.serving.prepare import Plan
+from tokenskip.proxy.serving.service import ChatService
 
 
 @pytest.fixture

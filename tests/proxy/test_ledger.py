@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from tokenskip.proxy.ledger import Ledger, LedgerRow
+from tokenskip.proxy.infra.ledger import Ledger, LedgerRow
 
 
 def row(model, original, sent, status=200, **kw):
@@ -57,7 +57,7 @@ def test_an_unusable_url_is_a_clear_error(tmp_path):
 
 
 def test_each_gateway_address_gets_its_own_ledger_by_default(tmp_path, monkeypatch):
-    from tokenskip.proxy.ledger import default_url
+    from tokenskip.proxy.infra.ledger import default_url
 
     monkeypatch.setenv("TOKENSKIP_CACHE_DIR", str(tmp_path))
     a, b = default_url("127.0.0.1", 8000), default_url("127.0.0.1", 8001)
@@ -79,7 +79,7 @@ def test_overflowing_and_non_finite_values_are_clamped_not_lost(tmp_path):
 def test_a_ledger_from_before_reasoning_columns_gains_them_and_keeps_its_rows(tmp_path):
     import sqlalchemy as sa
 
-    from tokenskip.proxy.ledger import ADDED_COLUMNS, Ledger, LedgerRow, requests_table
+    from tokenskip.proxy.infra.ledger import ADDED_COLUMNS, Ledger, LedgerRow, requests_table
 
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
     old = sa.MetaData()

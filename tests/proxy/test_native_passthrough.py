@@ -14,8 +14,8 @@ import pytest
 from tests.proxy.fake_native import ARGUMENTS, X_PROVIDER, make_native_app
 from tests.proxy.servers import serve
 from tokenskip.lossless import lossless
-from tokenskip.proxy.app import create_app
-from tokenskip.proxy.config import Settings, parse_config
+from tokenskip.proxy.api.app import create_app
+from tokenskip.proxy.infra.config import Settings, parse_config
 
 KEY = "sk-gateway-native"
 UPSTREAM_KEY = "sk-upstream-secret"

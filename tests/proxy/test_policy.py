@@ -1,6 +1,6 @@
 import pytest
 
-from tokenskip.proxy.policy import CompressionPolicy
+from tokenskip.proxy.infra.policy import CompressionPolicy
 
 
 def test_request_overrides_win_and_nulls_do_not():

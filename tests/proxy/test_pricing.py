@@ -1,6 +1,6 @@
 import pytest
 
-from tokenskip.proxy.backends.upstream import cost, redact, resolve_secret, secrets_of
+from tokenskip.proxy.infra.backends.upstream import cost, redact, resolve_secret, secrets_of
 
 
 def test_configured_prices_win():

@@ -5,7 +5,12 @@ import pytest
 
 from tokenskip.cot_control import apply_cot_ratio
 from tokenskip.lossless import expand_tables
-from tokenskip.proxy.prompt import PromptSettings, compress_messages, is_request, protected_spans
+from tokenskip.proxy.serving.prompt import (
+    PromptSettings,
+    compress_messages,
+    is_request,
+    protected_spans,
+)
 from tokenskip.scorers import HeuristicScorer
 
 FILLER = (
@@ -246,8 +251,8 @@ def test_the_default_policy_drops_documents_not_words(tokenizer, scorer):
     every word (every word-level ratio measured cost more than a point), and so does a
     request that needs every document."""
     from tests.tokenskip.test_relevance import retrieval_prompt
-    from tokenskip.proxy.policy import CompressionPolicy
-    from tokenskip.proxy.prepare import prompt_settings
+    from tokenskip.proxy.infra.policy import CompressionPolicy
+    from tokenskip.proxy.serving.prepare import prompt_settings
 
     default = CompressionPolicy()
     assert default.prompt_ratio is None and default.document_ratio == 0.3
@@ -282,7 +287,7 @@ def test_the_default_policy_drops_documents_not_words(tokenizer, scorer):
 def test_a_text_resent_on_a_later_turn_is_compressed_once(tokenizer, scorer, monkeypatch):
     """The memo: the same text, role and settings give the remembered compression without
     compressing again; other settings compress afresh; the memo stays within its bound."""
-    import tokenskip.proxy.prompt as prompt
+    import tokenskip.proxy.serving.prompt as prompt
     from tests.tokenskip.test_relevance import retrieval_prompt
 
     calls = []

@@ -8,8 +8,8 @@ import pytest
 
 from tests.proxy.fake_upstream import CONTINUER_STEPS, REASONING, make_upstream_app
 from tests.proxy.servers import serve
-from tokenskip.proxy.app import create_app
-from tokenskip.proxy.config import Settings, parse_config
+from tokenskip.proxy.api.app import create_app
+from tokenskip.proxy.infra.config import Settings, parse_config
 from tokenskip.reasoning import DEFAULT_CUE
 
 SECRET = "sk-upstream-REASONING-77"

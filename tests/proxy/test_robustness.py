@@ -15,10 +15,10 @@ import pytest
 
 from tests.proxy.fake_upstream import make_upstream_app
 from tests.proxy.servers import serve
-from tokenskip.proxy.app import create_app
-from tokenskip.proxy.config import Settings, parse_config
-from tokenskip.proxy.exchange import Exchange
-from tokenskip.proxy.ledger import Ledger, LedgerRow
+from tokenskip.proxy.api.app import create_app
+from tokenskip.proxy.infra.config import Settings, parse_config
+from tokenskip.proxy.infra.ledger import Ledger, LedgerRow
+from tokenskip.proxy.serving.exchange import Exchange
 
 MAX_BODY = 64 * 1024
 
@@ -225,7 +225,7 @@ def test_an_unexpected_error_mid_stream_ends_with_an_error_event(gateway, monkey
 
 def test_a_fallback_is_named_in_a_header_counted_and_logged(gateway, caplog):
     url, _ = gateway
-    with caplog.at_level(logging.WARNING, logger="tokenskip.proxy.service"):
+    with caplog.at_level(logging.WARNING, logger="tokenskip.proxy.serving.service"):
         r = post(url, {"model": "bad", "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 200
     assert r.headers["x-tokenskip-fallback"] == "bad->ok"
@@ -268,7 +268,7 @@ def test_one_poisoned_row_among_40_concurrent_requests_loses_nothing(gateway):
 
 
 def test_the_ledger_writes_every_other_row_when_one_is_refused(tmp_path, monkeypatch, caplog):
-    import tokenskip.proxy.ledger as ledger_module
+    import tokenskip.proxy.infra.ledger as ledger_module
 
     ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}", flush_interval_s=0.5)
     real = ledger_module.valid_row
@@ -294,7 +294,7 @@ def test_the_ledger_writes_every_other_row_when_one_is_refused(tmp_path, monkeyp
             completion_tokens=float("nan") if i == 5 else 2,
         )
 
-    with caplog.at_level(logging.ERROR, logger="tokenskip.proxy.ledger"):
+    with caplog.at_level(logging.ERROR, logger="tokenskip.proxy.infra.ledger"):
         threads = [threading.Thread(target=ledger.record, args=(row(i),)) for i in range(40)]
         for t in threads:
             t.start()

@@ -15,8 +15,8 @@ from schemathesis import checks as st_checks
 
 from tests.proxy.fake_upstream import make_upstream_app
 from tests.proxy.servers import serve
-from tokenskip.proxy.app import create_app
-from tokenskip.proxy.config import Settings, parse_config
+from tokenskip.proxy.api.app import create_app
+from tokenskip.proxy.infra.config import Settings, parse_config
 
 KEY = "sk-schema-test"
 

@@ -8,8 +8,8 @@ import time
 import sqlalchemy as sa
 
 from tests.proxy.test_ledger import row
-from tokenskip.proxy.ledger import Ledger, requests_table
-from tokenskip.proxy.spool import Spool
+from tokenskip.proxy.infra.ledger import Ledger, requests_table
+from tokenskip.proxy.infra.spool import Spool
 
 
 def test_the_backlog_survives_a_restart_oldest_first(tmp_path):

@@ -6,7 +6,7 @@ from transformers.cache_utils import DynamicCache
 
 from tests.runtime.test_engine import chat_ids
 from tests.runtime.test_speculative import PROMPTS, generate
-from tokenskip.proxy.config import Settings, parse_config
+from tokenskip.proxy.infra.config import Settings, parse_config
 from tokenskip.runtime.configs import EarlyExitConfig
 from tokenskip.runtime.early_exit import (
     EarlyExit,

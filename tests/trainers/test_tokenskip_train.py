@@ -202,8 +202,8 @@ def test_the_proxy_serves_the_trained_adapter_and_merged_model_with_the_ratio_kn
     import openai
 
     from tests.proxy.servers import serve
-    from tokenskip.proxy.app import create_app
-    from tokenskip.proxy.config import Settings, parse_config
+    from tokenskip.proxy.api.app import create_app
+    from tokenskip.proxy.infra.config import Settings, parse_config
 
     tmp, _, _ = trained
     settings = Settings(ledger_url=f"sqlite:///{tmp / 'ledger.sqlite'}")

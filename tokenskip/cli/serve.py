@@ -87,7 +87,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from tokenskip.proxy.config import Settings, load_config
+    from tokenskip.proxy.infra.config import Settings, load_config
 
     settings = Settings()
     try:
@@ -96,7 +96,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise InvalidInputError(str(exc)) from None
     _check_port(settings.host, settings.port)
     uvicorn.run(
-        "tokenskip.proxy.app:create_app",
+        "tokenskip.proxy.api.app:create_app",
         factory=True,
         host=settings.host,
         port=settings.port,

@@ -5,7 +5,7 @@ request's latency path; :meth:`Ledger.flush` waits for everything queued so far.
 grouped by model and by kind of saving, each labeled measured or estimated.
 
 Rows the database cannot take because it is unreachable go to a bounded backlog on local
-disk (:class:`tokenskip.proxy.spool.Spool`) and are written when it answers again, once
+disk (:class:`tokenskip.proxy.infra.spool.Spool`) and are written when it answers again, once
 and only once (every row has a unique ``row_uid``); the backlog survives a restart.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tokenskip.proxy.spool import DEFAULT_MAX_ROWS, Spool
+from tokenskip.proxy.infra.spool import DEFAULT_MAX_ROWS, Spool
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 A model's ``tokenskip: {batch: {...}}`` turns it on: chat requests that arrive within
 ``window_ms`` of each other and differ only in their last user message (same model, same
 earlier messages, same sampling parameters) are merged, up to ``max_queries``, through
-:class:`tokenskip.proxy.multi_query.MultiQuery`; each caller gets its answer as a normal chat
+:class:`tokenskip.proxy.serving.multi_query.MultiQuery`; each caller gets its answer as a normal chat
 completion (or stream). A request that cannot be merged, or whose answer does not come back,
 takes the normal path unchanged.
 """
@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tokenskip.multi_query import make_queries
-from tokenskip.proxy.multi_query import MultiQuery
-from tokenskip.proxy.policy import BatchSettings
+from tokenskip.proxy.infra.policy import BatchSettings
 from tokenskip.proxy.protocol import (
     DONE,
     ChatCompletionRequest,
@@ -30,9 +29,10 @@ from tokenskip.proxy.protocol import (
     sse,
     usage_body,
 )
+from tokenskip.proxy.serving.multi_query import MultiQuery
 
 if TYPE_CHECKING:
-    from tokenskip.proxy.config import ModelEntry
+    from tokenskip.proxy.infra.config import ModelEntry
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Same-protocol upstreams for the Responses and Messages APIs: the request goes to the
 upstream's own endpoint as the client wrote it, and the answer comes back as the upstream
-wrote it (:mod:`tokenskip.proxy.native` decides what, if anything, compression changes).
+wrote it (:mod:`tokenskip.proxy.serving.native` decides what, if anything, compression changes).
 
 - ``responses``: an OpenAI-protocol deployment (``openai/`` or ``hosted_vllm/`` with an
   ``api_base``) answers ``POST {api_base}/responses``.
@@ -9,7 +9,7 @@ wrote it (:mod:`tokenskip.proxy.native` decides what, if anything, compression c
   and ``anthropic-beta`` headers.
 
 Retries, cooldown and the mapping of upstream failures to client statuses are the direct
-backend's (:class:`~tokenskip.proxy.backends.direct.DirectBackend`).
+backend's (:class:`~tokenskip.proxy.infra.backends.direct.DirectBackend`).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from typing import Any
 
 import aiohttp
 
-from tokenskip.proxy.backends.base import BackendError
-from tokenskip.proxy.backends.direct import Deployment, DirectBackend
-from tokenskip.proxy.backends.upstream import resolve_secret, secrets_of
-from tokenskip.proxy.deployments import native_apis
+from tokenskip.proxy.infra.backends.base import BackendError
+from tokenskip.proxy.infra.backends.direct import Deployment, DirectBackend
+from tokenskip.proxy.infra.backends.upstream import resolve_secret, secrets_of
+from tokenskip.proxy.infra.deployments import native_apis
 
 ANTHROPIC_VERSION = "2023-06-01"
 MISSING = "endpoint_missing"

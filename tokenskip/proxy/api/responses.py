@@ -3,7 +3,7 @@ knob, ledger and fallbacks as chat completions.
 
 ``input`` (a string or items), ``instructions``, tools and the sampling fields are translated
 to a chat-completions request with litellm's own Responses transformation, served by
-:class:`~tokenskip.proxy.service.ChatService` on the model's backend, and the answer built
+:class:`~tokenskip.proxy.serving.service.ChatService` on the model's backend, and the answer built
 back into a ``response`` object. Streams follow the Responses event sequence:
 ``response.created``, ``response.in_progress``, ``response.output_item.added``,
 ``response.content_part.added``, ``response.output_text.delta`` ..., the matching ``.done``
@@ -21,9 +21,9 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from tokenskip.proxy.api.translator import Translator
 from tokenskip.proxy.errors import ProxyError
 from tokenskip.proxy.protocol import savings_usage, sse_payloads
-from tokenskip.proxy.translator import Translator
 
 CHAT_FIELDS = {
     "messages",
@@ -112,7 +112,7 @@ def check(body: dict[str, Any]) -> dict[str, Any]:
 def translatable(body: dict[str, Any]) -> dict[str, Any]:
     """The body, if chat completions can carry all of it: an item or content part of a type
     the translation does not know is refused by name rather than dropped (a same-protocol
-    upstream gets every type as sent: :mod:`tokenskip.proxy.native`)."""
+    upstream gets every type as sent: :mod:`tokenskip.proxy.serving.native`)."""
     data = body.get("input")
     for i, item in enumerate(data if isinstance(data, list) else []):
         kind = item.get("type", "message")

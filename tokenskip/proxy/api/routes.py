@@ -1,6 +1,6 @@
 """The gateway's routes: thin handlers over the chat service, multi-query and the ledger.
 
-Each handler reads and validates its own body (:func:`tokenskip.proxy.edge.read_body`, so
+Each handler reads and validates its own body (:func:`tokenskip.proxy.api.edge.read_body`, so
 errors come in OpenAI's shape) and hands the work to the objects the app's lifespan put on
 ``app.state``.
 """
@@ -16,13 +16,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
-from tokenskip.proxy import anthropic, native
-from tokenskip.proxy import responses as responses_api
-from tokenskip.proxy.batcher import Batcher, batched_completion, batched_stream
-from tokenskip.proxy.edge import read_body, read_request, until_disconnected
+from tokenskip.proxy.api import anthropic
+from tokenskip.proxy.api import responses as responses_api
+from tokenskip.proxy.api.edge import read_body, read_request, until_disconnected
+from tokenskip.proxy.api.openapi import ANTHROPIC_ERRORS, ERRORS, request_body
+from tokenskip.proxy.api.translator import Translator
 from tokenskip.proxy.errors import ProxyError
-from tokenskip.proxy.multi_query import MultiQuery
-from tokenskip.proxy.openapi import ANTHROPIC_ERRORS, ERRORS, request_body
 from tokenskip.proxy.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -33,8 +32,10 @@ from tokenskip.proxy.protocol import (
     ResponsesRequest,
     SavingsReport,
 )
-from tokenskip.proxy.service import ChatService
-from tokenskip.proxy.translator import Translator
+from tokenskip.proxy.serving import native
+from tokenskip.proxy.serving.batcher import Batcher, batched_completion, batched_stream
+from tokenskip.proxy.serving.multi_query import MultiQuery
+from tokenskip.proxy.serving.service import ChatService
 
 router = APIRouter()
 

@@ -7,7 +7,7 @@ own. The merged call's ledger row carries the input tokens it saved (kind ``quer
 against one call per query.
 
 Transparent batching of ordinary chat requests over these merged calls is in
-:mod:`tokenskip.proxy.batcher`.
+:mod:`tokenskip.proxy.serving.batcher`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tokenskip.multi_query import (
     single_messages,
 )
 from tokenskip.proxy.errors import ProxyError
-from tokenskip.proxy.policy import BatchSettings
+from tokenskip.proxy.infra.policy import BatchSettings
 from tokenskip.proxy.protocol import (
     ChatCompletionRequest,
     MultiQueryRequest,
@@ -39,8 +39,8 @@ from tokenskip.proxy.protocol import (
 from tokenskip.tokens import chat_prompt_tokens
 
 if TYPE_CHECKING:
-    from tokenskip.proxy.config import ModelEntry
-    from tokenskip.proxy.service import ChatService
+    from tokenskip.proxy.infra.config import ModelEntry
+    from tokenskip.proxy.serving.service import ChatService
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,13 @@
 """One request's life after its plan: sent, answered or not, settled and accounted once.
 
-A :class:`~tokenskip.proxy.prepare.Plan` says what to send and is never changed; an
+A :class:`~tokenskip.proxy.serving.prepare.Plan` says what to send and is never changed; an
 :class:`Exchange` holds what happens to it: which model answered, the fallbacks taken, what
 the answer cost. Every path that sends a plan (chat completions, streamed or not, a watched
 completion, a same-protocol pass-through, its relayed stream) runs inside ``with exchange:``,
 and the exchange's exit writes its one ledger row whatever ended it:
 
 - the outcome the path recorded (:meth:`Exchange.answered`, :meth:`Exchange.failed`);
-- a :class:`~tokenskip.proxy.backends.base.BackendError` or
+- a :class:`~tokenskip.proxy.infra.backends.base.BackendError` or
   :class:`~tokenskip.proxy.errors.ProxyError`: its status and message (the error is marked
   accounted, so the error handler writes no second row);
 - a client that left (``CancelledError``, a stream closed at a ``yield``): 499, unless a
@@ -27,15 +27,15 @@ import time
 from types import TracebackType
 from typing import Any
 
-from tokenskip.proxy.accounting import Accounting
-from tokenskip.proxy.backends.base import BackendError
-from tokenskip.proxy.backends.upstream import cost
-from tokenskip.proxy.config import ModelEntry
 from tokenskip.proxy.errors import ProxyError
-from tokenskip.proxy.ledger import LedgerRow
-from tokenskip.proxy.prepare import Plan
-from tokenskip.proxy.prompt import message_texts
+from tokenskip.proxy.infra.accounting import Accounting
+from tokenskip.proxy.infra.backends.base import BackendError
+from tokenskip.proxy.infra.backends.upstream import cost
+from tokenskip.proxy.infra.config import ModelEntry
+from tokenskip.proxy.infra.ledger import LedgerRow
 from tokenskip.proxy.protocol import usage_body
+from tokenskip.proxy.serving.prepare import Plan
+from tokenskip.proxy.serving.prompt import message_texts
 from tokenskip.tokens import TextTokenizer
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from typing import Any
 import aiohttp
 
 from tokenskip.proxy import jsonio
-from tokenskip.proxy.backends.base import BackendError, Completion, Delta, reasoning_tokens_of
-from tokenskip.proxy.backends.upstream import redact, resolve_secret, secrets_of
+from tokenskip.proxy.infra.backends.base import BackendError, Completion, Delta, reasoning_tokens_of
+from tokenskip.proxy.infra.backends.upstream import redact, resolve_secret, secrets_of
 
 RETRYABLE = {429, 500, 502, 503, 504}
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)

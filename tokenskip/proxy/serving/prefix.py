@@ -3,7 +3,7 @@ byte a prefix an earlier request sent.
 
 Provider prompt caches bill a repeated prefix at a fraction of its price, so a compressor
 must send the earlier turns of a conversation exactly as it sent them before. Compression
-here depends only on each message and the policy (:mod:`tokenskip.proxy.prompt`), which makes
+here depends only on each message and the policy (:mod:`tokenskip.proxy.serving.prompt`), which makes
 that hold by construction; :class:`PrefixTracker` checks it on live traffic. It keeps a
 bounded set of digests of every message-boundary prefix the gateway sent upstream and, for a
 new request, finds the longest prefix seen before: its bytes are the ``prefix_bytes_identical``

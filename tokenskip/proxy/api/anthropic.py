@@ -3,7 +3,7 @@ chat service: the same policy, knob, ledger and fallbacks as chat completions.
 
 A Messages request is translated to a chat-completions request with litellm's own
 Anthropic adapter (system, content blocks, images, tools and tool results, thinking), served
-by :class:`~tokenskip.proxy.service.ChatService` on whatever backend the model has, and the
+by :class:`~tokenskip.proxy.serving.service.ChatService` on whatever backend the model has, and the
 answer translated back: a ``message`` object, or the event stream ``message_start`` ...
 ``content_block_delta`` ... ``message_stop``. Errors come in Anthropic's shape
 (``{"type": "error", "error": {"type", "message"}}``) with Anthropic's statuses (a schema
@@ -17,9 +17,9 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+from tokenskip.proxy.api.translator import Translator
 from tokenskip.proxy.errors import ProxyError, anthropic_error
 from tokenskip.proxy.protocol import savings_usage, sse_payloads
-from tokenskip.proxy.translator import Translator
 
 error_response = anthropic_error
 """Anthropic's error shape (built in :mod:`tokenskip.proxy.errors`, which renders every
@@ -101,7 +101,7 @@ TRANSLATED_BLOCKS = {
 def translatable(body: dict[str, Any]) -> dict[str, Any]:
     """The body, if chat completions can carry all of it: a block of a type the adapter
     does not know is refused by name rather than dropped (a same-protocol upstream gets every
-    type as sent: :mod:`tokenskip.proxy.native`)."""
+    type as sent: :mod:`tokenskip.proxy.serving.native`)."""
     for i, m in enumerate(body["messages"]):
         content = m.get("content")
         for j, block in enumerate(content if isinstance(content, list) else []):
@@ -194,7 +194,7 @@ async def events(chunks: AsyncIterator[str], model: str) -> AsyncIterator[bytes]
 def count_tokens(service: Any, body: dict[str, Any]) -> dict[str, Any]:
     """``/v1/messages/count_tokens``: the prompt in the model's tokenizer (estimated when the
     gateway does not have the model's own)."""
-    from tokenskip.proxy.prompt import message_texts
+    from tokenskip.proxy.serving.prompt import message_texts
 
     chat = to_chat({**body, "max_tokens": body.get("max_tokens") or 1})
     entry = service.models.entry(chat["model"])

@@ -2,7 +2,7 @@
 
 ``create_app()`` reads settings from the environment (``TOKENSKIP_*``), which is how
 ``tokenskip serve`` and multi-worker uvicorn configure every worker the same way. The routes
-are in :mod:`tokenskip.proxy.routes`, the request path in :mod:`tokenskip.proxy.service`.
+are in :mod:`tokenskip.proxy.api.routes`, the request path in :mod:`tokenskip.proxy.serving.service`.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from tokenskip.proxy.batcher import Batcher
-from tokenskip.proxy.config import GatewayConfig, Settings, get_settings, load_config
-from tokenskip.proxy.edge import Edge
+from tokenskip.proxy.api.edge import Edge
+from tokenskip.proxy.api.openapi import openapi_document
+from tokenskip.proxy.api.routes import router
 from tokenskip.proxy.errors import install_handlers
-from tokenskip.proxy.ledger import Ledger, default_backlog_path, default_url
-from tokenskip.proxy.metrics import Metrics
-from tokenskip.proxy.multi_query import MultiQuery
-from tokenskip.proxy.openapi import openapi_document
-from tokenskip.proxy.routes import router
-from tokenskip.proxy.service import ChatService
+from tokenskip.proxy.infra.config import GatewayConfig, Settings, get_settings, load_config
+from tokenskip.proxy.infra.ledger import Ledger, default_backlog_path, default_url
+from tokenskip.proxy.infra.metrics import Metrics
+from tokenskip.proxy.serving.batcher import Batcher
+from tokenskip.proxy.serving.multi_query import MultiQuery
+from tokenskip.proxy.serving.service import ChatService
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from tokenskip.proxy.backends.base import BackendError, Completion, Delta, reasoning_tokens_of
-from tokenskip.proxy.backends.upstream import redact, secrets_of
+from tokenskip.proxy.infra.backends.base import BackendError, Completion, Delta, reasoning_tokens_of
+from tokenskip.proxy.infra.backends.upstream import redact, secrets_of
 
 ROUTER_KEYS = {
     "num_retries",

@@ -43,8 +43,8 @@ from typing import Any
 import yaml
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tokenskip.proxy.deployments import is_direct, native_apis
-from tokenskip.proxy.policy import BatchSettings, CompressionPolicy
+from tokenskip.proxy.infra.deployments import is_direct, native_apis
+from tokenskip.proxy.infra.policy import BatchSettings, CompressionPolicy
 from tokenskip.reasoning import REASONING_KINDS, infer_kind
 from tokenskip.runtime.configs import EarlyExitConfig, SpeculativeConfig
 
@@ -132,7 +132,7 @@ class ModelEntry:
     """Which backend serves it: ``local``, ``direct`` (OpenAI protocol, no litellm) or ``litellm``."""
     native: tuple[str, ...] = ()
     """The APIs its upstream speaks itself (``responses``, ``messages``): requests to those go
-    to it unchanged but for compression (:mod:`tokenskip.proxy.native`)."""
+    to it unchanged but for compression (:mod:`tokenskip.proxy.serving.native`)."""
 
     @property
     def is_local(self) -> bool:

@@ -1,7 +1,7 @@
 """Accounting: one ledger row and the metrics per request.
 
 Every request routed to a model (failed or cancelled ones included) leaves exactly one
-ledger row, written when its :class:`~tokenskip.proxy.exchange.Exchange` ends, and so does
+ledger row, written when its :class:`~tokenskip.proxy.serving.exchange.Exchange` ends, and so does
 every refused one (:meth:`Accounting.record_refusal`); a failure to account is logged and
 never reaches the answer.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from tokenskip.proxy.ledger import Ledger, LedgerRow
-from tokenskip.proxy.metrics import Metrics
+from tokenskip.proxy.infra.ledger import Ledger, LedgerRow
+from tokenskip.proxy.infra.metrics import Metrics
 from tokenskip.proxy.protocol import completion_id, short
 
 log = logging.getLogger(__name__)

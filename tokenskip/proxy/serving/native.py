@@ -12,7 +12,7 @@ comes back as it came. Three things change, nothing else:
 - the texts the policy compresses (context in user turns and instructions, tool outputs;
   never assistant turns, content marked ``cache_control`` or anything before the last such
   mark) are replaced by their compressed form, judged exactly as in chat completions
-  (:func:`tokenskip.proxy.prompt.compress_messages`).
+  (:func:`tokenskip.proxy.serving.prompt.compress_messages`).
 
 When none of that changes a byte, the client's bytes are forwarded as they are. Non-stream
 answers gain the gateway's savings beside the upstream's ``usage`` and a ``tokenskip``
@@ -22,7 +22,7 @@ the ledger. A stream the upstream cuts mid-event ends with the API's own ``error
 
 Requests the gateway must rewrite more deeply (the CoT knob, a model with fallbacks, which
 may be of another protocol) are translated to chat completions instead
-(:mod:`tokenskip.proxy.responses`, :mod:`tokenskip.proxy.anthropic`).
+(:mod:`tokenskip.proxy.api.responses`, :mod:`tokenskip.proxy.api.anthropic`).
 """
 
 from __future__ import annotations
@@ -41,14 +41,14 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tokenskip.proxy import jsonio
-from tokenskip.proxy.backends.base import BackendError
-from tokenskip.proxy.backends.direct import TRANSPORT_ERRORS
-from tokenskip.proxy.backends.native import MISSING
 from tokenskip.proxy.errors import ProxyError
-from tokenskip.proxy.exchange import Exchange
-from tokenskip.proxy.prepare import Plan, compress_prompt, merged_policy
+from tokenskip.proxy.infra.backends.base import BackendError
+from tokenskip.proxy.infra.backends.direct import TRANSPORT_ERRORS
+from tokenskip.proxy.infra.backends.native import MISSING
 from tokenskip.proxy.protocol import savings_usage
-from tokenskip.proxy.service import ChatService
+from tokenskip.proxy.serving.exchange import Exchange
+from tokenskip.proxy.serving.prepare import Plan, compress_prompt, merged_policy
+from tokenskip.proxy.serving.service import ChatService
 
 log = logging.getLogger(__name__)
 Path = tuple[Any, ...]

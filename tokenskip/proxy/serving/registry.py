@@ -14,13 +14,13 @@ from typing import Any
 
 from tokenskip.errors import TokenskipError
 from tokenskip.models import DEFAULT_MODEL, load_model, load_tokenizer
-from tokenskip.proxy.backends.direct import DirectBackend
-from tokenskip.proxy.backends.local import LocalBackend
-from tokenskip.proxy.config import GatewayConfig, ModelEntry
 from tokenskip.proxy.errors import ProxyError
-from tokenskip.proxy.prefix import PrefixTracker
-from tokenskip.proxy.prompt import CompressionMemo
+from tokenskip.proxy.infra.backends.direct import DirectBackend
+from tokenskip.proxy.infra.backends.local import LocalBackend
+from tokenskip.proxy.infra.config import GatewayConfig, ModelEntry
 from tokenskip.proxy.protocol import short
+from tokenskip.proxy.serving.prefix import PrefixTracker
+from tokenskip.proxy.serving.prompt import CompressionMemo
 from tokenskip.runtime.early_exit import early_exit_policy
 from tokenskip.runtime.speculative import speculative_settings
 from tokenskip.scorers import CachedScorer, HeuristicScorer, SelfInfoScorer, TokenClassifierScorer
@@ -66,7 +66,7 @@ class Registry:
         self._load_local()
         model_list = config.litellm_model_list()
         if model_list:
-            from tokenskip.proxy.backends.litellm import RemoteBackend
+            from tokenskip.proxy.infra.backends.litellm import RemoteBackend
 
             self.remote = RemoteBackend(model_list, config.router_settings)
         direct = {e.name: e.litellm_params for e in config.models.values() if e.backend == "direct"}
@@ -75,7 +75,7 @@ class Registry:
         self.native = None
         native = {e.name: e.litellm_params for e in config.models.values() if e.native}
         if native:
-            from tokenskip.proxy.backends.native import NativeBackend
+            from tokenskip.proxy.infra.backends.native import NativeBackend
 
             self.native = NativeBackend(native, config.router_settings)
         for entry in config.models.values():

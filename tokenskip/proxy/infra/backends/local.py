@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from tokenskip.proxy.backends.base import BackendError, Completion, Delta
+from tokenskip.proxy.infra.backends.base import BackendError, Completion, Delta
 from tokenskip.runtime.engine import Engine, GenerationRequest
 from tokenskip.runtime.runner import Runner
 

@@ -1,13 +1,13 @@
 """The chat service: a prepared request through its backend (with fallbacks) to an answer.
 
 Routes hand it a validated request; :meth:`ChatService.open` plans it (policy, compression
-and the CoT knob, :mod:`tokenskip.proxy.prepare`) and opens its
-:class:`~tokenskip.proxy.exchange.Exchange`; :meth:`~ChatService.complete`,
+and the CoT knob, :mod:`tokenskip.proxy.serving.prepare`) and opens its
+:class:`~tokenskip.proxy.serving.exchange.Exchange`; :meth:`~ChatService.complete`,
 :meth:`~ChatService.complete_watched` or :meth:`~ChatService.stream` run the exchange: call
 the model's backend, fall back to the next model on a 5xx or 429 before any output, and
 return a response body (or SSE lines); the exchange's exit writes the ledger row. The
-models live in :mod:`tokenskip.proxy.registry`, the ledger and metrics in
-:mod:`tokenskip.proxy.accounting`, the bodies the gateway builds in
+models live in :mod:`tokenskip.proxy.serving.registry`, the ledger and metrics in
+:mod:`tokenskip.proxy.infra.accounting`, the bodies the gateway builds in
 :mod:`tokenskip.proxy.protocol`.
 """
 
@@ -20,15 +20,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from tokenskip.multi_query import TailCheck
-from tokenskip.proxy.accounting import Accounting
-from tokenskip.proxy.backends.base import BackendError, Completion, Delta
-from tokenskip.proxy.backends.local import FORCING_PARAM
-from tokenskip.proxy.config import GatewayConfig, ModelEntry
 from tokenskip.proxy.errors import ProxyError
-from tokenskip.proxy.exchange import Exchange
-from tokenskip.proxy.ledger import Ledger
-from tokenskip.proxy.metrics import Metrics
-from tokenskip.proxy.prepare import Plan, prepare
+from tokenskip.proxy.infra.accounting import Accounting
+from tokenskip.proxy.infra.backends.base import BackendError, Completion, Delta
+from tokenskip.proxy.infra.backends.local import FORCING_PARAM
+from tokenskip.proxy.infra.config import GatewayConfig, ModelEntry
+from tokenskip.proxy.infra.ledger import Ledger
+from tokenskip.proxy.infra.metrics import Metrics
 from tokenskip.proxy.protocol import (
     DONE,
     ChatCompletionRequest,
@@ -38,7 +36,9 @@ from tokenskip.proxy.protocol import (
     now,
     sse,
 )
-from tokenskip.proxy.registry import Counter, Registry
+from tokenskip.proxy.serving.exchange import Exchange
+from tokenskip.proxy.serving.prepare import Plan, prepare
+from tokenskip.proxy.serving.registry import Counter, Registry
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 cannot honour), merges the model's policy with the request's ``tokenskip`` overrides,
 compresses the prompt in a worker thread (never on the event loop), and returns the request's
 immutable :class:`Plan`; its savings are counted beside the upstream call by the plan's
-:class:`~tokenskip.proxy.exchange.Exchange`. Pass-through requests are not tokenized at all.
+:class:`~tokenskip.proxy.serving.exchange.Exchange`. Pass-through requests are not tokenized at all.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokenskip.cot_control import apply_cot_ratio
-from tokenskip.proxy.backends.local import FORCING_PARAM
-from tokenskip.proxy.config import ModelEntry
 from tokenskip.proxy.errors import ProxyError
-from tokenskip.proxy.metrics import Metrics
-from tokenskip.proxy.policy import CompressionPolicy
-from tokenskip.proxy.prompt import PromptCompression, PromptSettings, compress_messages
+from tokenskip.proxy.infra.backends.local import FORCING_PARAM
+from tokenskip.proxy.infra.config import ModelEntry
+from tokenskip.proxy.infra.metrics import Metrics
+from tokenskip.proxy.infra.policy import CompressionPolicy
 from tokenskip.proxy.protocol import ChatCompletionRequest, completion_id
-from tokenskip.proxy.registry import Registry
+from tokenskip.proxy.serving.prompt import PromptCompression, PromptSettings, compress_messages
+from tokenskip.proxy.serving.registry import Registry
 from tokenskip.reasoning import (
     REASONING_REFERENCE_TOKENS,
     BudgetError,
@@ -51,7 +51,7 @@ LOCAL_UNSUPPORTED = (
 class Plan:
     """A request after policy, compression and the CoT knob: what to send, to which model,
     and what was done to it. Never changed once made; what happens when it is sent lives in
-    its :class:`~tokenskip.proxy.exchange.Exchange`."""
+    its :class:`~tokenskip.proxy.serving.exchange.Exchange`."""
 
     entry: ModelEntry
     messages: list[dict[str, Any]]

@@ -1,7 +1,7 @@
 """The one interface of the gateway's API translators: a request in another API's shape
 (Anthropic Messages, OpenAI Responses) answered by the chat service and given back in that
-shape. :data:`tokenskip.proxy.anthropic.TRANSLATOR` and
-:data:`tokenskip.proxy.responses.TRANSLATOR` implement it; ``routes`` serves both through
+shape. :data:`tokenskip.proxy.api.anthropic.TRANSLATOR` and
+:data:`tokenskip.proxy.api.responses.TRANSLATOR` implement it; ``routes`` serves both through
 ``routes._translated``, so the two APIs share one request path."""
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""The gateway's HTTP face: app, edge, routes, OpenAPI, and the API translators."""

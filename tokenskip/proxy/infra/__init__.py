@@ -1,0 +1,1 @@
+"""What the serving stands on: config and policy, backends, accounting, ledger, metrics."""
