@@ -8,7 +8,9 @@ behaviour (litellm strips the provider prefix, so `openai/ok` arrives as `ok`):
 
     ok       answers "echo: " + the last user message; usage counts whitespace-separated
              words (prompt: all message contents; completion: the answer). Streams one
-             chunk per word, spaces kept, so the pieces join to the non-stream answer.
+             chunk per word, spaces kept, so the pieces join to the non-stream answer. Cut
+             before a ``stop`` string (named in the choice's ``stop_reason``, as vLLM does)
+             or after ``max_tokens`` words (finish_reason "length").
     fail500  HTTP 500, OpenAI error body "upstream exploded".
     stall    sleeps 60 s (less once the client has gone), then like ok: for client timeouts.
     drop     stream: role chunk and two content chunks, then the connection is cut
@@ -156,6 +158,23 @@ def echo_answer(messages: list[dict[str, Any]]) -> tuple[str, dict[str, int]]:
         "total_tokens": prompt + completion,
     }
     return answer, usage
+
+
+def limited(answer: str, body: dict[str, Any]) -> tuple[str, str, str | None]:
+    """The `ok` answer under the request's limits: cut before the first ``stop`` string that
+    occurs in it (finish "stop", the string named in the choice's ``stop_reason`` as vLLM
+    names it), or after ``max_tokens`` words (finish "length")."""
+    stops = body.get("stop") or []
+    stops = [stops] if isinstance(stops, str) else stops
+    found = [(answer.find(s), s) for s in stops if s and s in answer]
+    if found:
+        at, stop = min(found)
+        return answer[:at], "stop", stop
+    limit = body.get("max_tokens") or body.get("max_completion_tokens")
+    pieces = re.findall(r"\S+\s*", answer)
+    if isinstance(limit, int) and len(pieces) > limit:
+        return "".join(pieces[:limit]).rstrip(), "length", None
+    return answer, "stop", None
 
 
 def multi_answer(model: str, messages: list[dict[str, Any]], single: str) -> str:
@@ -445,6 +464,11 @@ def make_upstream_app(api_key: str | None = None) -> FastAPI:
         if model == "continuer":
             return continuer_answer(body)
         answer, usage = echo_answer(body["messages"])
+        finish, matched = "stop", None
+        if model == "ok":
+            answer, finish, matched = limited(answer, body)
+            usage["completion_tokens"] = words(answer)
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if model.startswith("multi"):
             answer = multi_answer(model, body["messages"], answer)
             usage["completion_tokens"] = words(answer)
@@ -461,7 +485,8 @@ def make_upstream_app(api_key: str | None = None) -> FastAPI:
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": answer},
-                        "finish_reason": "stop",
+                        "finish_reason": finish,
+                        **({"stop_reason": matched} if matched else {}),
                     }
                 ],
                 "usage": usage,
@@ -470,13 +495,18 @@ def make_upstream_app(api_key: str | None = None) -> FastAPI:
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
 
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        def chunk(
+            delta: dict[str, Any], finish_reason: str | None = None, stop: str | None = None
+        ) -> bytes:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+            if stop is not None:
+                choice["stop_reason"] = stop
             obj: dict[str, Any] = {
                 "id": completion_id,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+                "choices": [choice],
             }
             if include_usage:
                 obj["usage"] = None
@@ -493,7 +523,7 @@ def make_upstream_app(api_key: str | None = None) -> FastAPI:
                 await asyncio.sleep(LOOP_PIECE_S if model == "multi_loop" else 0)
             if model == "drop":  # answers shorter than three words still get cut
                 raise UpstreamDropped("fake upstream dropped the stream on purpose")
-            yield chunk({}, "stop")
+            yield chunk({}, finish, matched)
             if include_usage:
                 yield sse(
                     {

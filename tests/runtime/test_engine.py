@@ -95,6 +95,20 @@ def test_length_and_stop_strings(engine, smol):
     assert stopped.text == full.text[: full.text.index(stop)]
 
 
+def test_a_streamed_answer_never_sends_part_of_its_stop_string(engine, smol):
+    """ "1, 2, 3, 4, ..." stopped at ", 4": the ", " before the 4 is held back, not sent."""
+    deltas = []
+    r = GenerationRequest(
+        prompt_ids=chat_ids(smol.tokenizer, "Count from 1 to 10, separated by commas."),
+        max_new_tokens=30,
+        stop=[", 4"],
+        on_delta=deltas.append,
+    )
+    run_all(engine, [r])
+    assert (r.finish_reason, r.stop_sequence) == ("stop", ", 4")
+    assert r.text == "1, 2, 3" and "".join(deltas) == r.text
+
+
 def test_sampling_is_reproducible_with_a_seed(engine, smol):
     p = chat_ids(smol.tokenizer, "Tell me a word.")
     a = GenerationRequest(prompt_ids=p, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=7)

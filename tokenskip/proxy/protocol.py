@@ -404,20 +404,23 @@ def completion_body(
     finish_reason: str,
     usage: dict[str, Any],
     tokenskip: dict[str, Any],
+    stop_sequence: str | None = None,
 ) -> dict[str, Any]:
-    """A ``chat.completion`` with one assistant choice."""
+    """A ``chat.completion`` with one assistant choice; a matched stop string is named in
+    the choice's ``stop_reason``, as vLLM names it (OpenAI's protocol has no field for it)."""
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": {"role": "assistant", "content": text},
+        "finish_reason": finish_reason,
+    }
+    if stop_sequence is not None:
+        choice["stop_reason"] = stop_sequence
     return {
         "id": request_id,
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": finish_reason,
-            }
-        ],
+        "choices": [choice],
         "usage": usage,
         "tokenskip": tokenskip,
     }
@@ -429,16 +432,19 @@ def chunk_body(
     model: str,
     delta: dict[str, Any] | None,
     finish_reason: str | None = None,
+    stop_sequence: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """A ``chat.completion.chunk``; ``delta=None`` gives the choice-less usage chunk."""
+    """A ``chat.completion.chunk``; ``delta=None`` gives the choice-less usage chunk. A
+    matched stop string is the finishing choice's ``stop_reason`` (as vLLM names it)."""
+    choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+    if stop_sequence is not None:
+        choice["stop_reason"] = stop_sequence
     return {
         "id": request_id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": []
-        if delta is None
-        else [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        "choices": [] if delta is None else [choice],
         **extra,
     }

@@ -49,6 +49,8 @@ class GenerationRequest:
     output_ids: list[int] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None
+    stop_sequence: str | None = None
+    """The stop string that ended the text (None: it ended otherwise)."""
     error: BaseException | None = None
     submitted_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
@@ -349,11 +351,14 @@ class Engine:
 
     @staticmethod
     def _flush(request: GenerationRequest, final: bool) -> None:
-        """Send the text not sent yet, holding back a partial UTF-8 character mid-stream."""
+        """Send the text not sent yet, holding back mid-stream a partial UTF-8 character and
+        an ending that may be the start of a stop string (a stop string is never sent)."""
         text = request.text
         end = len(text)
         if not final and text.endswith("\ufffd"):
             end = len(text.rstrip("\ufffd"))
+        if not final and request.stop:
+            end -= _stop_prefix(text[:end], request.stop)
         if end > request.emitted and request.on_delta is not None:
             request.on_delta(text[request.emitted : end])
         request.emitted = max(request.emitted, end)
@@ -411,12 +416,24 @@ def _force_now(request: GenerationRequest) -> bool:
     )
 
 
+def _stop_prefix(text: str, stops: list[str]) -> int:
+    """Length of the longest ending of ``text`` that begins one of ``stops``."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:n]):
+                longest = n
+                break
+    return longest
+
+
 def _stop_reason(request: GenerationRequest) -> str | None:
     start = request._stop_from or 0
     for stop in request.stop:
         at = request.text.find(stop, start)
         if at >= 0:
             request.text = request.text[:at]
+            request.stop_sequence = stop
             return "stop"
     if len(request.output_ids) >= request.max_new_tokens:
         return "length"

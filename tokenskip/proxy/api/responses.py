@@ -330,6 +330,6 @@ TRANSLATOR = Translator(
     translatable=translatable,
     to_chat=to_chat,
     from_chat=from_chat,
-    events=events,
+    events=lambda chunks, body, x: events(chunks, body),
 )
 """OpenAI Responses ⇄ chat completions."""

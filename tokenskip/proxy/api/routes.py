@@ -7,7 +7,6 @@ errors come in OpenAI's shape) and hands the work to the objects the app's lifes
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import datetime
 from typing import Any
@@ -20,7 +19,7 @@ from tokenskip.proxy.api import anthropic
 from tokenskip.proxy.api import responses as responses_api
 from tokenskip.proxy.api.edge import read_body, read_request, until_disconnected
 from tokenskip.proxy.api.openapi import ANTHROPIC_ERRORS, ERRORS, request_body
-from tokenskip.proxy.api.translator import Translator
+from tokenskip.proxy.api.translator import Translator, chat_request
 from tokenskip.proxy.errors import ProxyError
 from tokenskip.proxy.protocol import (
     ChatCompletionRequest,
@@ -165,12 +164,12 @@ async def _translated(
         answer = await native.forward(service, request, api.api, await request.body(), raw)
         if answer is not None:
             return answer
-    chat = _chat_request(api.to_chat(api.translatable(raw)))
+    chat = chat_request(api.to_chat(api.translatable(raw)))
     x = await service.open(chat)
     if chat.stream:
         headers = {**x.headers(), "cache-control": "no-cache"}
         return StreamingResponse(
-            api.events(service.stream(x, True), raw),
+            api.events(service.stream(x, True), raw, x),
             media_type="text/event-stream",
             headers=headers,
         )
@@ -199,7 +198,7 @@ async def count_tokens(request: Request, service: ChatService = Depends(service_
         answer = await native.count_tokens(service, request, sent, raw)
         if answer is not None:
             return answer
-    return JSONResponse(await asyncio.to_thread(anthropic.count_tokens, service, checked))
+    return JSONResponse(await anthropic.count_tokens(service, checked))
 
 
 @router.post(
@@ -276,20 +275,6 @@ async def healthz(request: Request) -> dict[str, Any]:
 )
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")
-
-
-def _chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
-    """A translated request as the chat service takes it; what it cannot be is the client's
-    mistake (a 4xx naming the field), never a 500."""
-    from pydantic import ValidationError
-
-    from tokenskip.proxy.errors import validation_message
-
-    try:
-        return ChatCompletionRequest.model_validate(data)
-    except ValidationError as exc:
-        message, param = validation_message(exc.errors())
-        raise ProxyError(422, message, param=param) from None
 
 
 def _when(value: str | None, name: str) -> float | None:

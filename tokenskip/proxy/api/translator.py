@@ -10,6 +10,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
+from tokenskip.proxy.errors import ProxyError, validation_message
+from tokenskip.proxy.protocol import ChatCompletionRequest
+from tokenskip.proxy.serving.exchange import Exchange
+
 
 @dataclass(frozen=True)
 class Translator:
@@ -26,5 +32,16 @@ class Translator:
     """The chat-completions request the body stands for (``tokenskip`` kept)."""
     from_chat: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
     """``(chat completion, checked body)`` → the API's response object."""
-    events: Callable[[AsyncIterator[str], dict[str, Any]], AsyncIterator[bytes]]
-    """``(the chat service's SSE lines, checked body)`` → the API's event stream."""
+    events: Callable[[AsyncIterator[str], dict[str, Any], Exchange], AsyncIterator[bytes]]
+    """``(the chat service's SSE lines, checked body, the request's exchange)`` → the API's
+    event stream."""
+
+
+def chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
+    """A translated request as the chat service takes it; what it cannot be is the client's
+    mistake (a 4xx naming the field), never a 500."""
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        message, param = validation_message(exc.errors())
+        raise ProxyError(422, message, param=param) from None

@@ -34,7 +34,7 @@ from tokenskip.proxy.infra.backends.upstream import cost
 from tokenskip.proxy.infra.config import ModelEntry
 from tokenskip.proxy.infra.ledger import LedgerRow
 from tokenskip.proxy.protocol import usage_body
-from tokenskip.proxy.serving.prepare import Plan
+from tokenskip.proxy.serving.prepare import Plan, prompt_tokens
 from tokenskip.proxy.serving.prompt import message_texts
 from tokenskip.tokens import TextTokenizer
 
@@ -79,6 +79,11 @@ class Exchange:
     def model(self) -> str:
         """The name of the model that answers (after any fallback)."""
         return (self.served or self.plan.entry).name
+
+    async def prompt_tokens(self) -> int:
+        """The prompt as the model counts it (:func:`~tokenskip.proxy.serving.prepare.prompt_tokens`),
+        known before the answer: a stream's first event can carry it."""
+        return await asyncio.to_thread(prompt_tokens, self.tokenizer, self.plan)
 
     # -- the outcome ----------------------------------------------------------------------
     async def answered(

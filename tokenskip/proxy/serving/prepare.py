@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ from tokenskip.reasoning import (
     client_controls,
     native_fields,
 )
+from tokenskip.tokens import TextTokenizer, chat_prompt_tokens
 
 LOCAL_UNSUPPORTED = (
     "tools",
@@ -279,6 +281,16 @@ def merged_policy(entry: ModelEntry, overrides: dict[str, Any]) -> CompressionPo
         return entry.policy.merged(overrides)
     except ValueError as exc:
         raise ProxyError(400, f"tokenskip: {exc}", param="tokenskip") from None
+
+
+def prompt_tokens(tokenizer: TextTokenizer, plan: Plan) -> int:
+    """The plan's prompt as the model counts it: its chat template over the messages as
+    sent (a local model's ``usage.prompt_tokens`` exactly, an estimate for another), and its
+    tool definitions."""
+    total = chat_prompt_tokens(tokenizer, plan.messages)
+    if plan.params.get("tools"):
+        total += tokenizer.count(json.dumps(plan.params["tools"]))
+    return total
 
 
 def prompt_settings(policy: CompressionPolicy) -> PromptSettings:

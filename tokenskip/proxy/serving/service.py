@@ -13,6 +13,7 @@ models live in :mod:`tokenskip.proxy.serving.registry`, the ledger and metrics i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -37,7 +38,7 @@ from tokenskip.proxy.protocol import (
     sse,
 )
 from tokenskip.proxy.serving.exchange import Exchange
-from tokenskip.proxy.serving.prepare import Plan, prepare
+from tokenskip.proxy.serving.prepare import Plan, prepare, prompt_tokens
 from tokenskip.proxy.serving.registry import Counter, Registry
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,15 @@ class ChatService:
         if batch_tokens_saved:
             plan = dataclasses.replace(plan, batch_tokens_saved=batch_tokens_saved)
         return self.exchange(plan, stream=bool(request.stream))
+
+    async def plan(self, request: ChatCompletionRequest) -> Plan:
+        """The request's plan alone, for what is counted and never sent (count_tokens)."""
+        return await prepare(self.models, self.metrics, request)
+
+    async def prompt_tokens(self, plan: Plan) -> int:
+        """The plan's prompt as its model counts it (off the event loop)."""
+        tokenizer = self.models.counter(plan.entry).tokenizer
+        return await asyncio.to_thread(prompt_tokens, tokenizer, plan)
 
     def exchange(self, plan: Plan, *, stream: bool) -> Exchange:
         tokenizer = self.models.counter(plan.entry).tokenizer
@@ -219,7 +229,9 @@ class ChatService:
                 reasoning_tokens=result.reasoning_tokens,
                 forced_at=result.extra.get("forced_at"),
             )
-            return self._completion(x, result.text, result.finish_reason, usage, result.raw)
+            return self._completion(
+                x, result.text, result.finish_reason, usage, result.raw, result.stop_sequence
+            )
 
     async def complete_watched(
         self,
@@ -268,6 +280,7 @@ class ChatService:
         finish_reason: str,
         usage: dict[str, Any],
         raw: dict[str, Any] | None = None,
+        stop_sequence: str | None = None,
     ) -> dict[str, Any]:
         if raw is not None:
             # The upstream's body as it came (tool calls, logprobs, refusal, audio,
@@ -279,7 +292,7 @@ class ChatService:
             body["tokenskip"] = x.info()
             return body
         return completion_body(
-            x.plan.request_id, now(), x.model, text, finish_reason, usage, x.info()
+            x.plan.request_id, now(), x.model, text, finish_reason, usage, x.info(), stop_sequence
         )
 
     async def _deltas(self, x: Exchange) -> AsyncIterator[Delta]:
@@ -320,8 +333,8 @@ class ChatService:
         created = now()
         p = x.plan
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-            return sse(chunk_body(p.request_id, created, x.model, delta, finish))
+        def chunk(delta: dict[str, Any], finish: str | None = None, stop: str | None = None) -> str:
+            return sse(chunk_body(p.request_id, created, x.model, delta, finish, stop))
 
         parts: list[str] = []
         passthrough = False
@@ -368,7 +381,7 @@ class ChatService:
                 yield DONE
                 return
             if not passthrough:
-                yield chunk({}, last.finish_reason)
+                yield chunk({}, last.finish_reason, last.stop_sequence)
             if include_usage:
                 upstream = last.raw or {}
                 body = {

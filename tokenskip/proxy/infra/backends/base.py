@@ -36,6 +36,8 @@ class Completion:
     raw: dict[str, Any] | None = None
     """The upstream's whole response body (OpenAI protocol), passed through to the client
     with only usage extended; None for backends that build their own (local models)."""
+    stop_sequence: str | None = None
+    """The stop string that ended the text, where the backend knows it (a local model)."""
 
 
 @dataclass
@@ -49,6 +51,8 @@ class Delta:
     reasoning_tokens: int | None = None
     forced_at: int | None = None
     """Local budget forcing: the output index where the answer cue went in."""
+    stop_sequence: str | None = None
+    """On the finishing delta: the stop string that ended the text, where known."""
     raw: dict[str, Any] | None = None
     """The upstream's chunk as it came (OpenAI protocol), forwarded to the client as is; on
     the finishing delta, the upstream's usage chunk if it sent one."""

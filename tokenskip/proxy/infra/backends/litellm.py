@@ -172,4 +172,9 @@ def _plain(obj: Any) -> dict[str, Any]:
     data = obj.model_dump(exclude_none=True) if hasattr(obj, "model_dump") else dict(obj)
     data.pop("_hidden_params", None)
     data.pop("_response_headers", None)
+    for choice in data.get("choices") or []:
+        # vLLM's matched stop string: litellm files it under provider_specific_fields
+        matched = (choice.get("provider_specific_fields") or {}).get("stop_reason")
+        if isinstance(matched, str) and "stop_reason" not in choice:
+            choice["stop_reason"] = matched
     return data

@@ -155,6 +155,7 @@ class LocalBackend:
             completion_tokens=len(request.output_ids),
             model=model,
             extra={"forced_at": request.forced_at},
+            stop_sequence=request.stop_sequence,
         )
 
     async def stream(
@@ -181,6 +182,7 @@ class LocalBackend:
                     prompt_tokens=len(item.prompt_ids),
                     completion_tokens=len(item.output_ids),
                     forced_at=item.forced_at,
+                    stop_sequence=item.stop_sequence,
                 )
                 return
         finally:
