@@ -5,7 +5,8 @@ orjson parses and writes a large body several times faster, but it refuses what 
 ``json`` takes (``NaN``, a byte order mark, UTF-16, a number out of a double's range) and
 reads an integer of more than 64 bits as a float. So :func:`loads` tries orjson only on a
 body with no run of 20 digits and falls back to ``json`` on any refusal: a body parses to
-the same value, and a bad one fails with the same error, as before.
+the same value, and a bad one fails with the same error, as before. :class:`JSONBody` writes
+the gateway's JSON responses with :func:`dumps`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 from typing import Any
 
 import orjson
+from starlette.responses import JSONResponse
 
 _DIGITS = bytes.maketrans(b"0123456789", b"0" * 10)
 _LONG_NUMBER = b"0" * 20
@@ -40,3 +42,11 @@ def dumps(data: Any, *, sort_keys: bool = False) -> bytes:
         return json.dumps(
             data, sort_keys=sort_keys, ensure_ascii=False, separators=(",", ":")
         ).encode("utf-8", "surrogatepass")
+
+
+class JSONBody(JSONResponse):
+    """A JSON response written by :func:`dumps` (orjson) instead of ``json.dumps``; a NaN
+    an upstream sent is written as null rather than failing the response."""
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)

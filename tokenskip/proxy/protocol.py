@@ -9,12 +9,13 @@ any provider parameter the gateway does not know about. tokenskip's own options 
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+
+from tokenskip.proxy import jsonio
 
 MIN_RATIO = 0.01
 """The smallest keep ratio a request may ask for: below it a "ratio" is a typo, and its
@@ -138,6 +139,19 @@ class ChatMessage(BaseModel):
                     )
         return v
 
+    def as_dict(self) -> dict[str, Any]:
+        """The message as sent upstream: ``model_dump(exclude_none=True)``, built directly
+        (a pydantic dump of every message costs more than the rest of a pass-through)."""
+        out: dict[str, Any] = {"role": self.role}
+        if self.content is not None:
+            out["content"] = self.content
+        if self.name is not None:
+            out["name"] = self.name
+        for k, v in (self.model_extra or {}).items():
+            if v is not None:
+                out[k] = v
+        return out
+
     def missing_content(self) -> bool:
         """True when the message has no content it needs (OpenAI answers that with 400)."""
         if self.content is not None:
@@ -156,6 +170,13 @@ class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     include_usage: bool = False
+
+
+FORWARDED = (
+    "max_tokens", "max_completion_tokens", "temperature", "top_p", "frequency_penalty",
+    "presence_penalty", "n", "stop", "seed", "user",
+)  # fmt: skip
+"""The declared fields of a chat request forwarded upstream as they are, in their order."""
 
 
 class ChatCompletionRequest(BaseModel):
@@ -185,12 +206,13 @@ class ChatCompletionRequest(BaseModel):
         return [v] if isinstance(v, str) else v
 
     def upstream_params(self) -> dict[str, Any]:
-        """Everything to forward besides model and messages (tokenskip's options removed)."""
-        data = self.model_dump(
-            exclude_none=True,
-            exclude={"model", "messages", "tokenskip", "stream", "stream_options"},
-        )
-        return data
+        """Everything to forward besides model and messages (tokenskip's options removed):
+        ``model_dump(exclude_none=True)`` of those fields, built directly."""
+        out = {k: v for k in FORWARDED if (v := getattr(self, k)) is not None}
+        for k, v in (self.model_extra or {}).items():
+            if v is not None:
+                out[k] = v
+        return out
 
     @property
     def token_limit(self) -> int | None:
@@ -359,7 +381,7 @@ DONE = "data: [DONE]\n\n"
 
 def sse(body: dict[str, Any]) -> str:
     """One server-sent event carrying ``body`` as JSON."""
-    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+    return f"data: {jsonio.dumps(body).decode()}\n\n"
 
 
 SAVINGS_USAGE_KEYS = ("prompt_tokens_original", "prompt_tokens_saved", "tokens_estimated")

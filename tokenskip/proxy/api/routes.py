@@ -11,8 +11,8 @@ import time
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from tokenskip.proxy.api import anthropic
@@ -21,6 +21,7 @@ from tokenskip.proxy.api.edge import read_body, read_request, until_disconnected
 from tokenskip.proxy.api.openapi import ANTHROPIC_ERRORS, ERRORS, request_body
 from tokenskip.proxy.api.translator import Translator, chat_request
 from tokenskip.proxy.errors import ProxyError
+from tokenskip.proxy.jsonio import JSONBody
 from tokenskip.proxy.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -40,7 +41,10 @@ router = APIRouter()
 
 
 def authorize(request: Request) -> None:
-    """401 unless the request carries one of the gateway's keys (when it has any)."""
+    """401 unless the request carries one of the gateway's keys (when it has any). Each
+    handler calls it first: as a FastAPI dependency it would cost more than the whole rest
+    of a pass-through request's own work (dependency solving, and a thread-pool hop for a
+    plain ``def``)."""
     keys = request.app.state.api_keys
     if not keys:
         return
@@ -58,13 +62,8 @@ def authorize(request: Request) -> None:
         )
 
 
-def service_of(request: Request) -> ChatService:
-    return request.app.state.service
-
-
 @router.post(
     "/v1/chat/completions",
-    dependencies=[Depends(authorize)],
     openapi_extra=request_body(ChatCompletionRequest),
     responses={
         200: {
@@ -74,12 +73,12 @@ def service_of(request: Request) -> ChatService:
         },
         **ERRORS,
     },
-    response_class=JSONResponse,
+    response_class=JSONBody,
     summary="Chat completions (OpenAI protocol)",
 )
-async def chat_completions(
-    request: Request, service: ChatService = Depends(service_of)
-) -> Response:
+async def chat_completions(request: Request) -> Response:
+    authorize(request)
+    service: ChatService = request.app.state.service
     body = await read_body(request, ChatCompletionRequest)
     if body is None:
         return Response(status_code=499)  # the client left while sending; nothing to answer
@@ -93,7 +92,7 @@ async def chat_completions(
                     media_type="text/event-stream",
                     headers={"cache-control": "no-cache", "x-tokenskip-batched": "true"},
                 )
-            return JSONResponse(
+            return JSONBody(
                 batched_completion(body, answer), headers={"x-tokenskip-batched": "true"}
             )
     x = await service.open(body)
@@ -106,12 +105,11 @@ async def chat_completions(
             headers=headers,
         )
     result = await until_disconnected(request, service.complete(x))
-    return JSONResponse(result, headers=x.headers(result["usage"]))
+    return JSONBody(result, headers=x.headers(result["usage"]))
 
 
 @router.post(
     "/v1/messages",
-    dependencies=[Depends(authorize)],
     openapi_extra=request_body(MessagesRequest),
     responses={
         200: {
@@ -123,16 +121,17 @@ async def chat_completions(
         },
         **ANTHROPIC_ERRORS,
     },
-    response_class=JSONResponse,
+    response_class=JSONBody,
     summary="Messages (Anthropic protocol)",
 )
-async def messages(request: Request, service: ChatService = Depends(service_of)) -> Response:
+async def messages(request: Request) -> Response:
+    authorize(request)
+    service: ChatService = request.app.state.service
     return await _translated(request, service, MessagesRequest, anthropic.TRANSLATOR)
 
 
 @router.post(
     "/v1/responses",
-    dependencies=[Depends(authorize)],
     openapi_extra=request_body(ResponsesRequest),
     responses={
         200: {
@@ -144,10 +143,12 @@ async def messages(request: Request, service: ChatService = Depends(service_of))
         },
         **ERRORS,
     },
-    response_class=JSONResponse,
+    response_class=JSONBody,
     summary="Responses (OpenAI protocol)",
 )
-async def responses(request: Request, service: ChatService = Depends(service_of)) -> Response:
+async def responses(request: Request) -> Response:
+    authorize(request)
+    service: ChatService = request.app.state.service
     return await _translated(request, service, ResponsesRequest, responses_api.TRANSLATOR)
 
 
@@ -174,12 +175,11 @@ async def _translated(
             headers=headers,
         )
     result = await until_disconnected(request, service.complete(x))
-    return JSONResponse(api.from_chat(result, raw), headers=x.headers(result["usage"]))
+    return JSONBody(api.from_chat(result, raw), headers=x.headers(result["usage"]))
 
 
 @router.post(
     "/v1/messages/count_tokens",
-    dependencies=[Depends(authorize)],
     openapi_extra=request_body(MessagesRequest),
     responses={
         200: {"content": {"application/json": {"schema": {"type": "object"}}}},
@@ -187,7 +187,9 @@ async def _translated(
     },
     summary="Count a Messages request's input tokens (Anthropic protocol)",
 )
-async def count_tokens(request: Request, service: ChatService = Depends(service_of)) -> Response:
+async def count_tokens(request: Request) -> Response:
+    authorize(request)
+    service: ChatService = request.app.state.service
     read = await read_request(request, MessagesRequest)
     if read is None:
         return Response(status_code=499)
@@ -198,12 +200,11 @@ async def count_tokens(request: Request, service: ChatService = Depends(service_
         answer = await native.count_tokens(service, request, sent, raw)
         if answer is not None:
             return answer
-    return JSONResponse(await anthropic.count_tokens(service, checked))
+    return JSONBody(await anthropic.count_tokens(service, checked))
 
 
 @router.post(
     "/v1/multi_query",
-    dependencies=[Depends(authorize)],
     openapi_extra=request_body(MultiQueryRequest),
     responses={
         200: {"content": {"application/json": {"schema": {"type": "object"}}}},
@@ -213,21 +214,22 @@ async def count_tokens(request: Request, service: ChatService = Depends(service_
 )
 async def multi_query(request: Request) -> Response:
     """Many queries over one context in one call (Query-OPT); one answer per query."""
+    authorize(request)
     body = await read_body(request, MultiQueryRequest)
     if body is None:
         return Response(status_code=499)
     mq: MultiQuery = request.app.state.multi_query
-    return JSONResponse(await until_disconnected(request, mq.run(body)))
+    return JSONBody(await until_disconnected(request, mq.run(body)))
 
 
 @router.get(
     "/v1/models",
-    dependencies=[Depends(authorize)],
     response_model=ModelList,
     responses=ERRORS,
     summary="The served models",
 )
 async def models(request: Request) -> dict[str, Any]:
+    authorize(request)
     config = request.app.state.config
     created = int(time.time())
     return {
@@ -246,7 +248,6 @@ async def models(request: Request) -> dict[str, Any]:
 
 @router.get(
     "/v1/savings",
-    dependencies=[Depends(authorize)],
     response_model=SavingsReport,
     responses=ERRORS,
     summary="Ledger totals: tokens and cost saved, by model and by kind",
@@ -254,6 +255,7 @@ async def models(request: Request) -> dict[str, Any]:
 async def savings(
     request: Request, since: str | None = None, until: str | None = None
 ) -> dict[str, Any]:
+    authorize(request)
     return request.app.state.ledger.totals(_when(since, "since"), _when(until, "until"))
 
 

@@ -268,7 +268,10 @@ class Ledger:
             batch: list[LedgerRow] = []
             events: list[threading.Event] = []
             stop = False
-            deadline = time.monotonic() + self._interval
+            if isinstance(item, LedgerRow):
+                # let the batch gather for one interval, asleep: a waiting get() would wake
+                # (and take the interpreter from the event loop) for every row queued
+                time.sleep(self._interval)
             while True:
                 if item is None:
                     stop = True
@@ -276,10 +279,10 @@ class Ledger:
                     events.append(item)
                 else:
                     batch.append(item)
-                if stop or events or len(batch) >= 256:
+                if stop or len(batch) >= 1024:
                     break
                 try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
             if batch:

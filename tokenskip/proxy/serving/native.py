@@ -38,13 +38,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from tokenskip.proxy import jsonio
 from tokenskip.proxy.errors import ProxyError
 from tokenskip.proxy.infra.backends.base import BackendError
 from tokenskip.proxy.infra.backends.direct import TRANSPORT_ERRORS
 from tokenskip.proxy.infra.backends.native import MISSING
+from tokenskip.proxy.jsonio import JSONBody
 from tokenskip.proxy.protocol import savings_usage
 from tokenskip.proxy.serving.exchange import Exchange
 from tokenskip.proxy.serving.prepare import Plan, compress_prompt, merged_policy
@@ -393,7 +394,7 @@ async def count_tokens(
     headers = {k.lower(): v for k, v in request.headers.items()}
     try:
         response = await backend.send(counting, data, False, headers)
-        found = json.loads(await response.read())
+        found, _ = jsonio.loads(await response.read())
     except BackendError as exc:
         if exc.code == MISSING:
             return None
@@ -403,7 +404,7 @@ async def count_tokens(
     except (ValueError, *TRANSPORT_ERRORS):
         raise ProxyError(502, "the upstream's token count is not JSON", "upstream_error") from None
     response.release()
-    return JSONResponse(found, headers=upstream_headers(response))
+    return JSONBody(found, headers=upstream_headers(response))
 
 
 async def _answer(service: ChatService, x: Exchange, api: str, response: Any) -> Response:
@@ -412,7 +413,7 @@ async def _answer(service: ChatService, x: Exchange, api: str, response: Any) ->
     usage = Usage(api)
     try:
         try:
-            body = json.loads(await response.read())
+            body, _ = jsonio.loads(await response.read())
         except TRANSPORT_ERRORS as exc:
             failure = service.models.native.transport_error(exc)
             raise ProxyError(failure.status, failure.message, failure.type, failure.code) from None
@@ -434,7 +435,7 @@ async def _answer(service: ChatService, x: Exchange, api: str, response: Any) ->
     body["model"] = x.plan.entry.name
     body["usage"] = {**(body.get("usage") or {}), **savings_usage(counted)}
     body["tokenskip"] = x.info()
-    return JSONResponse(body, headers={**upstream_headers(response), **x.headers(counted)})
+    return JSONBody(body, headers={**upstream_headers(response), **x.headers(counted)})
 
 
 async def relay(service: ChatService, x: Exchange, api: str, response: Any) -> AsyncIterator[bytes]:

@@ -347,14 +347,14 @@ def prepare_sync(
         else {}
     )
     policy = merged_policy(entry, overrides)
-    messages = [m.model_dump(exclude_none=True) for m in request.messages]
+    messages = [m.as_dict() for m in request.messages]
     counter = models.counter(entry)
     prompt = compress_prompt(models, metrics, entry, policy, messages)
     prompt_ratio = policy.prompt_ratio if policy.compresses_prompt else None
     if prompt is not None:
         messages = prompt.messages
     params = request.upstream_params()
-    before_cot = copy.deepcopy(params)
+    before_cot = copy.deepcopy(params) if policy.controls_cot else params
     if overrides.get("cot_method") and policy.enabled and not policy.controls_cot:
         raise ProxyError(
             400,

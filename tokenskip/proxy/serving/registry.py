@@ -17,6 +17,7 @@ from tokenskip.models import DEFAULT_MODEL, load_model, load_tokenizer
 from tokenskip.proxy.errors import ProxyError
 from tokenskip.proxy.infra.backends.direct import DirectBackend
 from tokenskip.proxy.infra.backends.local import LocalBackend
+from tokenskip.proxy.infra.backends.upstream import cost
 from tokenskip.proxy.infra.config import GatewayConfig, ModelEntry
 from tokenskip.proxy.protocol import short
 from tokenskip.proxy.serving.prefix import PrefixTracker
@@ -80,6 +81,8 @@ class Registry:
             self.native = NativeBackend(native, config.router_settings)
         for entry in config.models.values():
             self.counter(entry)  # load tokenizers now, not on a request's event loop
+            if entry.litellm_params is not None:
+                cost(entry.litellm_params, 0, 0)  # and the price map (litellm's, ~3 s once)
 
     def _load_local(self) -> None:
         bases: dict[str, list[ModelEntry]] = {}

@@ -188,7 +188,7 @@ class DirectBackend:
             d, {"model": d.model, "messages": messages, **params}, stream=False
         )
         try:
-            data = json.loads(await response.read())
+            data, _ = jsonio.loads(await response.read())
             choice = data["choices"][0]
         except TRANSPORT_ERRORS as exc:
             self._failed(d)
@@ -228,13 +228,13 @@ class DirectBackend:
         finish = prompt_tokens = completion_tokens = usage_chunk = reasoning = None
         try:
             async for raw in response.content:
-                line = raw.decode("utf-8").strip()
-                if not line.startswith("data:"):
+                line = raw.strip()
+                if not line.startswith(b"data:"):
                     continue
                 data = line[5:].strip()
-                if data == "[DONE]":
+                if data == b"[DONE]":
                     break
-                chunk = json.loads(data)
+                chunk, _ = jsonio.loads(data)
                 if "error" in chunk:
                     message = redact(
                         str((chunk["error"] or {}).get("message", "upstream error")), self._secrets
