@@ -34,6 +34,13 @@ from typing import Any, Literal
 
 from tokenskip.cot import answer_start
 
+_BOXED_OPEN = re.compile(r"\\boxed\s*\{")
+_ANSWER_MARKER = re.compile(
+    r"(?i)[ \t]*(?:####|(?:the\s+)?final\s+answer\s*(?:is|:)|the\s+(?:correct\s+)?answer\s+is)"
+)
+_ANSWER_VALUE = re.compile(r"[\s:=*$]*[-+]?[$]?(?:\d[\d,]*(?:\.\d+)?|[^\W\d_][\w'-]*)")
+"""The value after an answer marker: a number (thousands separators, decimals) or a word."""
+
 ReasoningKind = Literal["openai", "anthropic", "gemini", "qwen3", "none"]
 REASONING_KINDS: tuple[str, ...] = ("openai", "anthropic", "gemini", "qwen3", "none")
 MIN_BUDGET: dict[str, int] = {"anthropic": 1024, "gemini": 128, "qwen3": 1, "openai": 1}
@@ -198,5 +205,21 @@ class BudgetForcing:
 
     @staticmethod
     def answered(text: str) -> bool:
-        """True when ``text`` already holds a final answer (:mod:`tokenskip.cot`'s forms)."""
-        return answer_start(text) is not None
+        """True when ``text``, cut at the budget, already holds a whole final answer
+        (:mod:`tokenskip.cot`'s forms): a marker with a value after it that something else
+        follows, or a closed ``\\boxed{...}``. An answer cut off mid-way ("The answer is 4"
+        where 42 was coming, "#### 1,2", an open ``\\boxed{``) is no answer: the cue goes in."""
+        start = answer_start(text)
+        if start is None:
+            return False
+        part = text[start:]
+        boxed = _BOXED_OPEN.search(part)
+        if boxed is not None:
+            close = part.find("}", boxed.end())
+            return close > boxed.end() and bool(part[boxed.end() : close].strip())
+        marker = _ANSWER_MARKER.match(part)
+        value = _ANSWER_VALUE.match(part, marker.end() if marker else 0)
+        if value is None:
+            return False
+        rest = part[value.end() :]  # what follows the value: "42." may be "42.5" cut short
+        return bool(rest) and (rest[0] not in ".," or len(rest) > 1)

@@ -119,8 +119,31 @@ def test_budget_forcing_settings_are_checked():
 
 
 def test_an_answer_is_recognised_in_the_models_own_forms():
-    assert BudgetForcing.answered("so 3 + 4 = 7\n#### 7")
-    assert BudgetForcing.answered("The answer is 7.")
+    # a whole answer: something follows its value (the text is cut at the budget)
+    assert BudgetForcing.answered("so 3 + 4 = 7\n#### 7\n")
+    assert BudgetForcing.answered("The answer is 7.\n")
     assert BudgetForcing.answered("thus \\boxed{7}")
-    assert BudgetForcing.answered("step 1" + DEFAULT_CUE + " 7")
+    assert BudgetForcing.answered("step 1" + DEFAULT_CUE + " 7\n")
     assert not BudgetForcing.answered("First, 3 + 4 = 7. Then we")
+
+
+@pytest.mark.parametrize(
+    ("text", "answered"),
+    [
+        ("so 6 * 7 = 42.\nThe answer is 42.\n", True),
+        ("#### 1,250\n", True),
+        ("Final answer: 18 dollars", True),
+        ("so \\boxed{42} is it", True),
+        ("The answer is yes, since", True),
+        # cut off mid-way at the budget: no answer yet, the cue goes in
+        ("so 6 * 7 = 42.\nThe answer is 4", False),
+        ("#### 1,2", False),
+        ("The answer is 3.", False),
+        ("so \\boxed{4", False),
+        ("The answer is", False),
+        ("#### ", False),
+        ("6 * 7 = 42 so we are done", False),
+    ],
+)
+def test_an_answer_cut_off_at_the_budget_is_not_answered(text, answered):
+    assert BudgetForcing.answered(text) is answered
