@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import yaml
 
@@ -112,3 +114,28 @@ def test_batching_speculation_and_kernels_are_per_model_options():
     assert cfg.models["tuned"].batch is None
     assert cfg.models["local"].speculative == SpeculativeConfig(skip=(5, 6), k=3)
     assert cfg.models["local"].kernels is True
+
+
+def local_config(*entries):
+    return {"model_list": [{"model_name": f"m{i}", "local": e} for i, e in enumerate(entries)]}
+
+
+def test_a_local_models_precision_is_read_and_checked():
+    cfg = parse_config(local_config({"model": "smollm2", "dtype": "bfloat16", "weights": "int8"}))
+    assert (cfg.models["m0"].dtype, cfg.models["m0"].weights) == ("bfloat16", "int8")
+    assert (parse_config(local_config({"model": "smollm2"})).models["m0"].dtype) == "float32"
+    for local, fragment in (
+        ({"model": "smollm2", "dtype": "fp16"}, "dtype 'fp16' is not one of auto, float32"),
+        ({"model": "smollm2", "weights": "int3"}, "weights 'int3' is not one of none, int8"),
+        ({"model": "smollm2", "weights": "int4"}, "cannot run here (torchao's int4"),
+        ({"model": "smollm2", "weights": "int8", "adapter": "runs/x"}, "with a LoRA adapter"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(fragment)):
+            parse_config(local_config(local))
+
+
+def test_models_sharing_a_base_must_share_its_precision():
+    with pytest.raises(
+        ValueError, match="share the base 'smollm2'.*float32/none and bfloat16/none"
+    ):
+        parse_config(local_config({"model": "smollm2"}, {"model": "smollm2", "dtype": "bfloat16"}))

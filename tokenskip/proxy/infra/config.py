@@ -46,6 +46,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tokenskip.proxy.infra.deployments import is_direct, native_apis
 from tokenskip.proxy.infra.policy import BatchSettings, CompressionPolicy
 from tokenskip.reasoning import REASONING_KINDS, infer_kind
+from tokenskip.runtime import precision
 from tokenskip.runtime.configs import EarlyExitConfig, SpeculativeConfig
 
 
@@ -113,6 +114,10 @@ class ModelEntry:
     kernels: bool = False
     """Local model: route RMSNorm and SwiGLU through the Triton kernels (CUDA only; the
     torch references elsewhere)."""
+    dtype: str = "float32"
+    """Local model: ``float32``, ``bfloat16`` or ``auto`` (:mod:`tokenskip.runtime.precision`)."""
+    weights: str = "none"
+    """Local model: ``none`` or ``int8`` (weight-only, torchao)."""
     tokenizer: str | None = None
     """Model whose tokenizer counts tokens exactly (remote models)."""
     delimiter: str | None = None
@@ -204,12 +209,25 @@ def _entry(
                 "(tokenskip.reasoning / continue_final are for remote models); use "
                 "cot_method: budget-forcing"
             )
+        dtype, weights = str(local.get("dtype", "float32")), str(local.get("weights", "none"))
+        try:
+            precision.check(dtype, weights)
+        except ValueError as exc:
+            raise ValueError(f"{where} ({name}): local.{exc}") from None
+        if weights != "none" and local.get("adapter"):
+            raise ValueError(
+                f"{where} ({name}): local.weights {weights!r} with a LoRA adapter is not "
+                "supported (the adapter's layers need the base's own weights); merge the "
+                "adapter into the model first, or leave weights out"
+            )
         return ModelEntry(
             name,
             policy,
             local_model=str(local["model"]),
             adapter=local.get("adapter"),
             kernels=bool(local.get("kernels", False)),
+            dtype=dtype,
+            weights=weights,
             speculative=_speculative(local.get("speculative"), f"{where} ({name})"),
             early_exit=_early_exit(local, f"{where} ({name})"),
             tokenizer=tokenizer,
@@ -287,6 +305,7 @@ def parse_config(data: dict[str, Any], settings: Settings | None = None) -> Gate
                 f"model_list[{i}]: duplicate model_name '{entry.name}' (load balancing over several deployments is not supported yet)"
             )
         models[entry.name] = entry
+    _one_precision_per_base(models)
     keys = list(settings.key_list) + list(ts.pop("api_keys", None) or [])
     master = (data.get("general_settings") or {}).get("master_key")
     if master:
@@ -311,6 +330,23 @@ def parse_config(data: dict[str, Any], settings: Settings | None = None) -> Gate
         local_max_batch=max_batch,
         defaults=defaults,
     )
+
+
+def _one_precision_per_base(models: dict[str, ModelEntry]) -> None:
+    """Local models over one base share its weights (one engine), so they share its dtype
+    and weight format: a config that asks for two is refused, naming both."""
+    seen: dict[str, ModelEntry] = {}
+    for entry in models.values():
+        if not entry.is_local:
+            continue
+        first = seen.setdefault(entry.local_model or "", entry)
+        if (first.dtype, first.weights) != (entry.dtype, entry.weights):
+            raise ValueError(
+                f"models '{first.name}' and '{entry.name}' share the base "
+                f"'{entry.local_model}' (one copy of its weights) but ask for dtype/weights "
+                f"{first.dtype}/{first.weights} and {entry.dtype}/{entry.weights}; give them "
+                "the same"
+            )
 
 
 def load_config(settings: Settings) -> GatewayConfig:

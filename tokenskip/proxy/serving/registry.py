@@ -22,6 +22,7 @@ from tokenskip.proxy.infra.config import GatewayConfig, ModelEntry
 from tokenskip.proxy.protocol import short
 from tokenskip.proxy.serving.prefix import PrefixTracker
 from tokenskip.proxy.serving.prompt import CompressionMemo
+from tokenskip.runtime import precision
 from tokenskip.runtime.early_exit import early_exit_policy
 from tokenskip.runtime.speculative import speculative_settings
 from tokenskip.scorers import CachedScorer, HeuristicScorer, SelfInfoScorer, TokenClassifierScorer
@@ -90,7 +91,11 @@ class Registry:
             if entry.is_local:
                 bases.setdefault(entry.local_model, []).append(entry)
         for base, entries in bases.items():
-            loaded = load_model(base)
+            dtype, weights = entries[0].dtype, entries[0].weights  # one per base (config)
+            # loaded in its dtype: a float32 copy first would double the peak memory
+            loaded = load_model(base, dtype=precision.torch_dtype(precision.resolve(dtype)))
+            chosen = precision.apply(loaded.model, dtype, weights, name=base)
+            log.info("%s: %s, weights %s", base, chosen, weights)
             if any(e.kernels for e in entries):
                 from tokenskip.runtime.kernels import install
 
@@ -109,7 +114,7 @@ class Registry:
             )
             for e in entries:
                 self.local.serve(e.name, base, e.name if e.adapter else None)
-            if base == DEFAULT_MODEL and not adapters:
+            if base == DEFAULT_MODEL and not adapters and (chosen, weights) == ("float32", "none"):
                 # Reused by the self-info prompt scorer; not when adapters are injected into
                 # it, since the engine switches them while the scorer may be running.
                 self._self_info_lm = loaded.model
