@@ -15,18 +15,16 @@ import anthropic
 import httpx
 import pytest
 
+from tests.proxy import conformance
+from tests.proxy.conformance import COUNT_TO_TEN
 from tests.proxy.fake_upstream import RICH_TOOL_CALLS, RICH_USAGE, make_upstream_app
 from tests.proxy.servers import serve
-from tokenskip.proxy.api.app import create_app
-from tokenskip.proxy.infra.config import Settings, parse_config
 
 KEY = "sk-messages-conformance"
 MESSAGE_KEYS = {"id", "type", "role", "content", "model", "stop_reason", "stop_sequence", "usage"}
 """The keys the reference's Message always carries."""
 USAGE_KEYS = {"input_tokens", "output_tokens", "cache_creation_input_tokens",
               "cache_read_input_tokens"}  # fmt: skip
-COUNT_TO_TEN = "Count from 1 to 10, separated by commas."
-"""SmolLM2 answers it greedily with "1, 2, 3, 4, 5, 6, 7, 8, 9, 10"."""
 WEATHER_TOOL = {
     "name": "get_weather",
     "description": "weather of a city",
@@ -42,23 +40,8 @@ def upstream():
 
 @pytest.fixture(scope="module", params=["direct", "litellm"])
 def gateway(request, upstream, tmp_path_factory, smol):
-    base = {"api_base": upstream + "/v1", "api_key": "k"}
-    config = {
-        "model_list": [
-            {"model_name": "ok", "litellm_params": {"model": "openai/ok", **base},
-             "tokenskip": {"tokenizer": "smollm2"}},
-            {"model_name": "rich", "litellm_params": {"model": "openai/rich", **base}},
-            {"model_name": "primary", "litellm_params": {"model": "openai/fail500", **base}},
-            {"model_name": "knob", "litellm_params": {"model": "openai/ok", **base},
-             "tokenskip": {"tokenizer": "smollm2", "cot_ratio": 0.5}},
-            {"model_name": "local", "local": {"model": "smollm2"}},
-        ],
-        "router_settings": {"num_retries": 0, "fallbacks": [{"primary": ["ok"]}]},
-        "tokenskip_settings": {"direct_openai_compatible": request.param == "direct"},
-    }  # fmt: skip
     ledger = tmp_path_factory.mktemp("ledger") / "ledger.sqlite"
-    settings = Settings(api_keys=KEY, ledger_url=f"sqlite:///{ledger}")
-    with serve(create_app(settings, parse_config(config, settings))) as url:
+    with conformance.gateway(upstream, request.param == "direct", KEY, ledger) as url:
         yield url
 
 
@@ -73,19 +56,7 @@ def post(gateway, body):
 
 def raw_events(gateway, body):
     """``(event name, data)`` of a streamed request, read off the wire."""
-    with httpx.stream(
-        "POST", gateway + "/v1/messages", json={**body, "stream": True},
-        headers={"x-api-key": KEY}, timeout=60,
-    ) as r:  # fmt: skip
-        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        text = "".join(r.iter_text())
-    out = []
-    for block in text.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines())
-        data = json.loads(lines["data"])
-        assert data["type"] == lines["event"]  # the event name and the data's type agree
-        out.append((lines["event"], data))
-    return out
+    return conformance.raw_events(gateway + "/v1/messages", body, {"x-api-key": KEY})
 
 
 def sent(upstream):

@@ -15,10 +15,10 @@ import httpx
 import openai
 import pytest
 
+from tests.proxy import conformance
+from tests.proxy.conformance import COUNT_TO_TEN
 from tests.proxy.fake_upstream import RICH_TOOL_CALLS, RICH_USAGE, make_upstream_app
 from tests.proxy.servers import serve
-from tokenskip.proxy.api.app import create_app
-from tokenskip.proxy.infra.config import Settings, parse_config
 
 KEY = "sk-responses-conformance"
 RESPONSE_KEYS = {
@@ -34,7 +34,6 @@ WEATHER = {
     "description": "weather of a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
 }
-COUNT_TO_TEN = "Count from 1 to 10, separated by commas."
 
 
 @pytest.fixture(scope="module")
@@ -45,24 +44,8 @@ def upstream():
 
 @pytest.fixture(scope="module", params=["direct", "litellm"])
 def gateway(request, upstream, tmp_path_factory, smol):
-    base = {"api_base": upstream + "/v1", "api_key": "k"}
-    config = {
-        "model_list": [
-            {"model_name": "ok", "litellm_params": {"model": "openai/ok", **base},
-             "tokenskip": {"tokenizer": "smollm2"}},
-            {"model_name": "rich", "litellm_params": {"model": "openai/rich", **base}},
-            {"model_name": "reasoner", "litellm_params": {"model": "openai/reasoner", **base}},
-            {"model_name": "primary", "litellm_params": {"model": "openai/fail500", **base}},
-            {"model_name": "knob", "litellm_params": {"model": "openai/ok", **base},
-             "tokenskip": {"tokenizer": "smollm2", "cot_ratio": 0.5}},
-            {"model_name": "local", "local": {"model": "smollm2"}},
-        ],
-        "router_settings": {"num_retries": 0, "fallbacks": [{"primary": ["ok"]}]},
-        "tokenskip_settings": {"direct_openai_compatible": request.param == "direct"},
-    }  # fmt: skip
     ledger = tmp_path_factory.mktemp("ledger") / "ledger.sqlite"
-    settings = Settings(api_keys=KEY, ledger_url=f"sqlite:///{ledger}")
-    with serve(create_app(settings, parse_config(config, settings))) as url:
+    with conformance.gateway(upstream, request.param == "direct", KEY, ledger) as url:
         yield url
 
 
@@ -80,19 +63,12 @@ def post(gateway, body):
 
 def raw_events(gateway, body):
     """The events of a streamed request, read off the wire."""
-    with httpx.stream(
-        "POST", gateway + "/v1/responses", json={**body, "stream": True},
-        headers={"authorization": f"Bearer {KEY}"}, timeout=60,
-    ) as r:  # fmt: skip
-        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        text = "".join(r.iter_text())
-    out = []
-    for block in text.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines())
-        data = json.loads(lines["data"])
-        assert data["type"] == lines["event"]
-        out.append(data)
-    return out
+    return [
+        data
+        for _, data in conformance.raw_events(
+            gateway + "/v1/responses", body, {"authorization": f"Bearer {KEY}"}
+        )
+    ]
 
 
 def sent(upstream):
