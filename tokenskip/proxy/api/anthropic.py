@@ -34,9 +34,9 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from tokenskip.proxy.api.translator import Translator, chat_request
+from tokenskip.proxy.api.translator import Translator, chat_chunks, chat_request
 from tokenskip.proxy.errors import ProxyError, anthropic_error
-from tokenskip.proxy.protocol import savings_usage, sse_payloads
+from tokenskip.proxy.protocol import savings_usage
 from tokenskip.proxy.serving.exchange import Exchange
 
 error_response = anthropic_error
@@ -466,61 +466,55 @@ async def events(
         assert block is not None
         return _event("content_block_delta", {"index": block["index"], "delta": payload})
 
-    async for line in chunks:
-        for data in sse_payloads(line):
-            if data == "[DONE]":
-                continue
-            obj = json.loads(data)
-            if "error" in obj:
-                error = obj["error"]
-                kind = {
-                    "rate_limit_error": "rate_limit_error",
-                    "upstream_timeout": "timeout_error",
-                }.get(str(error.get("type") or error.get("code")), "api_error")
-                message = error.get("message") or "upstream error"
-                yield _event("error", {"error": {"type": kind, "message": message}})
-                return
-            if not started:
-                started = True
-                for event in start(obj.get("id")):
-                    yield event
-            if obj.get("usage"):
-                usage = obj["usage"]
-            for choice in obj.get("choices") or []:
-                d = choice.get("delta") or {}
-                if d.get("reasoning_content"):
-                    if block is None or block["kind"] != "thinking":
-                        for event in open_block(
-                            "thinking", {"type": "thinking", "thinking": "", "signature": ""}
-                        ):
-                            yield event
-                    yield delta({"type": "thinking_delta", "thinking": d["reasoning_content"]})
-                if d.get("content"):
-                    if block is None or block["kind"] != "text":
-                        for event in open_block("text", {"type": "text", "text": ""}):
-                            yield event
-                    yield delta({"type": "text_delta", "text": d["content"]})
-                for call in d.get("tool_calls") or []:
-                    index = call.get("index", 0)
-                    function = call.get("function") or {}
-                    if index not in calls:
-                        use = {
-                            "type": "tool_use",
-                            "id": call.get("id"),
-                            "name": function.get("name"),
-                            "input": {},
-                        }
-                        for event in open_block("tool_use", use, index):
-                            yield event
-                        calls[index] = block["index"]  # type: ignore[index]
-                    if function.get("arguments"):
-                        if block is None or block.get("key") != index:
-                            continue  # a fragment of a block already closed: not sent interleaved
-                        yield delta(
-                            {"type": "input_json_delta", "partial_json": function["arguments"]}
-                        )
-                if choice.get("finish_reason"):
-                    finish = choice
+    async for obj in chat_chunks(chunks):
+        if "error" in obj:
+            error = obj["error"]
+            kind = {
+                "rate_limit_error": "rate_limit_error",
+                "upstream_timeout": "timeout_error",
+            }.get(str(error.get("type") or error.get("code")), "api_error")
+            message = error.get("message") or "upstream error"
+            yield _event("error", {"error": {"type": kind, "message": message}})
+            return
+        if not started:
+            started = True
+            for event in start(obj.get("id")):
+                yield event
+        if obj.get("usage"):
+            usage = obj["usage"]
+        for choice in obj.get("choices") or []:
+            d = choice.get("delta") or {}
+            if d.get("reasoning_content"):
+                if block is None or block["kind"] != "thinking":
+                    for event in open_block(
+                        "thinking", {"type": "thinking", "thinking": "", "signature": ""}
+                    ):
+                        yield event
+                yield delta({"type": "thinking_delta", "thinking": d["reasoning_content"]})
+            if d.get("content"):
+                if block is None or block["kind"] != "text":
+                    for event in open_block("text", {"type": "text", "text": ""}):
+                        yield event
+                yield delta({"type": "text_delta", "text": d["content"]})
+            for call in d.get("tool_calls") or []:
+                index = call.get("index", 0)
+                function = call.get("function") or {}
+                if index not in calls:
+                    use = {
+                        "type": "tool_use",
+                        "id": call.get("id"),
+                        "name": function.get("name"),
+                        "input": {},
+                    }
+                    for event in open_block("tool_use", use, index):
+                        yield event
+                    calls[index] = block["index"]  # type: ignore[index]
+                if function.get("arguments"):
+                    if block is None or block.get("key") != index:
+                        continue  # a fragment of a block already closed: not sent interleaved
+                    yield delta({"type": "input_json_delta", "partial_json": function["arguments"]})
+            if choice.get("finish_reason"):
+                finish = choice
     if not started:
         for event in start(None):
             yield event

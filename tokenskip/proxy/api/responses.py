@@ -33,9 +33,9 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from tokenskip.proxy.api.translator import Translator
+from tokenskip.proxy.api.translator import Translator, chat_chunks
 from tokenskip.proxy.errors import ProxyError
-from tokenskip.proxy.protocol import savings_usage, sse_payloads
+from tokenskip.proxy.protocol import savings_usage
 from tokenskip.proxy.serving.exchange import Exchange
 
 FIELDS = {
@@ -466,59 +466,55 @@ async def events(
         return [event("response.output_item.added", output_index=at, item={**item, "content": []}),
                 event("response.output_item.done", output_index=at, item=item)]  # fmt: skip
 
-    async for line in chunks:
-        for data in sse_payloads(line):
-            if data == "[DONE]":
-                continue
-            chunk = json.loads(data)
-            if "error" in chunk:
-                failure = chunk["error"]
-                continue
-            if chunk.get("usage"):
-                usage, info = chunk["usage"], chunk.get("tokenskip")
-            for choice in chunk.get("choices") or []:
-                delta = choice.get("delta") or {}
-                if delta.get("reasoning_content"):
-                    reasoning.append(delta["reasoning_content"])
-                if delta.get("content"):
-                    if message_at is None:
-                        for done in close_reasoning():
-                            yield done
-                        output.append(_message_item(mid, "", None, [], "in_progress"))
-                        message_at = len(output) - 1
-                        yield event("response.output_item.added", output_index=message_at,
-                                    item={**output[message_at], "content": []})  # fmt: skip
-                        part = {
-                            "type": "output_text",
-                            "text": "",
-                            "annotations": [],
-                            "logprobs": [],
-                        }
-                        yield event("response.content_part.added", item_id=mid,
-                                    output_index=message_at, content_index=0, part=part)  # fmt: skip
-                    text.append(delta["content"])
-                    yield event("response.output_text.delta", item_id=mid, output_index=message_at,
-                                content_index=0, delta=delta["content"], logprobs=[])  # fmt: skip
-                for call in delta.get("tool_calls") or []:
-                    index = call.get("index", 0)
-                    function = call.get("function") or {}
-                    if index not in calls:
-                        for done in close_reasoning():
-                            yield done
-                        item = _call_item({"id": call.get("id"), "function": {
-                            "name": function.get("name"), "arguments": ""}}, "in_progress")  # fmt: skip
-                        output.append(item)
-                        calls[index] = {"item": item, "at": len(output) - 1}
-                        yield event("response.output_item.added", output_index=len(output) - 1,
-                                    item=dict(item))  # fmt: skip
-                    slot = calls[index]
-                    if function.get("arguments"):
-                        slot["item"]["arguments"] += function["arguments"]
-                        yield event("response.function_call_arguments.delta",
-                                    item_id=slot["item"]["id"], output_index=slot["at"],
-                                    delta=function["arguments"])  # fmt: skip
-                if choice.get("finish_reason"):
-                    finish = choice["finish_reason"]
+    async for chunk in chat_chunks(chunks):
+        if "error" in chunk:
+            failure = chunk["error"]
+            continue
+        if chunk.get("usage"):
+            usage, info = chunk["usage"], chunk.get("tokenskip")
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("reasoning_content"):
+                reasoning.append(delta["reasoning_content"])
+            if delta.get("content"):
+                if message_at is None:
+                    for done in close_reasoning():
+                        yield done
+                    output.append(_message_item(mid, "", None, [], "in_progress"))
+                    message_at = len(output) - 1
+                    yield event("response.output_item.added", output_index=message_at,
+                                item={**output[message_at], "content": []})  # fmt: skip
+                    part = {
+                        "type": "output_text",
+                        "text": "",
+                        "annotations": [],
+                        "logprobs": [],
+                    }
+                    yield event("response.content_part.added", item_id=mid,
+                                output_index=message_at, content_index=0, part=part)  # fmt: skip
+                text.append(delta["content"])
+                yield event("response.output_text.delta", item_id=mid, output_index=message_at,
+                            content_index=0, delta=delta["content"], logprobs=[])  # fmt: skip
+            for call in delta.get("tool_calls") or []:
+                index = call.get("index", 0)
+                function = call.get("function") or {}
+                if index not in calls:
+                    for done in close_reasoning():
+                        yield done
+                    item = _call_item({"id": call.get("id"), "function": {
+                        "name": function.get("name"), "arguments": ""}}, "in_progress")  # fmt: skip
+                    output.append(item)
+                    calls[index] = {"item": item, "at": len(output) - 1}
+                    yield event("response.output_item.added", output_index=len(output) - 1,
+                                item=dict(item))  # fmt: skip
+                slot = calls[index]
+                if function.get("arguments"):
+                    slot["item"]["arguments"] += function["arguments"]
+                    yield event("response.function_call_arguments.delta",
+                                item_id=slot["item"]["id"], output_index=slot["at"],
+                                delta=function["arguments"])  # fmt: skip
+            if choice.get("finish_reason"):
+                finish = choice["finish_reason"]
     if failure is not None:
         error = {
             "code": failure.get("code") or "server_error",

@@ -12,8 +12,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tokenskip.proxy import jsonio
 from tokenskip.proxy.errors import ProxyError, validation_message
-from tokenskip.proxy.protocol import ChatCompletionRequest
+from tokenskip.proxy.protocol import ChatCompletionRequest, sse_payloads
 from tokenskip.proxy.serving.exchange import Exchange
 
 
@@ -45,3 +46,12 @@ def chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
     except ValidationError as exc:
         message, param = validation_message(exc.errors())
         raise ProxyError(422, message, param=param) from None
+
+
+async def chat_chunks(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+    """The chat service's SSE lines as parsed chunks (``[DONE]`` left out), which both
+    translators' event streams are built from."""
+    async for line in lines:
+        for data in sse_payloads(line):
+            if data != "[DONE]":
+                yield jsonio.loads(data.encode())[0]
