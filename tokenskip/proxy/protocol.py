@@ -427,14 +427,15 @@ def completion_body(
     usage: dict[str, Any],
     tokenskip: dict[str, Any],
     stop_sequence: str | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A ``chat.completion`` with one assistant choice; a matched stop string is named in
-    the choice's ``stop_reason``, as vLLM names it (OpenAI's protocol has no field for it)."""
-    choice: dict[str, Any] = {
-        "index": 0,
-        "message": {"role": "assistant", "content": text},
-        "finish_reason": finish_reason,
-    }
+    the choice's ``stop_reason``, as vLLM names it (OpenAI's protocol has no field for it).
+    With ``tool_calls`` the message carries them, and its content is null when empty."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message = {"role": "assistant", "content": text or None, "tool_calls": tool_calls}
+    choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish_reason}
     if stop_sequence is not None:
         choice["stop_reason"] = stop_sequence
     return {

@@ -47,6 +47,8 @@ LOCAL_UNSUPPORTED = (
     "response_format",
 )
 """Request fields a local model cannot honour: refused by name rather than ignored."""
+LOCAL_TOOL_FIELDS = frozenset(("tools", "tool_choice", "parallel_tool_calls"))
+"""The fields a local model takes when its chat template defines tool calls."""
 
 
 @dataclass(frozen=True)
@@ -245,7 +247,7 @@ def plan_cot(
     return messages, plan
 
 
-def _check(entry: ModelEntry, request: ChatCompletionRequest) -> None:
+def _check(models: Registry, entry: ModelEntry, request: ChatCompletionRequest) -> None:
     for i, m in enumerate(request.messages):
         if m.missing_content():
             raise ProxyError(
@@ -257,21 +259,85 @@ def _check(entry: ModelEntry, request: ChatCompletionRequest) -> None:
             )
     if entry.is_local:
         params = request.upstream_params()
+        tools = models.local.supports_tools(entry.name)
         unsupported = [
             k
             for k in LOCAL_UNSUPPORTED
             if params.get(k) not in (None, False, [], "none")
             and not (k == "response_format" and (params[k] or {}).get("type") == "text")
+            and not (tools and k in LOCAL_TOOL_FIELDS)
         ]
         if unsupported:
+            reason = (
+                "its chat template defines no tool calls"
+                if unsupported[0] in LOCAL_TOOL_FIELDS
+                else "it does not return log-probabilities or follow a response format"
+            )
             raise ProxyError(
                 400,
                 f"the local model '{entry.name}' cannot take {', '.join(unsupported)} "
-                "(it does not call tools or return log-probabilities); route the request to "
-                "a model that does, or leave these fields out",
+                f"({reason}); route the request to a model that does, or leave these "
+                "fields out",
                 param=unsupported[0],
                 code="unsupported_parameter",
             )
+        if tools:
+            _check_tools(params)
+
+
+def _check_tools(params: dict[str, Any]) -> None:
+    """A local model's tools as OpenAI validates them: functions only, and a ``tool_choice``
+    that names one of them."""
+    offered = params.get("tools") or []
+    for i, tool in enumerate(offered):
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            raise ProxyError(
+                400,
+                f"tools[{i}]: a local model takes tools of type 'function' only",
+                param=f"tools[{i}].type",
+                code="invalid_value",
+            )
+        if not isinstance(tool.get("function"), dict) or not tool["function"].get("name"):
+            raise ProxyError(
+                400,
+                f"tools[{i}].function.name is required",
+                param=f"tools[{i}].function.name",
+                code="missing_required_parameter",
+            )
+    choice = params.get("tool_choice")
+    if choice is None:
+        return
+    if not offered:
+        raise ProxyError(
+            400,
+            "tool_choice is only allowed when tools are specified",
+            param="tool_choice",
+            code="invalid_value",
+        )
+    if isinstance(choice, str):
+        if choice not in ("none", "auto", "required"):
+            raise ProxyError(
+                400,
+                f"tool_choice must be 'none', 'auto', 'required' or a function, got {choice!r}",
+                param="tool_choice",
+                code="invalid_value",
+            )
+        return
+    name = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+    if not isinstance(choice, dict) or choice.get("type") != "function" or not name:
+        raise ProxyError(
+            400,
+            'tool_choice must name a function: {"type": "function", "function": {"name": ...}}',
+            param="tool_choice",
+            code="invalid_value",
+        )
+    if name not in {t["function"]["name"] for t in offered}:
+        raise ProxyError(
+            400,
+            f"tool_choice names the function {name!r}, which is not among the tools",
+            param="tool_choice",
+            code="invalid_value",
+        )
 
 
 def merged_policy(entry: ModelEntry, overrides: dict[str, Any]) -> CompressionPolicy:
@@ -340,7 +406,7 @@ def prepare_sync(
 ) -> Plan:
     """Everything :func:`prepare` does but start the count (runs in a worker thread)."""
     entry = models.entry(request.model)
-    _check(entry, request)
+    _check(models, entry, request)
     overrides = (
         request.tokenskip.model_dump(exclude_none=True, exclude={"batch"})
         if request.tokenskip

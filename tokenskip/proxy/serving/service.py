@@ -230,7 +230,13 @@ class ChatService:
                 forced_at=result.extra.get("forced_at"),
             )
             return self._completion(
-                x, result.text, result.finish_reason, usage, result.raw, result.stop_sequence
+                x,
+                result.text,
+                result.finish_reason,
+                usage,
+                result.raw,
+                result.stop_sequence,
+                result.tool_calls,
             )
 
     async def complete_watched(
@@ -281,6 +287,7 @@ class ChatService:
         usage: dict[str, Any],
         raw: dict[str, Any] | None = None,
         stop_sequence: str | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         if raw is not None:
             # The upstream's body as it came (tool calls, logprobs, refusal, audio,
@@ -292,7 +299,15 @@ class ChatService:
             body["tokenskip"] = x.info()
             return body
         return completion_body(
-            x.plan.request_id, now(), x.model, text, finish_reason, usage, x.info(), stop_sequence
+            x.plan.request_id,
+            now(),
+            x.model,
+            text,
+            finish_reason,
+            usage,
+            x.info(),
+            stop_sequence,
+            tool_calls,
         )
 
     async def _deltas(self, x: Exchange) -> AsyncIterator[Delta]:
@@ -354,6 +369,8 @@ class ChatService:
                             yield sse({**delta.raw, "model": x.model})
                         elif delta.text:
                             yield chunk({"content": delta.text})
+                        elif delta.tool_calls:
+                            yield chunk({"tool_calls": delta.tool_calls})
                     if first and end and end[0].raw is None:
                         yield chunk({"role": "assistant", "content": ""})
                 if not end:

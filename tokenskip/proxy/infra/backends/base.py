@@ -38,6 +38,8 @@ class Completion:
     with only usage extended; None for backends that build their own (local models)."""
     stop_sequence: str | None = None
     """The stop string that ended the text, where the backend knows it (a local model)."""
+    tool_calls: list[dict[str, Any]] | None = None
+    """OpenAI ``tool_calls`` a local model made (an upstream's are in ``raw``)."""
 
 
 @dataclass
@@ -53,6 +55,8 @@ class Delta:
     """Local budget forcing: the output index where the answer cue went in."""
     stop_sequence: str | None = None
     """On the finishing delta: the stop string that ended the text, where known."""
+    tool_calls: list[dict[str, Any]] | None = None
+    """A local model's tool calls, as OpenAI streams them (with ``index``)."""
     raw: dict[str, Any] | None = None
     """The upstream's chunk as it came (OpenAI protocol), forwarded to the client as is; on
     the finishing delta, the upstream's usage chunk if it sent one."""
