@@ -6,6 +6,11 @@ finished rows leave the batch and waiting requests for the same adapter join it 
 first, up to ``max_batch`` rows), so a slot never idles behind the longest generation. Each
 step emits text deltas through the request's callback, and a cancelled request (client gone)
 leaves its batch at the next step.
+
+With ``prefill_chunk`` set, a prompt longer than it that arrives while others decode is
+admitted in chunks (Sarathi's chunked prefill): each step runs one chunk of it and then the
+running rows' decode step, so their streams keep moving while it arrives, instead of
+stalling for the whole prompt; once its last chunk is in, it joins the batch.
 """
 
 from __future__ import annotations
@@ -82,9 +87,19 @@ class Engine:
         max_batch: int = 8,
         speculative: SpeculativeSettings | None = None,
         early_exit: EarlyExit | None = None,
+        prefill_chunk: int | None = None,
     ):
         if max_batch <= 0:
             raise ValueError(f"max_batch must be positive, got {max_batch}")
+        if prefill_chunk is not None and prefill_chunk <= 0:
+            raise ValueError(f"prefill_chunk must be positive, got {prefill_chunk}")
+        self.prefill_chunk = prefill_chunk
+        """Tokens of a long prompt prefilled per step while others decode (None: the whole
+        prompt in one step)."""
+        self._filling: tuple[GenerationRequest, Batch | None, int] | None = None
+        """The prompt being prefilled in chunks: its request, its cache so far, tokens in."""
+        self.num_chunks = 0
+        """Chunks run for prompts admitted in chunks."""
         self.runner = runner
         self.max_batch = max_batch
         if speculative is not None and not speculative.skip and not speculative.lookup:
@@ -154,22 +169,31 @@ class Engine:
         batch: Batch | None = None
         while True:
             if self._stopping:
-                self._cancel_all(rows)
+                self._cancel_all(rows + ([self._filling[0]] if self._filling else []))
                 return
             adapter = rows[0].adapter if rows else None
-            can_join = batch is None or batch.resizable
+            can_join = (batch is None or batch.resizable) and self._filling is None
+            busy = bool(rows) or self._filling is not None
             new = (
-                self._admit(adapter, self.max_batch - len(rows), wait=not rows) if can_join else []
+                self._admit(adapter, self.max_batch - len(rows), wait=not busy) if can_join else []
             )
-            if not rows and not new:
+            if not busy and not new:
                 return  # stopping
             try:
                 new = [r for r in new if not self._finish_if_cancelled(r)]
+                if rows and new and self.prefill_chunk is not None:
+                    long = [r for r in new if len(r.prompt_ids) > self.prefill_chunk]
+                    if long:
+                        self._filling = (long[0], None, 0)
+                        self._requeue(long[1:])
+                        new = [r for r in new if all(r is not x for x in long)]
                 if new:
                     with self.runner.activate(new[0].adapter):
                         joined = self.runner.prefill([r.prompt_ids for r in new])
                     self.num_batches += 1
                     rows, batch = rows + new, joined if batch is None else batch.merge(joined)
+                if self._filling is not None:
+                    rows, batch = self._fill(rows, batch)
                 self.max_batch_seen = max(self.max_batch_seen, len(rows))
                 if not rows:
                     continue
@@ -177,11 +201,40 @@ class Engine:
                 rows, batch = self._step(rows, batch)
             except BaseException as exc:  # report to every caller, keep serving
                 log.exception("generation failed for a batch of %d", len(rows))
+                if self._filling is not None:
+                    rows, self._filling = rows + [self._filling[0]], None
                 for r in rows:
                     if r.finish_reason is None:
                         r.error = exc
                         self._finish(r, "error")
                 rows, batch = [], None
+
+    def _requeue(self, requests: list[GenerationRequest]) -> None:
+        """Put admitted requests back at the head of the queue, in their order."""
+        with self._cond:
+            self._pending.extendleft(reversed(requests))
+
+    def _fill(
+        self, rows: list[GenerationRequest], batch: Batch | None
+    ) -> tuple[list[GenerationRequest], Batch | None]:
+        """Run the next chunk of the prompt being admitted in chunks; when it is all in,
+        the request joins the batch."""
+        assert self._filling is not None and self.prefill_chunk is not None
+        request, part, done = self._filling
+        if self._finish_if_cancelled(request):
+            self._filling = None
+            return rows, batch
+        chunk = request.prompt_ids[done : done + self.prefill_chunk]
+        with self.runner.activate(request.adapter):
+            part = self.runner.prefill_part(chunk, part)
+        self.num_chunks += 1
+        done += len(chunk)
+        if done < len(request.prompt_ids):
+            self._filling = (request, part, done)
+            return rows, batch
+        self._filling = None
+        self.num_batches += 1
+        return rows + [request], part if batch is None else batch.merge(part)
 
     def _step(self, rows: list[GenerationRequest], batch: Batch) -> tuple[list, Batch | None]:
         """Sample one token per row, retire finished rows, run the next decode step."""
@@ -241,6 +294,7 @@ class Engine:
             and not _penalized(r)
             and batch.resizable
             and not self._pending
+            and self._filling is None
             and r.force_at is None
         )
 

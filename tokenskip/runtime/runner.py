@@ -101,6 +101,27 @@ class Runner:
         return Batch(out.logits[:, -1].float(), out.past_key_values, mask, positions[:, -1] + 1)
 
     @torch.inference_mode()
+    def prefill_part(self, ids: list[int], part: Batch | None) -> Batch:
+        """One chunk of a single prompt, after ``part`` (the chunks before it; None for the
+        first): the cache grows by ``ids`` and the logits are the last token's. The chunks
+        of a prompt give the batch one :meth:`prefill` of the whole prompt gives."""
+        from transformers.cache_utils import DynamicCache
+
+        start = 0 if part is None else int(part.positions[0])
+        cache = DynamicCache(config=self.model.config) if part is None else part.cache
+        mask = torch.ones((1, start + len(ids)), dtype=torch.long, device=self.device)
+        positions = torch.arange(start, start + len(ids), device=self.device).view(1, -1)
+        out = self.model(
+            input_ids=torch.tensor([ids], dtype=torch.long, device=self.device),
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return Batch(out.logits[:, -1].float(), out.past_key_values, mask, positions[:, -1] + 1)
+
+    @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, batch: Batch) -> Batch:
         """One step for every row: tokens (batch,) → the next logits (batch, vocab)."""
         mask = torch.cat([batch.mask, batch.mask.new_ones((batch.size, 1))], dim=-1)

@@ -118,6 +118,10 @@ class ModelEntry:
     """Local model: ``float32``, ``bfloat16`` or ``auto`` (:mod:`tokenskip.runtime.precision`)."""
     weights: str = "none"
     """Local model: ``none`` or ``int8`` (weight-only, torchao)."""
+    prefill_chunk: int | None = None
+    """Local model: a prompt longer than this many tokens that arrives while others decode
+    is prefilled this many tokens per step, between their decode steps (chunked prefill);
+    None: in one step."""
     tokenizer: str | None = None
     """Model whose tokenizer counts tokens exactly (remote models)."""
     delimiter: str | None = None
@@ -214,6 +218,14 @@ def _entry(
             precision.check(dtype, weights)
         except ValueError as exc:
             raise ValueError(f"{where} ({name}): local.{exc}") from None
+        chunk = local.get("prefill_chunk")
+        if chunk is not None and (
+            isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0
+        ):
+            raise ValueError(
+                f"{where} ({name}): local.prefill_chunk must be a positive number of tokens "
+                f"(e.g. 256), got {chunk!r}"
+            )
         if weights != "none" and local.get("adapter"):
             raise ValueError(
                 f"{where} ({name}): local.weights {weights!r} with a LoRA adapter is not "
@@ -228,6 +240,7 @@ def _entry(
             kernels=bool(local.get("kernels", False)),
             dtype=dtype,
             weights=weights,
+            prefill_chunk=chunk,
             speculative=_speculative(local.get("speculative"), f"{where} ({name})"),
             early_exit=_early_exit(local, f"{where} ({name})"),
             tokenizer=tokenizer,

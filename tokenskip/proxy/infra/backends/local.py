@@ -93,12 +93,14 @@ class LocalBackend:
         adapters: dict[str, str],
         speculative: Any = None,
         early_exit: Any = None,
+        prefill_chunk: int | None = None,
     ) -> Engine:
         engine = Engine(
             Runner(model, tokenizer, adapters),
             max_batch=max_batch,
             speculative=speculative,
             early_exit=early_exit,
+            prefill_chunk=prefill_chunk,
         )
         self.engines[base] = engine
         return engine
