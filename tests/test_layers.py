@@ -4,7 +4,10 @@ core (``tokenskip/*.py``, ``tokenskip/scorers``) → ``tokenskip.runtime`` (loca
 ``tokenskip.tasks`` (GSM8K) → ``tokenskip.proxy`` / ``tokenskip.evaluation`` /
 ``tokenskip.trainers`` (side by side, never importing each other) → ``tokenskip.cli``.
 Read from the source with ``ast`` (imports inside functions count too), so a lazy import that
-runs upward fails here as surely as a top-level one.
+runs upward fails here as surely as a top-level one. One name goes up on purpose:
+``tokenskip.wrap``, the package's lazy alias of ``tokenskip.proxy.api.sdk.wrap`` (by
+``importlib``, on first use), so ``import tokenskip`` loads no gateway;
+``test_the_only_upward_name_is_wrap`` holds it to that.
 """
 
 from __future__ import annotations
@@ -139,3 +142,15 @@ def test_the_gateway_rooms_import_only_downward(name):
         assert GATEWAY_FLOOR[there] <= GATEWAY_FLOOR[here], (
             f"{name} ({here}) imports {target} ({there}): upward"
         )
+
+
+def test_the_only_upward_name_is_wrap():
+    import tokenskip
+
+    source = (PACKAGE / "__init__.py").read_text()
+    assert source.count("import_module(") == 1 and '"tokenskip.proxy.api.sdk"' in source
+    from tokenskip.proxy.api.sdk import wrap
+
+    assert tokenskip.wrap is wrap
+    with pytest.raises(AttributeError):
+        tokenskip.no_such_name  # noqa: B018

@@ -50,3 +50,13 @@ __all__ = [
     "load_tokenizer",
     "split_cot",
 ]
+
+
+def __getattr__(name: str):
+    """``tokenskip.wrap``: the SDK wrapper of the gateway's room (``tokenskip.proxy.api.sdk``),
+    imported only when asked for, so importing the core loads no gateway."""
+    if name == "wrap":
+        from importlib import import_module
+
+        return import_module("tokenskip.proxy.api.sdk").wrap
+    raise AttributeError(f"module 'tokenskip' has no attribute {name!r}")

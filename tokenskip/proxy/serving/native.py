@@ -168,7 +168,8 @@ def _parts(content: list[Any], at: Path, kinds: tuple[str, ...]) -> list[tuple[P
 VIEWS = {"responses": responses_view, "messages": messages_view}
 
 
-def _put(body: Any, path: Path, value: str) -> None:
+def put_text(body: Any, path: Path, value: str) -> None:
+    """Set the text at ``path`` (keys and indexes) of a native body."""
     for key in path[:-1]:
         body = body[key]
     body[path[-1]] = value
@@ -314,7 +315,7 @@ def _prepare(
     if changed or "tokenskip" in body or body.get("model") != target.model:
         out = copy.deepcopy(body) if changed else dict(body)
         for part in prompt.parts if changed else []:
-            _put(out, view.paths[(part.message, part.part)], part.after)
+            put_text(out, view.paths[(part.message, part.part)], part.after)
         out["model"] = target.model
         out.pop("tokenskip", None)
         data = jsonio.dumps(out)

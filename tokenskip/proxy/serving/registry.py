@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,30 @@ class Counter:
 
     tokenizer: TextTokenizer
     exact: bool
+
+
+def build_scorer(
+    name: str,
+    tokenizer: TextTokenizer,
+    model: str | None,
+    embedded: Callable[[], tuple[Any, TextTokenizer]] | None = None,
+) -> Any:
+    """A prompt scorer by its policy name: ``heuristic`` over the counting ``tokenizer``,
+    ``classifier`` from the directory ``model``, ``self-info`` with ``model`` (a causal LM)
+    or the embedded model (``embedded()`` gives it loaded, when the caller has it)."""
+    if name == "heuristic":
+        return CachedScorer(HeuristicScorer(tokenizer))
+    if name == "classifier":
+        return CachedScorer(TokenClassifierScorer.from_pretrained(model))
+    if model and model != DEFAULT_MODEL:
+        loaded = load_model(model)
+        return CachedScorer(SelfInfoScorer(loaded.model, TextTokenizer(loaded.tokenizer, model)))
+    if embedded is not None:
+        return CachedScorer(SelfInfoScorer(*embedded()))
+    loaded = load_model(DEFAULT_MODEL)
+    return CachedScorer(
+        SelfInfoScorer(loaded.model, TextTokenizer(loaded.tokenizer, DEFAULT_MODEL))
+    )
 
 
 def unknown_model(name: str) -> ProxyError:
@@ -103,6 +128,7 @@ class Registry:
             adapters = {e.name: e.adapter for e in entries if e.adapter}
             spec = next((e.speculative for e in entries if e.speculative is not None), None)
             exits = next((e.early_exit for e in entries if e.early_exit is not None), None)
+            chunk = next((e.prefill_chunk for e in entries if e.prefill_chunk), None)
             self.local.add_engine(
                 base,
                 loaded.model,
@@ -111,6 +137,7 @@ class Registry:
                 adapters=adapters,
                 speculative=None if spec is None else speculative_settings(base, loaded, spec),
                 early_exit=None if exits is None else early_exit_policy(base, loaded, exits),
+                prefill_chunk=chunk,
             )
             for e in entries:
                 self.local.serve(e.name, base, e.name if e.adapter else None)
@@ -203,18 +230,13 @@ class Registry:
         return found
 
     def _build_scorer(self, name: str, counter: Counter, model: str | None) -> Any:
-        if name == "heuristic":
-            return CachedScorer(HeuristicScorer(counter.tokenizer))
-        if name == "classifier":
-            return CachedScorer(TokenClassifierScorer.from_pretrained(model))
-        if model and model != DEFAULT_MODEL:
-            loaded = load_model(model)
-            return CachedScorer(
-                SelfInfoScorer(loaded.model, TextTokenizer(loaded.tokenizer, model))
-            )
+        return build_scorer(name, counter.tokenizer, model, self._embedded_lm)
+
+    def _embedded_lm(self) -> tuple[Any, TextTokenizer]:
+        """The embedded model for the self-info scorer: the served one if it is served."""
         if self._self_info_lm is None:
             self._self_info_lm = load_model(DEFAULT_MODEL).model
-        return CachedScorer(SelfInfoScorer(self._self_info_lm, self._tokenizer(DEFAULT_MODEL)))
+        return self._self_info_lm, self._tokenizer(DEFAULT_MODEL)
 
     def _tokenizer(self, name: str) -> TextTokenizer:
         for c in self._counters.values():
