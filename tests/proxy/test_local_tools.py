@@ -144,6 +144,50 @@ def test_an_unclosed_call_at_the_very_end_is_still_a_call():
     assert parsed.tool_calls[0]["function"]["arguments"] == "{}"
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"name": "get_weather", "arguments": {"city": "Paris"}}',
+        '```json\n{\n  "name": "get_weather",\n  "arguments": {"city": "Paris"}\n}\n```',
+        '[{"name": "get_weather", "arguments": {"city": "Paris"}}]',
+    ],
+    ids=["bare", "fenced", "list"],
+)
+def test_a_call_written_without_its_tags_is_read_when_it_is_the_whole_answer(text):
+    # what Qwen2.5-Coder-0.5B writes (reports/local_tools.md)
+    parsed = parse(text, HERMES, {"get_weather"})
+    assert parsed is not None and parsed.content is None
+    assert [json.loads(c["function"]["arguments"]) for c in parsed.tool_calls] == [
+        {"city": "Paris"}
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'Here is the call: {"name": "get_weather", "arguments": {"city": "Paris"}}',
+        '{"name": "say_hello", "arguments": {"to": "Ana"}}',
+        '{"city": "Paris"}',
+        "[1, 2, 3]",
+    ],
+    ids=["inside-prose", "not-offered", "no-name", "plain-list"],
+)
+def test_json_that_is_not_a_whole_call_of_an_offered_function_stays_text(text):
+    assert parse(text, HERMES, {"get_weather"}) is None
+
+
+def test_an_answer_that_opens_like_a_bare_call_is_held_to_the_end():
+    text = '{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+    buffer = CallBuffer(HERMES)
+    assert "".join(buffer.feed(ch) for ch in text) == ""
+    held, parsed = buffer.finish({"get_weather"})
+    assert held == text and parsed is not None
+    other = CallBuffer(HERMES)
+    assert "".join(other.feed(ch) for ch in "{not json} but prose") == ""
+    held, parsed = other.finish({"get_weather"})
+    assert (held, parsed) == ("{not json} but prose", None)
+
+
 def test_the_stream_buffer_sends_text_and_holds_what_may_be_a_call():
     full = (
         'Checking <tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'

@@ -12,6 +12,7 @@ model's slip is its answer, never a 500.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -104,9 +105,13 @@ def parse(text: str, fmt: ToolFormat, names: set[str]) -> Parsed | None:
     """The calls in ``text`` as OpenAI ``tool_calls`` (ids ``call_…``, arguments as a JSON
     string), with the text around them as content (None when there is none). None when
     ``text`` holds no call, or any call is malformed: not JSON, no ``name`` among ``names``,
-    arguments that are not an object, an open tag never closed before more text."""
+    arguments that are not an object, an open tag never closed before more text.
+
+    A model that leaves the tags out (Qwen2.5-Coder-0.5B writes the bare object, or fences
+    it as JSON) is read too, but only when the whole answer is that object (or a list of
+    them): JSON inside prose stays prose."""
     if fmt.open not in text:
-        return None
+        return _bare(text, names)
     pieces, calls, rest = [], [], text
     while fmt.open in rest:
         before, _, after = rest.partition(fmt.open)
@@ -123,11 +128,36 @@ def parse(text: str, fmt: ToolFormat, names: set[str]) -> Parsed | None:
     return Parsed(content or None, calls)
 
 
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL)
+
+
+def _bare(text: str, names: set[str]) -> Parsed | None:
+    body = text.strip()
+    fenced = _FENCE.fullmatch(body)
+    if fenced:
+        body = fenced.group(1)
+    if not body.startswith(("{", "[")):
+        return None
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    items = value if isinstance(value, list) else [value]
+    calls = [_call_value(v, names) for v in items]
+    if not calls or any(c is None for c in calls):
+        return None
+    return Parsed(None, calls)  # type: ignore[arg-type]
+
+
 def _call(body: str, names: set[str]) -> dict[str, Any] | None:
     try:
         value = json.loads(body)
     except ValueError:
         return None
+    return _call_value(value, names)
+
+
+def _call_value(value: Any, names: set[str]) -> dict[str, Any] | None:
     if not isinstance(value, dict) or value.get("name") not in names:
         return None
     arguments = value.get("arguments", value.get("parameters", {}))
@@ -157,7 +187,8 @@ def function_names(tools: list[dict[str, Any]] | None) -> set[str]:
 class CallBuffer:
     """Streams a model's text, holding back what may be a tool call: text before the open
     tag goes out as it comes (less a tail that could begin the tag); from the tag on
-    everything waits for the end, where :meth:`finish` parses it."""
+    everything waits for the end, where :meth:`finish` parses it. An answer that opens like a
+    bare call (``{``, ``[`` or a code fence) waits for the end too."""
 
     def __init__(self, fmt: ToolFormat, prefix: str = ""):
         self.fmt = fmt
@@ -170,6 +201,12 @@ class CallBuffer:
         self.text += piece
         if self._held:
             return ""
+        if self._sent == 0:
+            head = self.text.lstrip()
+            if not head or head[0] in "{[" or (head[0] == "`" and "```".startswith(head[:3])):
+                if head.startswith(("{", "[", "```")):
+                    self._held = True
+                return ""  # nothing but a possible call yet
         at = self.text.find(self.fmt.open, self._sent)
         if at >= 0:
             self._held = True
