@@ -39,6 +39,27 @@ def tool_rows(turn: int) -> str:
     return json.dumps(rows, indent=2)
 
 
+def add_turn(conversation: list, turn: int) -> None:
+    """The client's part of one turn: every third a tool call and its rows, then a pasted
+    report and a question about it."""
+    if turn % 3 == 0:
+        call = {
+            "id": f"call_{turn}",
+            "type": "function",
+            "function": {"name": "stock", "arguments": json.dumps({"turn": turn})},
+        }
+        conversation.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        conversation.append(
+            {"role": "tool", "tool_call_id": f"call_{turn}", "content": tool_rows(turn)}
+        )
+    conversation.append(
+        {
+            "role": "user",
+            "content": f"{document(turn)}\n\nHow many pallets did section {turn % 12} ship?",
+        }
+    )
+
+
 @pytest.fixture(scope="module")
 def upstream():
     with serve(make_upstream_app()) as url:
@@ -72,22 +93,7 @@ def test_every_turn_starts_with_the_previous_turns_upstream_messages(proxy, upst
     previous: list | None = None
     changed_turns = 0
     for turn in range(1, TURNS + 1):
-        if turn % 3 == 0:
-            call = {
-                "id": f"call_{turn}",
-                "type": "function",
-                "function": {"name": "stock", "arguments": json.dumps({"turn": turn})},
-            }
-            conversation.append({"role": "assistant", "content": None, "tool_calls": [call]})
-            conversation.append(
-                {"role": "tool", "tool_call_id": f"call_{turn}", "content": tool_rows(turn)}
-            )
-        conversation.append(
-            {
-                "role": "user",
-                "content": f"{document(turn)}\n\nHow many pallets did section {turn % 12} ship?",
-            }
-        )
+        add_turn(conversation, turn)
         r = httpx.post(
             proxy + "/v1/chat/completions", json={"model": "ok", "messages": conversation}
         )

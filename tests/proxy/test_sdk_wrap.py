@@ -16,7 +16,7 @@ import tokenskip
 from tests.proxy.fake_native import make_native_app
 from tests.proxy.fake_upstream import make_upstream_app
 from tests.proxy.servers import serve
-from tests.proxy.test_cache_safety import SYSTEM, TURNS, document, tool_rows
+from tests.proxy.test_cache_safety import SYSTEM, TURNS, add_turn, document, tool_rows
 from tokenskip.proxy.api.app import create_app
 from tokenskip.proxy.infra.config import Settings, parse_config
 
@@ -72,25 +72,6 @@ def native_sent(native):
     return json.loads(httpx.get(native + "/_calls").json()["last_raw"])
 
 
-def turn_messages(conversation, turn):
-    if turn % 3 == 0:
-        call = {
-            "id": f"call_{turn}",
-            "type": "function",
-            "function": {"name": "stock", "arguments": json.dumps({"turn": turn})},
-        }
-        conversation.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        conversation.append(
-            {"role": "tool", "tool_call_id": f"call_{turn}", "content": tool_rows(turn)}
-        )
-    conversation.append(
-        {
-            "role": "user",
-            "content": f"{document(turn)}\n\nHow many pallets did section {turn % 12} ship?",
-        }
-    )
-
-
 def test_the_wrapper_sends_what_the_gateway_sends_over_20_turns(gateway, upstream):
     through = openai.OpenAI(base_url=gateway + "/v1", api_key=KEY, max_retries=0)
     wrapped = tokenskip.wrap(
@@ -101,7 +82,7 @@ def test_the_wrapper_sends_what_the_gateway_sends_over_20_turns(gateway, upstrea
     conversation = [{"role": "system", "content": SYSTEM}]
     saved = 0
     for turn in range(1, TURNS + 1):
-        turn_messages(conversation, turn)
+        add_turn(conversation, turn)
         through.chat.completions.create(model="ok", messages=conversation)
         by_gateway = chat_sent(upstream)["messages"]
         r = wrapped.chat.completions.create(model="ok", messages=conversation)
