@@ -120,8 +120,8 @@ class Compressor:
                 kwargs.pop("extra_body")
         policy = self.policy_for(overrides)
         if api == "chat":
-            if not policy.enabled:
-                return kwargs, _info(None, policy, self)
+            if not policy.enabled or not isinstance(kwargs.get("messages"), list):
+                return kwargs, _info(None, policy, self)  # the SDK reports what is missing
             # the messages as the gateway sends them upstream (role first, no null fields)
             messages = [ChatMessage.model_validate(_plain(m)).as_dict() for m in kwargs["messages"]]
             done = self.messages(messages, policy)
