@@ -86,6 +86,36 @@ def test_user_documents_are_compressed_and_the_request_is_not(tokenizer, scorer)
     assert out.saved_tokens == part.tokens_before - part.tokens_after > 0
 
 
+PARAGRAPHS = [
+    "The old harbour sits at the end of a long street lined with small shops and cafes.",
+    "In the summer the quay fills with visitors who come for the views and the fresh fish.",
+    "Fuel is sold at the north pier only, and payment is by card, not cash.",
+    "The marina building was painted a bright blue a few years ago and looks very cheerful.",
+    "Many of the fishing families have lived in the town for several generations by now.",
+    "In the evening the light over the water turns gold and the gulls settle on the roofs.",
+] * 3
+
+
+def test_a_pasted_document_of_short_paragraphs_is_context(tokenizer, scorer):
+    """Paragraphs each shorter than the context threshold, pasted together, are one
+    document; a few short paragraphs of conversation are not."""
+    question = "Can I pay for fuel in cash?"
+    pasted = "\n\n".join(PARAGRAPHS) + "\n\n" + question
+    assert all(len(p) < settings().min_tokens * 4 for p in PARAGRAPHS)
+    out = compress_messages(
+        [{"role": "user", "content": pasted}], settings(), tokenizer=tokenizer, scorer=scorer
+    )
+    (part,) = out.parts
+    assert (part.kind, part.method) == ("context", "lossy")
+    assert out.messages[0]["content"].endswith("\n\n" + question)
+    assert "not cash" in out.messages[0]["content"]  # the guarded constraint stays
+    chat = "\n\n".join(PARAGRAPHS[:3]) + "\n\n" + question
+    kept = compress_messages(
+        [{"role": "user", "content": chat}], settings(), tokenizer=tokenizer, scorer=scorer
+    )
+    assert not kept.parts
+
+
 def test_a_message_compresses_the_same_wherever_it_stands(tokenizer, scorer):
     """Cache safety: no rule looks at the position in the conversation."""
     turn = {"role": "user", "content": DOCUMENT + "\n\n" + QUESTION}

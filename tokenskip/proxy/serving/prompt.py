@@ -9,8 +9,9 @@ caches:
   (JSON minified or as a table, whitespace, repeated lines counted); ``tool_ratio`` also
   drops words.
 - ``user`` messages are split into blocks at blank lines. Long blocks that are not a
-  request (no question, no imperative opening) are *context* - a pasted document, retrieved
-  passages - and get the lossless transforms, and words dropped at ``prompt_ratio`` (off by
+  request (no question, no imperative opening), and runs of short ones long enough together
+  (the paragraphs of one pasted document), are *context* - a pasted document, retrieved
+  passages - and get the lossless transforms, and words dropped at ``prompt_ratio`` (0.5 by
   default) with the meaning guards on; text inside explicit document markup
   (``<document>``, ``<context>``, ...) is context whatever its size. Everything else is the
   user's request, an instruction. When the context holds two or more documents (document
@@ -212,20 +213,30 @@ def context_blocks(text: str, role: str, min_chars: int) -> list[tuple[int, int]
         return spans
     markup = list(spans)  # a block holding markup is context through its markup alone
     code = [m.span() for m in _FENCED.finditer(text)]
+    run: list[int] | None = None  # consecutive short blocks: the paragraphs of one paste
+
+    def close_run() -> None:
+        if run is not None and len(text[run[0] : run[1]].strip()) >= min_chars:
+            spans.append((run[0], run[1]))
+
     start = 0
     for m in [*_BLOCK.finditer(text), None]:
         end = m.start() if m else len(text)
         block = text[start:end]
         inside_markup = any(a < end and start < b for a, b in markup)
         in_code = any(a < end and start < b for a, b in code)
-        if (
-            not inside_markup
-            and not in_code
-            and len(block.strip()) >= min_chars
-            and not is_request(block)
-        ):
-            spans.append((start, end))
+        candidate = not inside_markup and not in_code and block.strip() and not is_request(block)
+        if candidate and len(block.strip()) >= min_chars:
+            close_run()
+            run = None
+            spans.append((start, end))  # a long block: a document of its own
+        elif candidate:
+            run = [start, end] if run is None else [run[0], end]
+        else:
+            close_run()
+            run = None
         start = m.end() if m else len(text)
+    close_run()
     return sorted(spans)
 
 
